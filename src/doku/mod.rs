@@ -1,0 +1,9 @@
+//! The only code that knows DOKU: its signature, its JSON, its endpoints and its quirks.
+//!
+//! - [`signature`]: the non-SNAP HMAC-SHA256 signature as pure functions over bytes.
+//! - [`types`]: `Doku*` serde wire types and their mapping to domain types.
+//! - [`client`]: the signed HTTP client for Generate Payment Code and Check Status.
+//! - [`notification`]: verification and parsing of DOKU's HTTP payment notifications.
+//! - [`error`]: what can go wrong talking to DOKU.
+
+pub mod signature;

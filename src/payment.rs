@@ -1,0 +1,695 @@
+//! Domain types of a payment: invoice numbers, amounts, codes, statuses and events, and the
+//! validation of a payment-code request against DOKU's limits.
+//!
+//! Nothing here knows gRPC, SQL or DOKU's JSON: `grpc/` converts into these types, `store/`
+//! persists them and `doku/` translates them to DOKU's wire format.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+/// Longest invoice number DOKU accepts.
+pub const INVOICE_MAX_LEN: usize = 64;
+/// Largest amount: DOKU allows 12 digits.
+pub const AMOUNT_MAX: i64 = 999_999_999_999;
+/// Expiry used when the caller sets none (DOKU's own default).
+pub const DEFAULT_EXPIRY_MINUTES: u32 = 60;
+/// DOKU's `expired_time` has at most 8 digits.
+pub const EXPIRY_MAX_MINUTES: u32 = 99_999_999;
+/// Limits DOKU does not document; chosen so that every value fits what third-party
+/// integrations send successfully (names 64, receipt lines 128).
+pub const CUSTOMER_NAME_MAX_LEN: usize = 64;
+/// See [`CUSTOMER_NAME_MAX_LEN`].
+pub const CUSTOMER_EMAIL_MAX_LEN: usize = 128;
+/// See [`CUSTOMER_NAME_MAX_LEN`].
+pub const INFO_MAX_LEN: usize = 64;
+/// See [`CUSTOMER_NAME_MAX_LEN`].
+pub const RECEIPT_LINE_MAX_LEN: usize = 128;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 128;
+
+/// An invoice number DOKU accepts and that travels unchanged in DOKU's Check Status path.
+///
+/// DOKU allows "alphabetic, numeric, special chars" up to 64; we allow the URL-unreserved set
+/// (`A-Za-z0-9-_.~`) because the invoice is part of the signed Check Status `Request-Target`,
+/// where a character that needs percent-encoding would make the signed path ambiguous.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvoiceNumber(String);
+
+impl InvoiceNumber {
+    /// Validates `s` as an invoice number.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("is required".into());
+        }
+        if s.len() > INVOICE_MAX_LEN {
+            return Err(format!("must be at most {INVOICE_MAX_LEN} characters"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
+        {
+            return Err(format!(
+                "contains {c:?}; allowed are A-Z, a-z, 0-9 and - _ . ~"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The invoice number as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InvoiceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An amount in whole rupiah: positive, at most 12 digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Amount(i64);
+
+impl Amount {
+    /// Validates an amount in whole rupiah.
+    pub fn new(rupiah: i64) -> Result<Self, String> {
+        if rupiah <= 0 {
+            return Err("must be greater than 0 (whole rupiah)".into());
+        }
+        if rupiah > AMOUNT_MAX {
+            return Err(format!("must be at most {AMOUNT_MAX} (12 digits)"));
+        }
+        Ok(Self(rupiah))
+    }
+
+    /// The amount in whole rupiah.
+    pub fn rupiah(self) -> i64 {
+        self.0
+    }
+}
+
+/// A payment code issued by DOKU: the digits a customer tells the cashier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PaymentCode(String);
+
+impl PaymentCode {
+    /// Validates a code as DOKU issues them: 1 to 32 ASCII digits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("payment code {s:?} is not 1 to 32 digits"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PaymentCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Status of a payment. Statuses only move forward by [`PaymentStatus::rank`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    /// Code issued (or being issued), not paid yet.
+    Pending,
+    /// DOKU reported a failure; the merchant should create a new code.
+    Failed,
+    /// The code expired unpaid.
+    Expired,
+    /// The customer paid.
+    Paid,
+}
+
+impl PaymentStatus {
+    /// Order in which statuses may move: PENDING < FAILED < EXPIRED < PAID (a late PAID wins
+    /// over EXPIRED, because money was taken).
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Failed => 1,
+            Self::Expired => 2,
+            Self::Paid => 3,
+        }
+    }
+
+    /// Stable text form used in the store and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+            Self::Paid => "PAID",
+        }
+    }
+
+    /// Parses [`PaymentStatus::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => Self::Pending,
+            "FAILED" => Self::Failed,
+            "EXPIRED" => Self::Expired,
+            "PAID" => Self::Paid,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the customer pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Indomaret convenience stores.
+    Indomaret,
+}
+
+impl Channel {
+    /// Stable text form used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Indomaret => "INDOMARET",
+        }
+    }
+
+    /// Parses [`Channel::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "INDOMARET" => Some(Self::Indomaret),
+            _ => None,
+        }
+    }
+}
+
+/// How the sidecar learned about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// A verified DOKU HTTP notification.
+    DokuNotification,
+    /// DOKU's Check Status API (sweeper or `GetStatus(refresh)`).
+    Reconciliation,
+}
+
+impl EventSource {
+    /// Stable text form used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DokuNotification => "DOKU_NOTIFICATION",
+            Self::Reconciliation => "RECONCILIATION",
+        }
+    }
+
+    /// Parses [`EventSource::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "DOKU_NOTIFICATION" => Some(Self::DokuNotification),
+            "RECONCILIATION" => Some(Self::Reconciliation),
+            _ => None,
+        }
+    }
+}
+
+/// One invalid field of a request: the proto field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Field path as in the proto, e.g. `customer.name`.
+    pub field: String,
+    /// What is wrong, safe to show to the caller.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// A payment-code request as the caller sent it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentCodeInput {
+    /// See the proto.
+    pub invoice_number: String,
+    /// See the proto.
+    pub amount: i64,
+    /// `None` when the caller sent no `customer` message.
+    pub customer_name: Option<String>,
+    /// Empty when not given.
+    pub customer_email: String,
+    /// `(seconds, nanos)` of the proto Duration, `None` when unset.
+    pub expiry: Option<(i64, i32)>,
+    /// See the proto.
+    pub reusable: bool,
+    /// See the proto.
+    pub info: String,
+    /// See the proto.
+    pub receipt_description: String,
+    /// See the proto.
+    pub receipt_footer_message: String,
+    /// Empty when not given.
+    pub idempotency_key: String,
+    /// `None` for CHANNEL_UNSPECIFIED; `Err(raw)` for a value this version does not know.
+    pub channel: Option<Result<Channel, i32>>,
+    /// Empty when not given.
+    pub notification_url: String,
+}
+
+/// A validated payment-code request: everything DOKU needs, within DOKU's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayment {
+    /// The merchant's invoice.
+    pub invoice: InvoiceNumber,
+    /// Amount in rupiah.
+    pub amount: Amount,
+    /// Customer name (required by DOKU).
+    pub customer_name: String,
+    /// Customer e-mail, if given.
+    pub customer_email: Option<String>,
+    /// Minutes until the code expires.
+    pub expiry_minutes: u32,
+    /// Whether the code can be paid more than once.
+    pub reusable: bool,
+    /// Text shown at the counter on inquiry.
+    pub info: Option<String>,
+    /// Receipt description.
+    pub receipt_description: Option<String>,
+    /// Receipt footer.
+    pub receipt_footer_message: Option<String>,
+    /// Caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Payment channel.
+    pub channel: Channel,
+    /// Per-request notification URL override, if any.
+    pub notification_url: Option<String>,
+}
+
+fn optional(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn check_text(
+    violations: &mut Vec<FieldViolation>,
+    field: &str,
+    value: &str,
+    max: usize,
+    required: bool,
+) {
+    if required && value.trim().is_empty() {
+        violations.push(FieldViolation::new(field, "is required"));
+    } else if value.chars().count() > max {
+        violations.push(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    } else if value.chars().any(char::is_control) {
+        violations.push(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+}
+
+fn check_email(violations: &mut Vec<FieldViolation>, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    check_text(
+        violations,
+        "customer.email",
+        value,
+        CUSTOMER_EMAIL_MAX_LEN,
+        false,
+    );
+    let well_formed = value.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains('@')
+    }) && !value.chars().any(char::is_whitespace);
+    if !well_formed {
+        violations.push(FieldViolation::new(
+            "customer.email",
+            "must be an e-mail address like name@example.com",
+        ));
+    }
+}
+
+/// Checks a per-request notification URL: absolute http(s), same path as the configured one.
+fn check_notification_url(
+    violations: &mut Vec<FieldViolation>,
+    value: &str,
+    configured_path: &str,
+) {
+    if value.is_empty() {
+        return;
+    }
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        violations.push(FieldViolation::new(
+            "notification_url",
+            "must be an absolute http:// or https:// URL",
+        ));
+        return;
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() || value.len() > 2048 || value.chars().any(|c| c.is_whitespace()) {
+        violations.push(FieldViolation::new(
+            "notification_url",
+            "must be an absolute URL with a host",
+        ));
+    } else if path != configured_path {
+        violations.push(FieldViolation::new(
+            "notification_url",
+            format!(
+                "DOKU requires the same path as the configured notification URL ({configured_path})"
+            ),
+        ));
+    }
+}
+
+impl PaymentCodeInput {
+    /// Checks every field against DOKU's limits and reports *all* violations at once.
+    ///
+    /// `notification_path` is the sidecar's configured public notification path, which a
+    /// per-request `notification_url` must keep.
+    pub fn validate(&self, notification_path: &str) -> Result<NewPayment, Vec<FieldViolation>> {
+        let mut v = Vec::new();
+        let invoice = InvoiceNumber::parse(&self.invoice_number)
+            .map_err(|e| v.push(FieldViolation::new("invoice_number", e)))
+            .ok();
+        let amount = Amount::new(self.amount)
+            .map_err(|e| v.push(FieldViolation::new("amount", e)))
+            .ok();
+        match &self.customer_name {
+            None => v.push(FieldViolation::new("customer", "is required")),
+            Some(name) => check_text(&mut v, "customer.name", name, CUSTOMER_NAME_MAX_LEN, true),
+        }
+        check_email(&mut v, &self.customer_email);
+        let expiry_minutes = match self.expiry {
+            None => Some(DEFAULT_EXPIRY_MINUTES),
+            Some((secs, nanos)) => {
+                if nanos != 0 || secs % 60 != 0 {
+                    v.push(FieldViolation::new("expiry", "must be whole minutes"));
+                    None
+                } else if secs < 60 || secs / 60 > i64::from(EXPIRY_MAX_MINUTES) {
+                    v.push(FieldViolation::new(
+                        "expiry",
+                        format!("must be from 1 to {EXPIRY_MAX_MINUTES} minutes"),
+                    ));
+                    None
+                } else {
+                    u32::try_from(secs / 60).ok()
+                }
+            }
+        };
+        check_text(&mut v, "info", &self.info, INFO_MAX_LEN, false);
+        check_text(
+            &mut v,
+            "receipt.description",
+            &self.receipt_description,
+            RECEIPT_LINE_MAX_LEN,
+            false,
+        );
+        check_text(
+            &mut v,
+            "receipt.footer_message",
+            &self.receipt_footer_message,
+            RECEIPT_LINE_MAX_LEN,
+            false,
+        );
+        if self.idempotency_key.len() > IDEMPOTENCY_KEY_MAX_LEN
+            || !self
+                .idempotency_key
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b))
+        {
+            v.push(FieldViolation::new(
+                "idempotency_key",
+                format!("must be at most {IDEMPOTENCY_KEY_MAX_LEN} printable ASCII characters without spaces"),
+            ));
+        }
+        let channel = match self.channel {
+            None | Some(Ok(Channel::Indomaret)) => Some(Channel::Indomaret),
+            Some(Err(raw)) => {
+                v.push(FieldViolation::new(
+                    "channel",
+                    format!("{raw} is not a channel this sidecar supports"),
+                ));
+                None
+            }
+        };
+        check_notification_url(&mut v, &self.notification_url, notification_path);
+
+        match (invoice, amount, expiry_minutes, channel) {
+            (Some(invoice), Some(amount), Some(expiry_minutes), Some(channel)) if v.is_empty() => {
+                Ok(NewPayment {
+                    invoice,
+                    amount,
+                    customer_name: self.customer_name.clone().unwrap_or_default(),
+                    customer_email: optional(&self.customer_email),
+                    expiry_minutes,
+                    reusable: self.reusable,
+                    info: optional(&self.info),
+                    receipt_description: optional(&self.receipt_description),
+                    receipt_footer_message: optional(&self.receipt_footer_message),
+                    idempotency_key: optional(&self.idempotency_key),
+                    channel,
+                    notification_url: optional(&self.notification_url),
+                })
+            }
+            _ => Err(v),
+        }
+    }
+}
+
+impl NewPayment {
+    /// A fingerprint of everything that defines the payment (not the idempotency key): two
+    /// requests with the same fingerprint are the same request.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let mut field = |name: &str, value: &str| {
+            // Length-prefixed so that no two different requests hash the same input.
+            h.update(name.as_bytes());
+            h.update((value.len() as u64).to_be_bytes());
+            h.update(value.as_bytes());
+        };
+        field("invoice", self.invoice.as_str());
+        field("amount", &self.amount.rupiah().to_string());
+        field("name", &self.customer_name);
+        field("email", self.customer_email.as_deref().unwrap_or(""));
+        field("expiry", &self.expiry_minutes.to_string());
+        field("reusable", if self.reusable { "1" } else { "0" });
+        field("info", self.info.as_deref().unwrap_or(""));
+        field("desc", self.receipt_description.as_deref().unwrap_or(""));
+        field(
+            "footer",
+            self.receipt_footer_message.as_deref().unwrap_or(""),
+        );
+        field("channel", self.channel.as_str());
+        field("url", self.notification_url.as_deref().unwrap_or(""));
+        let digest = h.finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A payment as the sidecar knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    /// The merchant's invoice.
+    pub invoice: InvoiceNumber,
+    /// Amount in rupiah.
+    pub amount: Amount,
+    /// Payment channel.
+    pub channel: Channel,
+    /// DOKU's code; `None` while DOKU's answer is not known.
+    pub payment_code: Option<PaymentCode>,
+    /// Current status.
+    pub status: PaymentStatus,
+    /// When the code was created (DOKU's time when known, else the sidecar's).
+    pub create_time: OffsetDateTime,
+    /// When the code expires.
+    pub expire_time: OffsetDateTime,
+    /// When it was paid.
+    pub pay_time: Option<OffsetDateTime>,
+    /// DOKU's how-to-pay page.
+    pub how_to_pay_url: Option<String>,
+    /// DOKU's how-to-pay API.
+    pub how_to_pay_api_url: Option<String>,
+    /// Whether the code can be paid more than once.
+    pub reusable: bool,
+}
+
+/// What DOKU answered when it issued a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCode {
+    /// The code.
+    pub payment_code: PaymentCode,
+    /// DOKU's creation time, when it said.
+    pub create_time: Option<OffsetDateTime>,
+    /// DOKU's expiry time, when it said.
+    pub expire_time: Option<OffsetDateTime>,
+    /// DOKU's how-to-pay page.
+    pub how_to_pay_url: Option<String>,
+    /// DOKU's how-to-pay API.
+    pub how_to_pay_api_url: Option<String>,
+}
+
+/// A change of a payment's status, as reported by DOKU (notification or Check Status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The invoice.
+    pub invoice: InvoiceNumber,
+    /// The new status.
+    pub status: PaymentStatus,
+    /// Amount DOKU reported.
+    pub amount: Amount,
+    /// Code DOKU reported, if any.
+    pub payment_code: Option<PaymentCode>,
+    /// When it happened according to DOKU (or when the sidecar learned it).
+    pub occur_time: OffsetDateTime,
+    /// How the sidecar learned it.
+    pub source: EventSource,
+    /// DOKU's notification Request-Id, for notifications.
+    pub doku_request_id: Option<String>,
+}
+
+/// An event of the log: a committed change of a payment's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Monotonic sequence number; the resume token encodes it.
+    pub seq: u64,
+    /// The invoice.
+    pub invoice: InvoiceNumber,
+    /// Status after the event.
+    pub status: PaymentStatus,
+    /// Amount DOKU reported.
+    pub amount: Amount,
+    /// Code that was paid.
+    pub payment_code: Option<PaymentCode>,
+    /// Channel.
+    pub channel: Channel,
+    /// When it happened.
+    pub occur_time: OffsetDateTime,
+    /// How the sidecar learned it.
+    pub source: EventSource,
+    /// DOKU's notification Request-Id, for notifications.
+    pub doku_request_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> PaymentCodeInput {
+        PaymentCodeInput {
+            invoice_number: "INV-1".into(),
+            amount: 150_000,
+            customer_name: Some("Taufik Ismail".into()),
+            customer_email: "taufik@example.com".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_request_gets_defaults() {
+        let p = valid().validate("/payments/notifications").unwrap();
+        assert_eq!(p.expiry_minutes, 60);
+        assert_eq!(p.channel, Channel::Indomaret);
+        assert_eq!(p.idempotency_key, None);
+    }
+
+    #[test]
+    fn every_violation_is_reported() {
+        let input = PaymentCodeInput {
+            invoice_number: "INV 1/2".into(),
+            amount: 0,
+            customer_name: None,
+            customer_email: "nope".into(),
+            expiry: Some((90, 0)),
+            info: "x".repeat(65),
+            receipt_footer_message: "a\nb".into(),
+            idempotency_key: "has space".into(),
+            channel: Some(Err(7)),
+            notification_url: "https://example.com/other".into(),
+            ..Default::default()
+        };
+        let v = input.validate("/payments/notifications").unwrap_err();
+        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "invoice_number",
+                "amount",
+                "customer",
+                "customer.email",
+                "expiry",
+                "info",
+                "receipt.footer_message",
+                "idempotency_key",
+                "channel",
+                "notification_url"
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let mut i = valid();
+        i.invoice_number = "A".repeat(64);
+        i.amount = AMOUNT_MAX;
+        i.expiry = Some((i64::from(EXPIRY_MAX_MINUTES) * 60, 0));
+        i.customer_name = Some("n".repeat(64));
+        assert!(i.validate("/p").is_ok());
+        i.invoice_number.push('A');
+        i.amount += 1;
+        let v = i.validate("/p").unwrap_err();
+        assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn notification_url_must_keep_the_path() {
+        let mut i = valid();
+        i.notification_url = "https://shop.example.com/payments/notifications".into();
+        assert!(i.validate("/payments/notifications").is_ok());
+        i.notification_url = "ftp://shop.example.com/payments/notifications".into();
+        assert!(i.validate("/payments/notifications").is_err());
+        i.notification_url = "https:///payments/notifications".into();
+        assert!(i.validate("/payments/notifications").is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_idempotency_key_only() {
+        let a = valid().validate("/p").unwrap();
+        let mut b = a.clone();
+        b.idempotency_key = Some("k".into());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.amount = Amount::new(1).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn status_rank_is_forward_only() {
+        use PaymentStatus::*;
+        assert!(Pending.rank() < Failed.rank());
+        assert!(Failed.rank() < Expired.rank());
+        assert!(Expired.rank() < Paid.rank());
+        for s in [Pending, Failed, Expired, Paid] {
+            assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Durable state: payments, the event log and the audit trail of DOKU notifications.
+//!
+//! One trait, [`Store`], with a SQLite implementation (one pod; the default) and a PostgreSQL
+//! one (many replicas). Only this module writes SQL. The same test suite runs against every
+//! implementation.
+//!
+//! # Invariants
+//!
+//! - One row per invoice in `payments`. A payment's `payment_code` is set at most once: a
+//!   different code for the same invoice is refused ([`StoreError::CodeConflict`]), so one
+//!   invoice can never carry two codes.
+//! - Every payment keeps the exact DOKU request (Request-Id and body bytes) of its first
+//!   attempt; every retry sends those same bytes with that same Request-Id.
+//! - A payment's status only moves forward by [`PaymentStatus::rank`]. Each forward move is
+//!   appended to `events` in the same transaction. A reusable code that is paid again appends
+//!   another PAID event (one per DOKU notification Request-Id).
+//! - `events.seq` is strictly increasing in commit order and never reused: a reader that has
+//!   seen `seq = n` will never later see an event with `seq < n` appear.
+//! - A DOKU notification Request-Id is recorded at most once (`notifications`); a repeat
+//!   changes nothing.
+//! - Migrations are versioned and run at start-up.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::payment::{
+    Channel, Event, InvoiceNumber, IssuedCode, NewPayment, Payment, PaymentCode, StatusChange,
+};
+
+/// Everything the store keeps about a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    /// The payment as callers see it.
+    pub payment: Payment,
+    /// [`NewPayment::fingerprint`] of the request that created it (empty when the payment
+    /// was created from a DOKU notification for an invoice the sidecar did not know).
+    pub fingerprint: String,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The prepared DOKU request of the first attempt, replayed byte for byte on retries.
+    pub doku_request: Option<StoredRequest>,
+    /// Until when an in-flight DOKU call holds the right to issue this payment's code.
+    pub attempt_lease_until: Option<OffsetDateTime>,
+    /// When the reconciliation sweeper should next ask DOKU about this payment.
+    pub next_check_at: Option<OffsetDateTime>,
+    /// How many times the sweeper has asked DOKU about this payment.
+    pub check_count: u32,
+}
+
+/// An outbound DOKU request, kept opaque: the store does not know what the bytes mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// The Request-Id used on every attempt.
+    pub request_id: String,
+    /// The exact body bytes signed and sent.
+    pub body: Vec<u8>,
+}
+
+/// A payment about to be created.
+#[derive(Debug, Clone)]
+pub struct PaymentDraft {
+    /// The validated request.
+    pub request: NewPayment,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The DOKU request that will be sent for it.
+    pub doku_request: StoredRequest,
+    /// When the sidecar created it.
+    pub create_time: OffsetDateTime,
+    /// Provisional expiry (create time + expiry minutes) until DOKU says otherwise.
+    pub expire_time: OffsetDateTime,
+}
+
+/// Result of [`Store::create_payment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The draft was stored.
+    New(PaymentRecord),
+    /// The invoice already existed; nothing was changed.
+    Existing(PaymentRecord),
+    /// The idempotency key already belongs to this other payment; nothing was changed.
+    IdempotencyKeyTaken(PaymentRecord),
+}
+
+/// What an incoming DOKU notification turned out to be (kept for audit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Verified and consistent with the stored payment (or for an unknown invoice).
+    Accepted,
+    /// Verified, but invoice/amount/code do not match the stored payment: never emitted.
+    Mismatch(String),
+    /// Verified, but its status is one the sidecar does not know: stored raw, not emitted.
+    UnknownStatus(String),
+}
+
+impl Verdict {
+    /// Stable text form for the audit table.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Accepted => "ACCEPTED",
+            Self::Mismatch(_) => "MISMATCH",
+            Self::UnknownStatus(_) => "UNKNOWN_STATUS",
+        }
+    }
+}
+
+/// A verified DOKU notification, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct InboundNotification {
+    /// DOKU's `Request-Id` header: the dedupe key.
+    pub doku_request_id: String,
+    /// When the sidecar received it.
+    pub received_at: OffsetDateTime,
+    /// Raw headers as JSON text (signature value shortened), for audit.
+    pub headers: String,
+    /// Raw body bytes, for audit.
+    pub body: Vec<u8>,
+    /// What the sidecar made of it.
+    pub verdict: Verdict,
+    /// The status change to apply (only for [`Verdict::Accepted`]).
+    pub change: Option<StatusChange>,
+    /// Channel to use when the invoice is unknown and the payment is created from the
+    /// notification.
+    pub channel: Channel,
+}
+
+/// Result of [`Store::record_notification`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// This Request-Id was recorded before; nothing changed.
+    Duplicate,
+    /// Recorded; `event` is the appended event, if the status moved.
+    Stored {
+        /// The event appended in the same transaction, if any.
+        event: Option<Event>,
+    },
+}
+
+/// Result of [`Store::apply_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The payment after the change.
+    pub record: PaymentRecord,
+    /// The event appended, if the status moved forward.
+    pub event: Option<Event>,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the operation for reasons outside the data
+    /// (I/O, disk full, read-only, pool timeout).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A different payment code for an invoice that already has one.
+    #[error("invoice {invoice} already has payment code {existing}, refused {offered}")]
+    CodeConflict {
+        /// The invoice.
+        invoice: InvoiceNumber,
+        /// The code stored.
+        existing: PaymentCode,
+        /// The code refused.
+        offered: PaymentCode,
+    },
+    /// The payment does not exist.
+    #[error("no payment for invoice {0}")]
+    NotFound(InvoiceNumber),
+    /// Stored data that this version cannot read (a bug or a foreign writer).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Persistent state of the sidecar. See the module doc for the invariants every
+/// implementation keeps.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Cheap round trip to the database, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new PENDING payment without a code, unless the invoice exists
+    /// ([`Created::Existing`]) or the draft's idempotency key belongs to another invoice
+    /// ([`Created::IdempotencyKeyTaken`]). Atomic: two concurrent calls for one invoice
+    /// create one row.
+    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError>;
+
+    /// The payment whose request carried this idempotency key.
+    async fn find_by_idempotency_key(&self, key: &str)
+    -> Result<Option<PaymentRecord>, StoreError>;
+
+    /// The payment of an invoice.
+    async fn get_payment(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Option<PaymentRecord>, StoreError>;
+
+    /// Takes the right to call DOKU for this payment until `until`, if the payment has no code
+    /// yet and no unexpired lease is held. Returns whether the lease was taken.
+    async fn claim_attempt(
+        &self,
+        invoice: &InvoiceNumber,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back (after a failed attempt) so that a retry can go at once.
+    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError>;
+
+    /// Records the code DOKU issued, with DOKU's times and how-to-pay URLs, and clears the
+    /// lease. Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
+    async fn record_issued(
+        &self,
+        invoice: &InvoiceNumber,
+        issued: &IssuedCode,
+    ) -> Result<PaymentRecord, StoreError>;
+
+    /// Applies a status change from reconciliation: moves the status forward (appending an
+    /// event) or leaves it (no event). A code in the change is recorded if the payment has
+    /// none. Unknown invoice: [`StoreError::NotFound`].
+    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError>;
+
+    /// Records a verified DOKU notification and, for an accepted one, applies its status
+    /// change in the same transaction: the audit row, the status and the event commit
+    /// together or not at all. A repeated Request-Id is [`Recorded::Duplicate`] and changes
+    /// nothing. An accepted notification for an unknown invoice creates the payment from the
+    /// data DOKU sent.
+    async fn record_notification(
+        &self,
+        notification: &InboundNotification,
+    ) -> Result<Recorded, StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest committed `seq` (0 when the log is empty).
+    async fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// The highest `seq` removed by retention (0 if none): a resume token below it is expired.
+    async fn pruned_through(&self) -> Result<u64, StoreError>;
+
+    /// Deletes events that occurred before `before`; returns how many were removed.
+    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// PENDING payments whose `next_check_at` is due, oldest first, at most `limit`.
+    async fn due_for_check(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
+
+    /// Sets when the sweeper next checks this payment and counts the check.
+    async fn schedule_check(
+        &self,
+        invoice: &InvoiceNumber,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+}
