@@ -6,4 +6,15 @@
 //! - [`notification`]: verification and parsing of DOKU's HTTP payment notifications.
 //! - [`error`]: what can go wrong talking to DOKU.
 
+pub mod client;
+pub mod error;
+pub mod notification;
 pub mod signature;
+pub mod types;
+
+pub use client::{
+    DokuClient, DokuClientConfig, PreparedRequest, StatusReport, request_timestamp, signed_headers,
+};
+pub use error::{ConfigError, DokuError};
+pub use notification::{NotificationHeaders, NotificationReport, Rejection};
+pub use types::{DokuTransactionStatus, ReportedStatus, parse_doku_time};

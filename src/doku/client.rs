@@ -1,0 +1,846 @@
+//! The signed HTTP client for DOKU's Generate Payment Code (Indomaret) and Check Status APIs.
+//!
+//! One logical call keeps one `Request-Id` and one body buffer across all its attempts, so a
+//! retried POST is a replay DOKU recognises (it answers a repeated Request-Id with the original
+//! answer and `409`). Each attempt gets a fresh `Request-Timestamp` and signature. Attempts are
+//! bounded and spaced by exponential backoff with full jitter; connect errors, timeouts, 5xx
+//! and 429 are retried, and after the last attempt the error says whether any attempt might
+//! have reached DOKU ([`DokuError::OutcomeUnknown`]) or none did ([`DokuError::Unavailable`]).
+//!
+//! Every attempt runs in a `doku.call` tracing span (endpoint, request id, attempt, HTTP
+//! status, elapsed time). DOKU's raw error bodies are logged (truncated to 2 KiB); the secret
+//! key and signatures never are.
+
+use std::{error::Error as StdError, sync::Arc, time::Duration};
+
+use rand::Rng as _;
+use reqwest::{Method, StatusCode, Url, header::HeaderMap};
+use secrecy::ExposeSecret as _;
+use time::{OffsetDateTime, macros::format_description};
+use tokio::time::Instant;
+use tracing::{Instrument as _, Span, field};
+
+use super::{
+    error::{ConfigError, DokuError},
+    signature::{self, Components, TimestampKind},
+    types::{
+        DokuPaymentCodeRequest, DokuPaymentCodeResponse, DokuTransactionReport, ReportedStatus,
+    },
+};
+use crate::{
+    payment::{InvoiceNumber, IssuedCode, NewPayment},
+    secret::SecretKeySource,
+};
+
+/// DOKU's sandbox, the default so that a missing setting never reaches production.
+pub const SANDBOX_BASE_URL: &str = "https://api-sandbox.doku.com";
+/// Path of Generate Payment Code for Indomaret.
+pub const PAYMENT_CODE_PATH: &str = "/indomaret-online-to-offline/v2/payment-code";
+/// Path of Check Status, followed by the invoice number.
+pub const CHECK_STATUS_PATH: &str = "/orders/v1/status/";
+
+/// Largest answer read from DOKU; its answers are a few hundred bytes.
+const RESPONSE_BODY_MAX: usize = 1 << 20;
+/// Longest part of a DOKU body written to the log.
+const LOG_BODY_MAX: usize = 2048;
+/// A `Date` header further than this from our clock is worth a warning: DOKU checks
+/// `Request-Timestamp`, so a skewed clock shows up as rejected signatures.
+const CLOCK_SKEW_WARN: time::Duration = time::Duration::seconds(60);
+
+/// How the client reaches DOKU and how hard it tries.
+#[derive(Debug, Clone)]
+pub struct DokuClientConfig {
+    /// DOKU's API root, e.g. `https://api-sandbox.doku.com`. A path prefix (a proxy or the
+    /// simulator mounted under a path) is kept and becomes part of the signed Request-Target.
+    pub base_url: String,
+    /// The merchant's Client-Id from DOKU's Back Office; it is part of every signature.
+    pub client_id: String,
+    /// Bound on establishing a connection; a connect failure proves DOKU saw nothing.
+    pub connect_timeout: Duration,
+    /// Bound on one attempt (send and read the answer). A timeout here may be after DOKU
+    /// acted, so it makes the outcome unknown.
+    pub request_timeout: Duration,
+    /// Attempts per logical call, the first included.
+    pub max_attempts: u32,
+    /// First backoff step; it doubles per attempt and a random part of it is slept.
+    pub backoff_base: Duration,
+    /// Longest backoff step, so that a call's total time stays bounded.
+    pub backoff_max: Duration,
+    /// Longest wait honoured from DOKU's `Retry-After`: a caller is waiting on the call.
+    pub retry_after_max: Duration,
+}
+
+impl Default for DokuClientConfig {
+    fn default() -> Self {
+        Self {
+            base_url: SANDBOX_BASE_URL.to_owned(),
+            client_id: String::new(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            retry_after_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A payment-code request ready to be sent, possibly many times: the caller stores it before
+/// the first attempt so that every retry, even after a restart, is the same request to DOKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedRequest {
+    /// The `Request-Id` of every attempt (UUID v4).
+    pub request_id: String,
+    /// The exact JSON bytes that are signed and sent.
+    pub body: Vec<u8>,
+}
+
+/// What DOKU's Check Status says about an invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// `transaction.status`, mapped without guessing.
+    pub status: ReportedStatus,
+    /// `order.invoice_number`, to compare with the invoice asked about.
+    pub invoice_number: Option<String>,
+    /// `order.amount` in rupiah.
+    pub amount: Option<i64>,
+    /// `online_to_offline_info.payment_code`.
+    pub payment_code: Option<String>,
+    /// `transaction.date`.
+    pub occur_time: Option<OffsetDateTime>,
+    /// `transaction.original_request_id`: the Request-Id of the request that created it.
+    pub original_request_id: Option<String>,
+}
+
+/// The DOKU API client. Cloning is cheap and shares the connection pool and the key source.
+#[derive(Clone, Debug)]
+pub struct DokuClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    /// `base_url` without a trailing slash.
+    base: String,
+    /// Path part of `base_url` without a trailing slash (usually empty).
+    path_prefix: String,
+    cfg: DokuClientConfig,
+    key: SecretKeySource,
+}
+
+/// `Request-Timestamp` format: UTC, seconds, `Z`, no fraction.
+pub fn request_timestamp(t: OffsetDateTime) -> String {
+    let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(fmt)
+        .expect("a four-digit-year UTC time formats")
+}
+
+/// The four signed headers of a request to DOKU (`Client-Id`, `Request-Id`,
+/// `Request-Timestamp`, `Signature`). `target` is the path as DOKU sees it; `body` is the exact
+/// bytes sent (POST) or `None` (GET, no Digest line).
+pub fn signed_headers(
+    client_id: &str,
+    key: &[u8],
+    request_id: &str,
+    timestamp: OffsetDateTime,
+    target: &str,
+    body: Option<&[u8]>,
+) -> Vec<(&'static str, String)> {
+    let timestamp = request_timestamp(timestamp);
+    let digest = body.map(signature::digest);
+    let sts = signature::string_to_sign(&Components {
+        client_id,
+        request_id,
+        timestamp: &timestamp,
+        timestamp_kind: TimestampKind::Request,
+        request_target: target,
+        digest: digest.as_deref(),
+    });
+    vec![
+        ("Client-Id", client_id.to_owned()),
+        ("Request-Id", request_id.to_owned()),
+        ("Request-Timestamp", timestamp),
+        ("Signature", signature::sign(key, &sts)),
+    ]
+}
+
+/// An answer DOKU gave (2xx or a status that is not retried).
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+/// One request of a logical call, identical on every attempt except for its timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Call<'a> {
+    endpoint: &'static str,
+    method: &'a Method,
+    /// Path after the base URL (`/orders/v1/status/INV-1`).
+    path: &'a str,
+    request_id: &'a str,
+    body: Option<&'a [u8]>,
+}
+
+/// What one attempt ended with.
+#[derive(Debug)]
+enum Attempt {
+    Answer(Answer),
+    /// 5xx or 429: DOKU did not process it.
+    Retryable {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// No answer. `maybe_reached` unless the connection was never established.
+    Failed {
+        detail: String,
+        maybe_reached: bool,
+    },
+}
+
+impl DokuClient {
+    /// Builds the client. Installs ring as the process's rustls provider if none is installed
+    /// yet (the crate does not build aws-lc).
+    pub fn new(cfg: DokuClientConfig, key: SecretKeySource) -> Result<Self, ConfigError> {
+        let url = Url::parse(&cfg.base_url)
+            .map_err(|e| ConfigError(format!("base URL {:?}: {e}", cfg.base_url)))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(ConfigError(format!(
+                "base URL {:?} must be http(s)://host[:port][/path] without query or fragment",
+                cfg.base_url
+            )));
+        }
+        if cfg.client_id.is_empty() {
+            return Err(ConfigError("DOKU Client-Id is empty".into()));
+        }
+        if cfg.max_attempts == 0 {
+            return Err(ConfigError("max_attempts must be at least 1".into()));
+        }
+        // Fails only when a provider is already installed, which is what we want.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            // A redirect would change the signed Request-Target; DOKU does not redirect its API.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("o2o-sidecar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError(format!("HTTP client: {}", error_chain(&e))))?;
+        let path_prefix = url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base: cfg.base_url.trim_end_matches('/').to_owned(),
+                path_prefix,
+                cfg,
+                key,
+            }),
+        })
+    }
+
+    /// Builds the request for a new payment code: a fresh Request-Id (UUID v4) and the body
+    /// serialized once. The caller stores both and passes them to every attempt.
+    pub fn prepare_payment_code(&self, p: &NewPayment) -> PreparedRequest {
+        PreparedRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            body: DokuPaymentCodeRequest::new(p).to_bytes(),
+        }
+    }
+
+    /// Asks DOKU for an Indomaret payment code, sending exactly `req.body` with
+    /// `req.request_id` on every attempt. A `409` carrying a success body is DOKU replaying
+    /// the answer to an earlier attempt of the same request, and counts as success.
+    pub async fn generate_payment_code(
+        &self,
+        req: &PreparedRequest,
+    ) -> Result<IssuedCode, DokuError> {
+        let answer = self
+            .call(Call {
+                endpoint: "payment_code",
+                method: &Method::POST,
+                path: PAYMENT_CODE_PATH,
+                request_id: &req.request_id,
+                body: Some(&req.body),
+            })
+            .await?;
+        let status = answer.status;
+        if !(status.is_success() || status == StatusCode::CONFLICT) {
+            return Err(refusal(answer));
+        }
+        let issued = DokuPaymentCodeResponse::parse(&answer.body).and_then(|r| {
+            let ours = DokuPaymentCodeResponse::parse(&req.body)
+                .ok()
+                .and_then(|b| b.invoice_number().map(str::to_owned));
+            match (r.invoice_number(), ours.as_deref()) {
+                (Some(theirs), Some(ours)) if theirs != ours => Err(format!(
+                    "DOKU answered for invoice {theirs:?}, the request was for {ours:?}"
+                )),
+                _ => r.into_issued(),
+            }
+        });
+        match issued {
+            Ok(code) => {
+                if status == StatusCode::CONFLICT {
+                    tracing::info!(
+                        request_id = %req.request_id,
+                        "DOKU replayed its answer to an earlier attempt (409)"
+                    );
+                }
+                Ok(code)
+            }
+            Err(why) if status == StatusCode::CONFLICT => {
+                tracing::debug!(%why, "409 is not a replayed success");
+                Err(refusal(answer))
+            }
+            Err(why) => {
+                tracing::warn!(
+                    request_id = %req.request_id,
+                    http_status = status.as_u16(),
+                    body = %for_log(&answer.body),
+                    %why,
+                    "DOKU's success answer is unreadable; a payment code may exist"
+                );
+                Err(DokuError::OutcomeUnknown {
+                    detail: format!("HTTP {} answer unreadable: {why}", status.as_u16()),
+                })
+            }
+        }
+    }
+
+    /// Asks DOKU's Check Status about `invoice` (GET, signed without Digest).
+    pub async fn check_status(&self, invoice: &InvoiceNumber) -> Result<StatusReport, DokuError> {
+        // InvoiceNumber allows only URL-unreserved characters, so the path needs no encoding
+        // and the signed target is exactly what is sent.
+        let path = format!("{CHECK_STATUS_PATH}{invoice}");
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let answer = self
+            .call(Call {
+                endpoint: "check_status",
+                method: &Method::GET,
+                path: &path,
+                request_id: &request_id,
+                body: None,
+            })
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Err(DokuError::NotFound {
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+            });
+        }
+        if !answer.status.is_success() {
+            return Err(refusal(answer));
+        }
+        let report = DokuTransactionReport::parse(&answer.body).and_then(|r| match r.status() {
+            Some(raw) => Ok(StatusReport {
+                status: ReportedStatus::from_doku(raw),
+                invoice_number: r.invoice_number().map(str::to_owned),
+                amount: r.amount(),
+                payment_code: r.payment_code().map(str::to_owned),
+                occur_time: r.occur_time(),
+                original_request_id: r.original_request_id().map(str::to_owned),
+            }),
+            None => Err("transaction.status is missing".to_owned()),
+        });
+        report.map_err(|why| {
+            tracing::warn!(
+                %invoice,
+                %request_id,
+                body = %for_log(&answer.body),
+                %why,
+                "DOKU's Check Status answer is unreadable"
+            );
+            DokuError::OutcomeUnknown {
+                detail: format!("Check Status answer unreadable: {why}"),
+            }
+        })
+    }
+
+    /// Sends `call` until DOKU gives an answer that is not retried, or attempts run out.
+    async fn call(&self, call: Call<'_>) -> Result<Answer, DokuError> {
+        let cfg = &self.inner.cfg;
+        let mut maybe_reached = false;
+        let mut last_detail = String::new();
+        let mut last_retry_after = None;
+        for attempt in 1..=cfg.max_attempts {
+            let span = tracing::info_span!(
+                "doku.call",
+                endpoint = call.endpoint,
+                request_id = call.request_id,
+                attempt,
+                http_status = field::Empty,
+                elapsed_ms = field::Empty,
+            );
+            let retry_after = match self.attempt(call).instrument(span).await {
+                Attempt::Answer(answer) => return Ok(answer),
+                Attempt::Retryable {
+                    detail,
+                    retry_after,
+                } => {
+                    last_detail = detail;
+                    last_retry_after = retry_after.or(last_retry_after);
+                    retry_after
+                }
+                Attempt::Failed {
+                    detail,
+                    maybe_reached: reached,
+                } => {
+                    maybe_reached |= reached;
+                    last_detail = detail;
+                    None
+                }
+            };
+            if attempt < cfg.max_attempts {
+                let wait = backoff(cfg.backoff_base, cfg.backoff_max, attempt)
+                    .max(retry_after.unwrap_or_default().min(cfg.retry_after_max));
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let detail = format!(
+            "{} attempt(s) to {}; last: {last_detail}",
+            cfg.max_attempts, call.endpoint
+        );
+        Err(if maybe_reached {
+            DokuError::OutcomeUnknown { detail }
+        } else {
+            DokuError::Unavailable {
+                detail,
+                retry_after: last_retry_after,
+            }
+        })
+    }
+
+    /// One signed attempt, inside its `doku.call` span.
+    async fn attempt(&self, call: Call<'_>) -> Attempt {
+        let inner = &*self.inner;
+        let target = format!("{}{}", inner.path_prefix, call.path);
+        let key = inner.key.current();
+        let headers = signed_headers(
+            &inner.cfg.client_id,
+            key.expose_secret().as_bytes(),
+            call.request_id,
+            OffsetDateTime::now_utc(),
+            &target,
+            call.body,
+        );
+        let mut req = inner
+            .http
+            .request(call.method.clone(), format!("{}{}", inner.base, call.path));
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if let Some(body) = call.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+
+        let started = Instant::now();
+        let span = Span::current();
+        let elapsed = |span: &Span| {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            span.record("elapsed_ms", ms);
+        };
+        let mut resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                elapsed(&span);
+                // Only a failed connect proves the request never left; anything later
+                // (timeout, reset, closed mid-answer) may be after DOKU acted on it.
+                let maybe_reached = !e.is_connect();
+                let detail = error_chain(&e);
+                tracing::warn!(%detail, maybe_reached, "DOKU call failed");
+                return Attempt::Failed {
+                    detail,
+                    maybe_reached,
+                };
+            }
+        };
+        let status = resp.status();
+        span.record("http_status", status.as_u16());
+        let headers = resp.headers().clone();
+        let body = read_body(&mut resp).await;
+        elapsed(&span);
+        warn_on_clock_skew(&headers);
+        let body = match body {
+            Ok(body) => body,
+            Err(detail) => {
+                tracing::warn!(%detail, "DOKU's answer could not be read");
+                return Attempt::Failed {
+                    detail: format!("HTTP {} answer unreadable: {detail}", status.as_u16()),
+                    maybe_reached: true,
+                };
+            }
+        };
+        self.log_response_signature(&call, &target, &headers, &body, &key);
+
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = retry_after(&headers);
+            tracing::warn!(body = %for_log(&body), ?retry_after, "DOKU is unavailable");
+            return Attempt::Retryable {
+                detail: format!("HTTP {}", status.as_u16()),
+                retry_after,
+            };
+        }
+        if status.is_success() {
+            tracing::info!("DOKU answered");
+        } else {
+            tracing::warn!(body = %for_log(&body), "DOKU refused the request");
+        }
+        Attempt::Answer(Answer { status, body })
+    }
+
+    /// Checks DOKU's response signature when it sends one. How DOKU computes it is not
+    /// confirmed, so a mismatch is only logged, never acted on.
+    fn log_response_signature(
+        &self,
+        call: &Call<'_>,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: &secrecy::SecretString,
+    ) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (Some(sig), Some(ts)) = (header("Signature"), header("Response-Timestamp")) else {
+            return;
+        };
+        let verdict = response_signature(
+            key.expose_secret().as_bytes(),
+            &self.inner.cfg.client_id,
+            call.request_id,
+            ts,
+            target,
+            body,
+            call.body,
+            sig,
+        );
+        match verdict {
+            Some(over) => tracing::debug!(over, "DOKU's response signature verified"),
+            None => tracing::warn!(
+                response_timestamp = ts,
+                "DOKU's response signature does not verify (log only)"
+            ),
+        }
+    }
+}
+
+/// What DOKU's response signature covers, or `None` when it verifies under no reading.
+///
+/// DOKU documents the response signature "based on the response body" but has published no
+/// worked example, so the readings tried are: Digest of the response body, Digest of the
+/// request body, and no Digest. The one that matches is logged, which settles the question
+/// on the first real answer.
+#[allow(clippy::too_many_arguments)]
+fn response_signature(
+    key: &[u8],
+    client_id: &str,
+    request_id: &str,
+    response_timestamp: &str,
+    target: &str,
+    response_body: &[u8],
+    request_body: Option<&[u8]>,
+    signature_header: &str,
+) -> Option<&'static str> {
+    let mut readings = vec![("response body", Some(response_body))];
+    if let Some(body) = request_body {
+        readings.push(("request body", Some(body)));
+    }
+    readings.push(("no digest", None));
+    readings
+        .into_iter()
+        .find(|(_, body)| {
+            let digest = body.map(signature::digest);
+            let sts = signature::string_to_sign(&Components {
+                client_id,
+                request_id,
+                timestamp: response_timestamp,
+                timestamp_kind: TimestampKind::Response,
+                request_target: target,
+                digest: digest.as_deref(),
+            });
+            signature::verify(key, &sts, signature_header)
+        })
+        .map(|(name, _)| name)
+}
+
+/// The error for an answer DOKU refused (not 2xx, not retried).
+fn refusal(answer: Answer) -> DokuError {
+    let http_status = answer.status.as_u16();
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
+    if matches!(
+        answer.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        return DokuError::AuthRejected { http_status, body };
+    }
+    let message = super::types::error_message(&answer.body)
+        .unwrap_or_else(|| format!("HTTP {http_status} without a message"));
+    DokuError::Rejected {
+        http_status,
+        message,
+        body,
+    }
+}
+
+/// Full-jitter exponential backoff: a random wait in `[0, min(max, base * 2^(attempt-1))]`.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(max);
+    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=ceiling_ms))
+}
+
+/// A numeric `Retry-After` (seconds). The HTTP-date form is not used by APIs like DOKU's and
+/// is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Reads the answer, refusing one larger than [`RESPONSE_BODY_MAX`].
+async fn read_body(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > RESPONSE_BODY_MAX {
+            return Err(format!("answer larger than {RESPONSE_BODY_MAX} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// How far DOKU's `Date` header (IMF-fixdate) is from `now`, when it parses.
+fn clock_skew(date: &str, now: OffsetDateTime) -> Option<time::Duration> {
+    let fmt = format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let theirs = time::PrimitiveDateTime::parse(date.trim(), fmt)
+        .ok()?
+        .assume_utc();
+    Some(now - theirs)
+}
+
+fn warn_on_clock_skew(headers: &HeaderMap) {
+    let Some(date) = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if let Some(skew) = clock_skew(date, OffsetDateTime::now_utc())
+        && skew.abs() > CLOCK_SKEW_WARN
+    {
+        tracing::warn!(
+            doku_date = date,
+            skew_seconds = skew.whole_seconds(),
+            "our clock differs from DOKU's; DOKU may reject Request-Timestamp"
+        );
+    }
+}
+
+/// A DOKU body for the log: lossy UTF-8, at most [`LOG_BODY_MAX`] bytes.
+fn for_log(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= LOG_BODY_MAX {
+        return text.into_owned();
+    }
+    let mut end = LOG_BODY_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], body.len())
+}
+
+/// An error and its sources on one line (reqwest's own `Display` hides the cause).
+fn error_chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::doku::types::tests::v1_payment;
+
+    const KEY: &[u8] = b"SK-TEST-0123456789abcdef";
+    const CLIENT: &str = "MCH-0001-10791114622547";
+
+    #[test]
+    fn v1_golden_request_is_signed_as_the_vector() {
+        let body = DokuPaymentCodeRequest::new(&v1_payment()).to_bytes();
+        assert_eq!(
+            body,
+            include_bytes!("../../tests/golden/doku/payment_code_v1.json")
+        );
+        let headers = signed_headers(
+            CLIENT,
+            KEY,
+            "5b8e438f-fac1-4103-9e0e-ebfdc38b5acb",
+            datetime!(2020-08-11 15:45:42.999 +7),
+            PAYMENT_CODE_PATH,
+            Some(&body),
+        );
+        assert_eq!(
+            headers,
+            vec![
+                ("Client-Id", CLIENT.to_owned()),
+                (
+                    "Request-Id",
+                    "5b8e438f-fac1-4103-9e0e-ebfdc38b5acb".to_owned()
+                ),
+                ("Request-Timestamp", "2020-08-11T08:45:42Z".to_owned()),
+                (
+                    "Signature",
+                    "HMACSHA256=ctyeJ/roO15esvxAIm2CCCCicGZZN+5/oiKWbePybpE=".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_get_is_signed_without_digest() {
+        let headers = signed_headers(
+            CLIENT,
+            KEY,
+            "d895fb53-479c-4f77-a76a-ab81b40d77cb",
+            datetime!(2020-08-11 08:45:42 UTC),
+            "/orders/v1/status/INV-123123-12313",
+            None,
+        );
+        assert_eq!(
+            headers[3].1,
+            "HMACSHA256=po9vane9Ameix3qVbteTzMXvPIn/SKDJLBvBv0pDEo4="
+        );
+    }
+
+    #[test]
+    fn v6_response_signature_and_its_readings() {
+        let v1 = include_bytes!("../../tests/golden/doku/payment_code_v1.json");
+        let sig = "HMACSHA256=lwkO4gMZl5ayBOXT9AHj4Cb+uiRP4Jk1s1IKD4J0vhw=";
+        let check = |response_body: &[u8], request_body: Option<&[u8]>, target: &str| {
+            response_signature(
+                KEY,
+                CLIENT,
+                "5b8e438f-fac1-4103-9e0e-ebfdc38b5acb",
+                "2020-08-11T08:45:43Z",
+                target,
+                response_body,
+                request_body,
+                sig,
+            )
+        };
+        assert_eq!(check(v1, None, PAYMENT_CODE_PATH), Some("response body"));
+        assert_eq!(
+            check(b"{}", Some(v1), PAYMENT_CODE_PATH),
+            Some("request body")
+        );
+        assert_eq!(check(b"{}", None, PAYMENT_CODE_PATH), None);
+        assert_eq!(check(v1, Some(v1), "/other"), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_millis(250);
+        for _ in 0..200 {
+            assert!(backoff(base, max, 1) <= base);
+            assert!(backoff(base, max, 2) <= Duration::from_millis(200));
+            assert!(backoff(base, max, 30) <= max);
+            assert!(backoff(base, max, u32::MAX) <= max);
+        }
+        // Full jitter uses the whole range: over many draws the third step exceeds the first.
+        assert!((0..200).any(|_| backoff(base, max, 3) > base));
+    }
+
+    #[test]
+    fn retry_after_is_numeric_seconds_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", " 7 ".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn clock_skew_from_date_header() {
+        let now = datetime!(2015-10-21 07:29:30 UTC);
+        assert_eq!(
+            clock_skew("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(time::Duration::seconds(90))
+        );
+        assert_eq!(
+            clock_skew("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            Some(time::Duration::seconds(-30))
+        );
+        assert_eq!(clock_skew("yesterday", now), None);
+    }
+
+    #[test]
+    fn log_bodies_are_truncated_on_a_char_boundary() {
+        assert_eq!(for_log(b"short"), "short");
+        let long = "é".repeat(2000);
+        let logged = for_log(long.as_bytes());
+        assert!(logged.len() < LOG_BODY_MAX + 32);
+        assert!(logged.ends_with("… (4000 bytes)"), "{logged}");
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let key = SecretKeySource::fixed("SK-x");
+        let cfg = |base: &str, id: &str| DokuClientConfig {
+            base_url: base.to_owned(),
+            client_id: id.to_owned(),
+            ..Default::default()
+        };
+        assert!(DokuClient::new(cfg(SANDBOX_BASE_URL, CLIENT), key.clone()).is_ok());
+        for bad in ["", "api.doku.com", "ftp://api.doku.com", "https://x/?a=1"] {
+            assert!(
+                DokuClient::new(cfg(bad, CLIENT), key.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(DokuClient::new(cfg(SANDBOX_BASE_URL, ""), key.clone()).is_err());
+        let c = DokuClient::new(cfg("http://127.0.0.1:1/doku/", CLIENT), key).unwrap();
+        assert_eq!(c.inner.base, "http://127.0.0.1:1/doku");
+        assert_eq!(c.inner.path_prefix, "/doku");
+    }
+
+    #[test]
+    fn prepared_requests_get_fresh_ids_and_the_same_body() {
+        let c = DokuClient::new(
+            DokuClientConfig {
+                client_id: CLIENT.into(),
+                ..Default::default()
+            },
+            SecretKeySource::fixed("SK-x"),
+        )
+        .unwrap();
+        let a = c.prepare_payment_code(&v1_payment());
+        let b = c.prepare_payment_code(&v1_payment());
+        assert_ne!(a.request_id, b.request_id);
+        assert!(uuid::Uuid::parse_str(&a.request_id).is_ok());
+        assert_eq!(a.body, b.body);
+        assert_eq!(
+            a.body,
+            include_bytes!("../../tests/golden/doku/payment_code_v1.json")
+        );
+    }
+}
