@@ -274,6 +274,8 @@ impl DokuClient {
             return Err(refusal(answer));
         }
         let issued = DokuPaymentCodeResponse::parse(&answer.body).and_then(|r| {
+            // The prepared body carries no typed invoice, but its `order` object has the same
+            // shape as the answer's, so the same parser reads it back.
             let ours = DokuPaymentCodeResponse::parse(&req.body)
                 .ok()
                 .and_then(|b| b.invoice_number().map(str::to_owned));
@@ -842,5 +844,479 @@ mod tests {
             a.body,
             include_bytes!("../../tests/golden/doku/payment_code_v1.json")
         );
+    }
+}
+
+/// The client against a local HTTP server on 127.0.0.1:0.
+#[cfg(test)]
+mod server_tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use time::macros::datetime;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use wiremock::{
+        Mock, MockServer, ResponseTemplate,
+        matchers::{method, path},
+    };
+
+    use super::*;
+    use crate::{doku::types::tests::v1_payment, payment::PaymentStatus};
+
+    const KEY: &str = "SK-TEST-0123456789abcdef";
+    const CLIENT: &str = "MCH-0001-10791114622547";
+    const SUCCESS: &str = r#"{"order":{"invoice_number":"INV-2021002-0001","amount":150000},"online_to_offline_info":{"payment_code":"8880123456789012","created_date":"20230529090510","expired_date":"20230529100510","expired_date_utc":"2023-05-29T03:05:10Z","how_to_pay_page":"https://sandbox.doku.com/how-to-pay/x","how_to_pay_api":"https://api-sandbox.doku.com/how-to-pay-api/x"}}"#;
+
+    fn client_for(base_url: String, max_attempts: u32, request_timeout_ms: u64) -> DokuClient {
+        DokuClient::new(
+            DokuClientConfig {
+                base_url,
+                client_id: CLIENT.into(),
+                connect_timeout: Duration::from_millis(500),
+                request_timeout: Duration::from_millis(request_timeout_ms),
+                max_attempts,
+                backoff_base: Duration::from_millis(5),
+                backoff_max: Duration::from_millis(20),
+                retry_after_max: Duration::from_millis(30),
+            },
+            SecretKeySource::fixed(KEY),
+        )
+        .unwrap()
+    }
+
+    fn client(server: &MockServer, max_attempts: u32) -> DokuClient {
+        client_for(server.uri(), max_attempts, 1000)
+    }
+
+    /// Asserts that `req` carries a valid signature over its path and received body bytes;
+    /// returns its Request-Id.
+    fn assert_signed(req: &wiremock::Request) -> String {
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let ts = header("Request-Timestamp");
+        assert_eq!(ts.len(), 20, "{ts}");
+        assert!(
+            time::PrimitiveDateTime::parse(
+                &ts,
+                format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z")
+            )
+            .is_ok()
+        );
+        let is_post = req.method == Method::POST;
+        let digest = is_post.then(|| signature::digest(&req.body));
+        let sts = signature::string_to_sign(&Components {
+            client_id: &header("Client-Id"),
+            request_id: &header("Request-Id"),
+            timestamp: &ts,
+            timestamp_kind: TimestampKind::Request,
+            request_target: req.url.path(),
+            digest: digest.as_deref(),
+        });
+        assert!(
+            signature::verify(KEY.as_bytes(), &sts, &header("Signature")),
+            "signature of {} does not verify",
+            req.url.path()
+        );
+        if is_post {
+            assert_eq!(header("Content-Type"), "application/json");
+        }
+        header("Request-Id")
+    }
+
+    async fn mount(server: &MockServer, status: u16, body: &str, times: Option<u64>) {
+        let mock = Mock::given(method("POST"))
+            .and(path(PAYMENT_CODE_PATH))
+            .respond_with(ResponseTemplate::new(status).set_body_string(body));
+        let mock = match times {
+            Some(n) => mock.up_to_n_times(n),
+            None => mock,
+        };
+        mock.mount(server).await;
+    }
+
+    async fn received(server: &MockServer) -> Vec<wiremock::Request> {
+        server.received_requests().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_resend_the_same_request_and_succeed() {
+        let server = MockServer::start().await;
+        mount(&server, 503, "busy", Some(2)).await;
+        mount(&server, 200, SUCCESS, None).await;
+        let c = client(&server, 3);
+        let req = c.prepare_payment_code(&v1_payment());
+
+        let issued = c.generate_payment_code(&req).await.unwrap();
+        assert_eq!(issued.payment_code.as_str(), "8880123456789012");
+        assert_eq!(issued.create_time, Some(datetime!(2023-05-29 02:05:10 UTC)));
+        assert_eq!(issued.expire_time, Some(datetime!(2023-05-29 03:05:10 UTC)));
+        assert_eq!(
+            issued.how_to_pay_url.as_deref(),
+            Some("https://sandbox.doku.com/how-to-pay/x")
+        );
+
+        let sent = received(&server).await;
+        assert_eq!(sent.len(), 3);
+        for r in &sent {
+            assert_eq!(assert_signed(r), req.request_id);
+            assert_eq!(r.body, req.body, "every attempt sends the prepared bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_5xx_is_unavailable_with_retry_after() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "7"))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DokuError::Unavailable { retry_after: Some(d), .. } if *d == Duration::from_secs(7)),
+            "{err:?}"
+        );
+        assert_eq!(received(&server).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_is_retried() {
+        let server = MockServer::start().await;
+        mount(&server, 429, "slow down", Some(1)).await;
+        mount(&server, 200, SUCCESS, None).await;
+        let c = client(&server, 3);
+        assert!(
+            c.generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+                .await
+                .is_ok()
+        );
+        assert_eq!(received(&server).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_makes_the_outcome_unknown() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_string(SUCCESS)
+                    .set_delay(Duration::from_millis(600)),
+            )
+            .mount(&server)
+            .await;
+        let c = client_for(server.uri(), 2, 100);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DokuError::OutcomeUnknown { .. }), "{err:?}");
+        assert_eq!(received(&server).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_then_5xx_is_still_unknown() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(600)))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        mount(&server, 502, "bad gateway", None).await;
+        let c = client_for(server.uri(), 3, 100);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DokuError::OutcomeUnknown { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_unavailable() {
+        let port = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = client_for(format!("http://127.0.0.1:{port}"), 2, 1000);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DokuError::Unavailable {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_mid_answer_makes_the_outcome_unknown() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"order\":")
+                    .await;
+                // Dropping the socket cuts the answer short.
+            }
+        });
+        let c = client_for(format!("http://{addr}"), 2, 1000);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DokuError::OutcomeUnknown { .. }), "{err:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn conflict_with_the_original_answer_is_success() {
+        let server = MockServer::start().await;
+        mount(&server, 409, SUCCESS, None).await;
+        let c = client(&server, 3);
+        let issued = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap();
+        assert_eq!(issued.payment_code.as_str(), "8880123456789012");
+        assert_eq!(received(&server).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn conflict_without_a_code_is_rejected() {
+        let server = MockServer::start().await;
+        mount(
+            &server,
+            409,
+            r#"{"message":"different request data"}"#,
+            None,
+        )
+        .await;
+        let c = client(&server, 3);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DokuError::Rejected { http_status: 409, message, .. } if message == "different request data"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unauthorized_keeps_the_body_and_is_not_retried() {
+        let server = MockServer::start().await;
+        mount(&server, 401, r#"{"error":"Invalid Signature"}"#, None).await;
+        let c = client(&server, 3);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DokuError::AuthRejected {
+                http_status: 401,
+                body: r#"{"error":"Invalid Signature"}"#.into()
+            }
+        );
+        assert!(!err.to_string().contains(KEY));
+        assert_eq!(received(&server).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_request_extracts_doku_s_message() {
+        let server = MockServer::start().await;
+        let body = r#"{"error":{"code":"invalid_parameter","message":"Invalid JSON Format"}}"#;
+        mount(&server, 400, body, None).await;
+        let c = client(&server, 3);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DokuError::Rejected {
+                http_status: 400,
+                message: "Invalid JSON Format".into(),
+                body: body.into(),
+            }
+        );
+        assert_eq!(received(&server).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_or_foreign_success_makes_the_outcome_unknown() {
+        let foreign = SUCCESS.replace("INV-2021002-0001", "INV-OTHER");
+        for body in ["<html>gateway</html>", r#"{"order":{}}"#, foreign.as_str()] {
+            let server = MockServer::start().await;
+            mount(&server, 200, body, None).await;
+            let c = client(&server, 3);
+            let err = c
+                .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, DokuError::OutcomeUnknown { .. }),
+                "{body}: {err:?}"
+            );
+            assert_eq!(received(&server).await.len(), 1);
+        }
+    }
+
+    fn status_body(status: &str) -> String {
+        format!(
+            r#"{{"service":{{"id":"ONLINE_TO_OFFLINE"}},"acquirer":{{"id":"INDOMARET"}},"channel":{{"id":"ONLINE_TO_OFFLINE_INDOMARET"}},"transaction":{{"status":"{status}","date":"2021-08-12T07:06:28Z","original_request_id":"5b8e438f-fac1-4103-9e0e-ebfdc38b5acb"}},"order":{{"invoice_number":"INV-1","amount":150000}},"online_to_offline_info":{{"payment_code":"8880123456789012"}}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn check_status_maps_doku_s_answer() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/orders/v1/status/INV-1"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(status_body("SUCCESS")))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        let invoice = InvoiceNumber::parse("INV-1").unwrap();
+        let report = c.check_status(&invoice).await.unwrap();
+        assert_eq!(
+            report,
+            StatusReport {
+                status: ReportedStatus::Known(PaymentStatus::Paid),
+                invoice_number: Some("INV-1".into()),
+                amount: Some(150_000),
+                payment_code: Some("8880123456789012".into()),
+                occur_time: Some(datetime!(2021-08-12 07:06:28 UTC)),
+                original_request_id: Some("5b8e438f-fac1-4103-9e0e-ebfdc38b5acb".into()),
+            }
+        );
+        let sent = received(&server).await;
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].body.is_empty());
+        assert!(sent[0].headers.get("Content-Type").is_none());
+        assert_signed(&sent[0]);
+    }
+
+    #[tokio::test]
+    async fn check_status_reports_unknown_statuses_raw() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(status_body("ON_HOLD")))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        let report = c
+            .check_status(&InvoiceNumber::parse("INV-1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            report.status,
+            ReportedStatus::Unrecognized("ON_HOLD".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn check_status_not_found_and_unreadable() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/orders/v1/status/INV-404"))
+            .respond_with(ResponseTemplate::new(404).set_body_string("No static resource"))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/orders/v1/status/INV-EMPTY"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"order":{}}"#))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        let err = c
+            .check_status(&InvoiceNumber::parse("INV-404").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DokuError::NotFound {
+                body: "No static resource".into()
+            }
+        );
+        let err = c
+            .check_status(&InvoiceNumber::parse("INV-EMPTY").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DokuError::OutcomeUnknown { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_base_url_path_prefix_is_part_of_the_signed_target() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/doku/orders/v1/status/INV-1"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(status_body("PENDING")))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(format!("/doku{PAYMENT_CODE_PATH}")))
+            .respond_with(ResponseTemplate::new(200).set_body_string(SUCCESS))
+            .mount(&server)
+            .await;
+        let c = client_for(format!("{}/doku/", server.uri()), 1, 1000);
+        let report = c
+            .check_status(&InvoiceNumber::parse("INV-1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(report.status, ReportedStatus::Known(PaymentStatus::Pending));
+        c.generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap();
+        let sent = received(&server).await;
+        assert_eq!(sent.len(), 2);
+        for r in &sent {
+            assert!(r.url.path().starts_with("/doku/"));
+            assert_signed(r);
+        }
+    }
+
+    #[tokio::test]
+    async fn check_status_uses_one_request_id_per_call() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(500))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(status_body("EXPIRED")))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        let invoice = InvoiceNumber::parse("INV-1").unwrap();
+        c.check_status(&invoice).await.unwrap();
+        c.check_status(&invoice).await.unwrap();
+        let ids: Vec<String> = received(&server).await.iter().map(assert_signed).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0], ids[1], "a retry keeps the call's Request-Id");
+        assert_ne!(ids[1], ids[2], "a new call gets a new Request-Id");
     }
 }
