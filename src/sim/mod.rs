@@ -9,7 +9,7 @@
 //! "Invalid JSON Format" to those), and `Request-Id` idempotency follows DOKU (`409` with the
 //! original body on an exact repeat).
 //!
-//! It knows DOKU's JSON through its own wire types ([`wire`]), never through `crate::doku`'s,
+//! It knows DOKU's JSON through its own wire types (`wire`), never through `crate::doku`'s,
 //! so that a mistake in one is not mirrored in the other. Only the vector-tested signature
 //! functions of `crate::doku::signature` are shared.
 //!
@@ -24,6 +24,20 @@
 //! - error answers are not signed;
 //! - a reusable code stays payable until it expires; once paid at least once it reads
 //!   `SUCCESS`.
+//!
+//! # Control API
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /_sim/payments/{invoice}/pay` | `SUCCESS` + signed notification; answers [`PayOutcome`] |
+//! | `POST /_sim/payments/{invoice}/fail` | `FAILED` + signed `FAILED` notification |
+//! | `POST /_sim/payments/{invoice}/expire` | `EXPIRED`, no notification |
+//! | `GET /_sim/payments`, `GET /_sim/payments/{invoice}` | [`SimPayment`]s |
+//! | `GET /_sim/notifications` | [`NotificationDelivery`]s |
+//! | `GET /_sim/requests` | [`ReceivedRequest`]s (DOKU endpoints only) |
+//! | `POST /_sim/faults` (one [`Fault`] or an array; appended), `GET`, `DELETE` | faults |
+//!
+//! Unknown invoices answer `404`, a payment whose state forbids the action `409`.
 
 mod api;
 mod auth;

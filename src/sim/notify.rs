@@ -181,6 +181,18 @@ async fn attempt(inner: &Inner, plan: &Plan) -> (Option<u16>, Option<String>) {
             let _ = res.bytes().await;
             (Some(status), None)
         }
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(error_chain(&e))),
     }
+}
+
+/// `e` and its sources on one line: reqwest's own message alone hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
