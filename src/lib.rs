@@ -5,4 +5,5 @@ pub mod doku;
 pub mod error;
 pub mod payment;
 pub mod secret;
+pub mod sim;
 pub mod store;

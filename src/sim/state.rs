@@ -1,0 +1,331 @@
+//! The simulator's memory: issued payment codes and their lifecycle (pending, paid, expired,
+//! failed), the `Request-Id` replay table behind DOKU's idempotency, the log of DOKU-API
+//! requests received and the notification deliveries. Also the public snapshots of these
+//! that tests and the control API read.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::sim::SimError;
+
+/// A payment's status, in Check Status's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimStatus {
+    /// Issued, not paid, not expired.
+    Pending,
+    /// Paid at least once.
+    Success,
+    /// Expired unpaid (deadline passed or expired through the control API).
+    Expired,
+    /// Failed through the control API.
+    Failed,
+}
+
+impl SimStatus {
+    /// DOKU's `transaction.status` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Success => "SUCCESS",
+            Self::Expired => "EXPIRED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// A payment code as the simulator holds it (`GET /_sim/payments`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SimPayment {
+    /// `order.invoice_number` of the generate call.
+    pub invoice_number: String,
+    /// `order.amount`, whole rupiah.
+    pub amount: u64,
+    /// The digits the customer tells the cashier.
+    pub payment_code: String,
+    /// As Check Status reads it now (a pending code past its deadline reads `EXPIRED`).
+    pub status: SimStatus,
+    /// `Request-Id` of the generate call (DOKU's `original_request_id`).
+    pub request_id: String,
+    /// `online_to_offline_info.reusable_status`.
+    pub reusable: bool,
+    /// When the code was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The deadline from `expired_time`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it was last paid.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paid_at: Option<OffsetDateTime>,
+    /// How many times it was paid (more than once only for a reusable code).
+    pub pay_count: u32,
+    /// When it became `EXPIRED` (control API, or the deadline), if it did.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expired_at: Option<OffsetDateTime>,
+    /// When it was failed through the control API.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub failed_at: Option<OffsetDateTime>,
+    /// Where its notifications go: the override URL, else the configured one.
+    pub notification_url: Option<String>,
+}
+
+/// Answer of `pay` / `fail` (and of `POST /_sim/payments/{invoice}/pay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PayOutcome {
+    /// The invoice paid.
+    pub invoice_number: String,
+    /// `SUCCESS` (pay) or `FAILED` (fail).
+    pub status: SimStatus,
+    /// `Request-Id` of the notification for this payment; `None` when no notification URL is
+    /// known. Present also when a `suppress` fault keeps it from being sent.
+    pub notification_request_id: Option<String>,
+}
+
+/// What the simulator made of a DOKU-API request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Processed: a code issued, a status read.
+    Accepted,
+    /// Exact repeat of an earlier `Request-Id`: answered `409` with the original body.
+    Replayed,
+    /// Refused as DOKU would; nothing changed.
+    Rejected {
+        /// DOKU-style error code (`invalid_signature`, `invalid_parameter`, …).
+        code: String,
+        /// Why, in words.
+        message: String,
+    },
+    /// A fault answered before processing; nothing changed.
+    Faulted,
+}
+
+/// One request received on a DOKU endpoint (`GET /_sim/requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceivedRequest {
+    /// When it arrived.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// HTTP method.
+    pub method: String,
+    /// Path as sent (still percent-encoded).
+    pub path: String,
+    /// The `Request-Id` header, if any.
+    pub request_id: Option<String>,
+    /// The invoice the request was about, when it could be read.
+    pub invoice_number: Option<String>,
+    /// HTTP status answered; `None` when the connection was dropped.
+    pub status: Option<u16>,
+    /// The outcome.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The fault applied, if one was.
+    pub fault: Option<String>,
+}
+
+/// One notification delivery and its attempts (`GET /_sim/notifications`). A `duplicate`
+/// fault makes two deliveries with the same `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotificationDelivery {
+    /// The notification's `Request-Id`.
+    pub request_id: String,
+    /// The invoice paid.
+    pub invoice_number: String,
+    /// `transaction.status` sent (`SUCCESS` or `FAILED`).
+    pub status: SimStatus,
+    /// Where it is sent.
+    pub url: String,
+    /// Attempts made so far (initial send plus retries).
+    pub attempts: u32,
+    /// HTTP status of the last attempt; `None` if it got no HTTP answer.
+    pub last_status: Option<u16>,
+    /// Transport error of the last attempt, if any.
+    pub last_error: Option<String>,
+    /// Whether a `2xx` was received.
+    pub delivered: bool,
+    /// This is the second copy made by a `duplicate` fault.
+    pub duplicate: bool,
+    /// Its signature is deliberately wrong (`bad_signature` fault).
+    pub bad_signature: bool,
+    /// A `suppress` fault kept it from being sent.
+    pub suppressed: bool,
+}
+
+/// One issued payment code.
+#[derive(Debug, Clone)]
+pub(crate) struct PaymentRecord {
+    pub(crate) invoice_number: String,
+    pub(crate) amount: u64,
+    pub(crate) payment_code: String,
+    /// Secret part of the how-to-pay links.
+    pub(crate) token: String,
+    pub(crate) request_id: String,
+    pub(crate) reusable: bool,
+    pub(crate) info: Option<String>,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) paid: Vec<OffsetDateTime>,
+    pub(crate) expired_at: Option<OffsetDateTime>,
+    pub(crate) failed_at: Option<OffsetDateTime>,
+    pub(crate) notification_url: Option<String>,
+}
+
+impl PaymentRecord {
+    pub(crate) fn status(&self, now: OffsetDateTime) -> SimStatus {
+        if !self.paid.is_empty() {
+            SimStatus::Success
+        } else if self.failed_at.is_some() {
+            SimStatus::Failed
+        } else if self.expired_at.is_some() || now >= self.expires_at {
+            SimStatus::Expired
+        } else {
+            SimStatus::Pending
+        }
+    }
+
+    /// `transaction.date` for Check Status: when the current status began.
+    pub(crate) fn status_date(&self, now: OffsetDateTime) -> OffsetDateTime {
+        match self.status(now) {
+            SimStatus::Pending => self.created_at,
+            SimStatus::Success => *self.paid.last().unwrap_or(&self.created_at),
+            SimStatus::Failed => self.failed_at.unwrap_or(self.created_at),
+            SimStatus::Expired => self.expired_at.unwrap_or(self.expires_at),
+        }
+    }
+
+    /// Whether it can no longer be paid (deadline passed or closed by the control API).
+    fn closed(&self, now: OffsetDateTime) -> bool {
+        self.expired_at.is_some() || self.failed_at.is_some() || now >= self.expires_at
+    }
+
+    pub(crate) fn pay(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+        if !self.reusable && !self.paid.is_empty() {
+            return Err(SimError::Conflict(format!(
+                "invoice {} is already paid and its code is not reusable",
+                self.invoice_number
+            )));
+        }
+        if self.closed(now) {
+            return Err(SimError::Conflict(format!(
+                "invoice {} is {} and cannot be paid",
+                self.invoice_number,
+                self.closed_word(now)
+            )));
+        }
+        self.paid.push(now);
+        Ok(())
+    }
+
+    pub(crate) fn fail(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+        if self.status(now) != SimStatus::Pending {
+            return Err(SimError::Conflict(format!(
+                "invoice {} is {}, only a PENDING payment can fail",
+                self.invoice_number,
+                self.status(now).as_str()
+            )));
+        }
+        self.failed_at = Some(now);
+        Ok(())
+    }
+
+    pub(crate) fn expire(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+        if self.closed(now) {
+            return Err(SimError::Conflict(format!(
+                "invoice {} is already {}",
+                self.invoice_number,
+                self.closed_word(now)
+            )));
+        }
+        if !self.reusable && !self.paid.is_empty() {
+            return Err(SimError::Conflict(format!(
+                "invoice {} is already paid",
+                self.invoice_number
+            )));
+        }
+        self.expired_at = Some(now);
+        Ok(())
+    }
+
+    fn closed_word(&self, now: OffsetDateTime) -> &'static str {
+        if self.failed_at.is_some() {
+            "FAILED"
+        } else if self.closed(now) {
+            "EXPIRED"
+        } else {
+            "open"
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now: OffsetDateTime) -> SimPayment {
+        let status = self.status(now);
+        SimPayment {
+            invoice_number: self.invoice_number.clone(),
+            amount: self.amount,
+            payment_code: self.payment_code.clone(),
+            status,
+            request_id: self.request_id.clone(),
+            reusable: self.reusable,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            paid_at: self.paid.last().copied(),
+            pay_count: u32::try_from(self.paid.len()).unwrap_or(u32::MAX),
+            expired_at: self
+                .expired_at
+                .or((status == SimStatus::Expired).then_some(self.expires_at)),
+            failed_at: self.failed_at,
+            notification_url: self.notification_url.clone(),
+        }
+    }
+}
+
+/// What DOKU remembers about a successful generate call, to answer an exact repeat.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    /// The request body bytes, compared byte for byte.
+    pub(crate) request_body: Bytes,
+    /// The response body bytes, sent again on `409`.
+    pub(crate) response_body: Bytes,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    payments: Vec<PaymentRecord>,
+    by_invoice: HashMap<String, usize>,
+    codes: HashSet<String>,
+    pub(crate) replays: HashMap<String, Replay>,
+    pub(crate) requests: Vec<ReceivedRequest>,
+    pub(crate) deliveries: Vec<NotificationDelivery>,
+}
+
+impl State {
+    pub(crate) fn payments(&self) -> impl Iterator<Item = &PaymentRecord> {
+        self.payments.iter()
+    }
+
+    pub(crate) fn get(&self, invoice: &str) -> Option<&PaymentRecord> {
+        self.by_invoice.get(invoice).map(|&i| &self.payments[i])
+    }
+
+    pub(crate) fn get_mut(&mut self, invoice: &str) -> Option<&mut PaymentRecord> {
+        self.by_invoice.get(invoice).map(|&i| &mut self.payments[i])
+    }
+
+    pub(crate) fn by_code(&self, code: &str) -> Option<&PaymentRecord> {
+        self.payments.iter().find(|p| p.payment_code == code)
+    }
+
+    pub(crate) fn code_taken(&self, code: &str) -> bool {
+        self.codes.contains(code)
+    }
+
+    pub(crate) fn insert(&mut self, p: PaymentRecord) {
+        self.codes.insert(p.payment_code.clone());
+        self.by_invoice
+            .insert(p.invoice_number.clone(), self.payments.len());
+        self.payments.push(p);
+    }
+}
