@@ -20,12 +20,36 @@
 //!   changes nothing.
 //! - Migrations are versioned and run at start-up.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, NewPayment, Payment, PaymentCode, StatusChange,
 };
+
+#[cfg(test)]
+mod conformance;
+mod rows;
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Opens the store a `--store` URL names (`sqlite://PATH`), running its migrations, so that
+/// callers pick a backend by configuration alone.
+///
+/// An unsupported scheme is [`StoreError::Unavailable`] (the store cannot be reached as
+/// configured); the message names the scheme only, never the URL, which may hold a password.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
+        _ => Err(StoreError::Unavailable(format!(
+            "unsupported store URL scheme {scheme:?}; expected sqlite:// or postgres://"
+        ))),
+    }
+}
 
 /// Everything the store keeps about a payment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,319 @@
+//! What the SQL backends share: the row shapes both schemas return, their decoding into
+//! domain types (a value this version cannot read is [`StoreError::Corrupt`]), the time
+//! encoding, and the status-transition rule both backends apply inside their transactions.
+
+use time::OffsetDateTime;
+
+use super::{PaymentRecord, StoreError, StoredRequest};
+use crate::payment::{
+    Amount, Channel, Event, EventSource, InvoiceNumber, Payment, PaymentCode, PaymentStatus,
+};
+
+/// Columns of `payments`, in the order of [`PaymentRow`], for `SELECT` and `RETURNING`.
+macro_rules! payment_columns {
+    () => {
+        "invoice, amount, channel, payment_code, status, create_time, expire_time, pay_time, \
+         how_to_pay_url, how_to_pay_api_url, reusable, fingerprint, idempotency_key, \
+         doku_request_id, doku_request_body, attempt_lease_until, next_check_at, check_count"
+    };
+}
+pub(super) use payment_columns;
+
+/// Columns of `events`, in the order of [`EventRow`].
+macro_rules! event_columns {
+    () => {
+        "seq, invoice, status, amount, payment_code, channel, occur_time, source, doku_request_id"
+    };
+}
+pub(super) use event_columns;
+
+/// A `payments` row as stored. Times are unix seconds.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PaymentRow {
+    invoice: String,
+    amount: i64,
+    channel: String,
+    payment_code: Option<String>,
+    status: String,
+    create_time: i64,
+    expire_time: i64,
+    pay_time: Option<i64>,
+    how_to_pay_url: Option<String>,
+    how_to_pay_api_url: Option<String>,
+    reusable: bool,
+    fingerprint: String,
+    idempotency_key: Option<String>,
+    doku_request_id: Option<String>,
+    doku_request_body: Option<Vec<u8>>,
+    attempt_lease_until: Option<i64>,
+    next_check_at: Option<i64>,
+    check_count: i64,
+}
+
+impl TryFrom<PaymentRow> for PaymentRecord {
+    type Error = StoreError;
+
+    fn try_from(row: PaymentRow) -> Result<Self, StoreError> {
+        let invoice = invoice(&row.invoice)?;
+        let at = |field: &str, secs: i64| from_unix(&invoice, field, secs);
+        let doku_request = match (row.doku_request_id, row.doku_request_body) {
+            (Some(request_id), Some(body)) => Some(StoredRequest { request_id, body }),
+            (None, None) => None,
+            _ => {
+                return Err(corrupt(
+                    &invoice,
+                    "doku_request_id and doku_request_body are not both set",
+                ));
+            }
+        };
+        let payment = Payment {
+            amount: amount(&invoice, row.amount)?,
+            channel: channel(&invoice, &row.channel)?,
+            payment_code: row
+                .payment_code
+                .as_deref()
+                .map(|c| code(&invoice, c))
+                .transpose()?,
+            status: status(&invoice, &row.status)?,
+            create_time: at("create_time", row.create_time)?,
+            expire_time: at("expire_time", row.expire_time)?,
+            pay_time: row.pay_time.map(|s| at("pay_time", s)).transpose()?,
+            how_to_pay_url: row.how_to_pay_url,
+            how_to_pay_api_url: row.how_to_pay_api_url,
+            reusable: row.reusable,
+            invoice: invoice.clone(),
+        };
+        Ok(PaymentRecord {
+            fingerprint: row.fingerprint,
+            idempotency_key: row.idempotency_key,
+            doku_request,
+            attempt_lease_until: row
+                .attempt_lease_until
+                .map(|s| at("attempt_lease_until", s))
+                .transpose()?,
+            next_check_at: row
+                .next_check_at
+                .map(|s| at("next_check_at", s))
+                .transpose()?,
+            check_count: u32::try_from(row.check_count)
+                .map_err(|_| corrupt(&invoice, "check_count out of range"))?,
+            payment,
+        })
+    }
+}
+
+/// An `events` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct EventRow {
+    seq: i64,
+    invoice: String,
+    status: String,
+    amount: i64,
+    payment_code: Option<String>,
+    channel: String,
+    occur_time: i64,
+    source: String,
+    doku_request_id: Option<String>,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let invoice = invoice(&row.invoice)?;
+        Ok(Event {
+            seq: u64::try_from(row.seq)
+                .map_err(|_| StoreError::Corrupt(format!("events.seq {} is negative", row.seq)))?,
+            status: status(&invoice, &row.status)?,
+            amount: amount(&invoice, row.amount)?,
+            payment_code: row
+                .payment_code
+                .as_deref()
+                .map(|c| code(&invoice, c))
+                .transpose()?,
+            channel: channel(&invoice, &row.channel)?,
+            occur_time: from_unix(&invoice, "occur_time", row.occur_time)?,
+            source: EventSource::parse(&row.source)
+                .ok_or_else(|| corrupt(&invoice, &format!("unknown source {:?}", row.source)))?,
+            doku_request_id: row.doku_request_id,
+            invoice,
+        })
+    }
+}
+
+/// Decodes a list of rows, failing on the first that cannot be read.
+pub(super) fn decode_all<R, T>(rows: Vec<R>) -> Result<Vec<T>, StoreError>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// How a time is stored: whole unix seconds, UTC (DOKU's times are whole seconds too; a
+/// sub-second part is dropped).
+pub(super) fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// The current time as stored, for `updated_at` / `recorded_at` / `received_at` columns.
+pub(super) fn unix_now() -> i64 {
+    unix(OffsetDateTime::now_utc())
+}
+
+/// Converts a stored count or seq (never negative in practice) to the trait's unsigned type.
+pub(super) fn unsigned(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
+}
+
+/// Converts a trait-level count or seq to the database's signed 64-bit integer, saturating
+/// (a seq above `i64::MAX` can never exist, so the saturated query has the same answer).
+pub(super) fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Maps a driver error: what lies outside the data (I/O, pool exhausted or closed, a
+/// database error the backend's `outside_data` recognises: locked, disk full, read-only,
+/// connection lost) is [`StoreError::Unavailable`]; everything else is a row or statement
+/// this version cannot handle, i.e. a bug or a foreign writer: [`StoreError::Corrupt`].
+pub(super) fn store_error(
+    e: sqlx::Error,
+    outside_data: fn(&dyn sqlx::error::DatabaseError) -> bool,
+) -> StoreError {
+    use sqlx::Error as E;
+    let e = match e {
+        E::Migrate(m) => return migrate_error(*m, outside_data),
+        e => e,
+    };
+    let unavailable = match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Configuration(_) => true,
+        E::Database(db) => outside_data(db.as_ref()),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Maps a failed migration: a failed statement as [`store_error`]; a database migrated by
+/// another version of the sidecar (unknown or changed migrations) as
+/// [`StoreError::Corrupt`], because this version cannot safely read it.
+pub(super) fn migrate_error(
+    e: sqlx::migrate::MigrateError,
+    outside_data: fn(&dyn sqlx::error::DatabaseError) -> bool,
+) -> StoreError {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(e) | M::ExecuteMigration(e, _) => store_error(e, outside_data),
+        other => StoreError::Corrupt(format!("migrations: {other}")),
+    }
+}
+
+/// What a status change does to a stored payment, by the rule of the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transition {
+    /// The status moves forward: update it and append an event.
+    Forward,
+    /// A reusable code that is already PAID was paid again: append a PAID event unless the
+    /// log already has a PAID event for the invoice with the same `occur_time` (the same
+    /// payment, seen first by reconciliation).
+    RepeatPaid,
+    /// Not forward: nothing is emitted.
+    Stay,
+}
+
+/// Decides how `new` applies to a payment in `current`. `repeat_allowed` is true only for
+/// accepted DOKU notifications (each carries its own Request-Id); reconciliation never
+/// repeats a PAID, because Check Status cannot tell one payment of a reusable code from the
+/// next.
+pub(super) fn transition(
+    current: PaymentStatus,
+    reusable: bool,
+    new: PaymentStatus,
+    repeat_allowed: bool,
+) -> Transition {
+    if new.rank() > current.rank() {
+        Transition::Forward
+    } else if repeat_allowed
+        && reusable
+        && current == PaymentStatus::Paid
+        && new == PaymentStatus::Paid
+    {
+        Transition::RepeatPaid
+    } else {
+        Transition::Stay
+    }
+}
+
+fn corrupt(invoice: &InvoiceNumber, what: &str) -> StoreError {
+    StoreError::Corrupt(format!("payment {invoice}: {what}"))
+}
+
+fn invoice(s: &str) -> Result<InvoiceNumber, StoreError> {
+    InvoiceNumber::parse(s).map_err(|e| StoreError::Corrupt(format!("invoice {s:?} {e}")))
+}
+
+fn amount(invoice: &InvoiceNumber, rupiah: i64) -> Result<Amount, StoreError> {
+    Amount::new(rupiah).map_err(|e| corrupt(invoice, &format!("amount {rupiah} {e}")))
+}
+
+fn code(invoice: &InvoiceNumber, s: &str) -> Result<PaymentCode, StoreError> {
+    PaymentCode::parse(s).map_err(|e| corrupt(invoice, &e))
+}
+
+fn status(invoice: &InvoiceNumber, s: &str) -> Result<PaymentStatus, StoreError> {
+    PaymentStatus::parse(s).ok_or_else(|| corrupt(invoice, &format!("unknown status {s:?}")))
+}
+
+fn channel(invoice: &InvoiceNumber, s: &str) -> Result<Channel, StoreError> {
+    Channel::parse(s).ok_or_else(|| corrupt(invoice, &format!("unknown channel {s:?}")))
+}
+
+fn from_unix(
+    invoice: &InvoiceNumber,
+    field: &str,
+    secs: i64,
+) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|_| corrupt(invoice, &format!("{field} {secs} is not a time")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PaymentStatus::*;
+
+    #[test]
+    fn forward_only_with_reusable_repeat_for_notifications() {
+        assert_eq!(transition(Pending, false, Paid, false), Transition::Forward);
+        assert_eq!(transition(Expired, false, Paid, true), Transition::Forward);
+        assert_eq!(transition(Paid, false, Expired, true), Transition::Stay);
+        assert_eq!(transition(Pending, false, Pending, true), Transition::Stay);
+        assert_eq!(transition(Paid, false, Paid, true), Transition::Stay);
+        assert_eq!(transition(Paid, true, Paid, true), Transition::RepeatPaid);
+        assert_eq!(transition(Paid, true, Paid, false), Transition::Stay);
+        assert_eq!(transition(Expired, true, Expired, true), Transition::Stay);
+    }
+
+    #[test]
+    fn unreadable_values_are_corrupt() {
+        let inv = InvoiceNumber::parse("INV-1").unwrap();
+        assert!(matches!(
+            status(&inv, "SETTLED"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(amount(&inv, 0), Err(StoreError::Corrupt(_))));
+        assert!(matches!(invoice("a b"), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            from_unix(&inv, "pay_time", i64::MAX),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}
