@@ -1,9 +1,233 @@
-//! o2o-sidecar: a gRPC sidecar for DOKU Indomaret (O2O) payment codes.
+//! o2o-sidecar: a gRPC sidecar that creates DOKU Indomaret (O2O) payment codes for the
+//! application beside it, verifies DOKU's payment notifications, stores them durably and
+//! streams payment results.
+//!
+//! The sidecar alone holds the DOKU Client-Id and Secret Key. Applications call
+//! `o2o.v1.O2OPayments` over gRPC on loopback; DOKU calls the notification listener.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags with `O2O_*` env twins, turned into a typed [`config::Config`].
+//! - [`payment`]: domain types and validation (invoice, amount, code, status, events).
+//! - [`sidecar`]: the operations, between the transports and the outside systems.
+//! - [`doku`]: the only code that knows DOKU (signature, JSON, client, notifications).
+//! - [`grpc`]: the only code that knows tonic/prost (service, conversions, error table).
+//! - [`store`]: the only code that writes SQL (SQLite and PostgreSQL).
+//! - [`notify`]: the HTTP ingress for DOKU's notifications.
+//! - [`reconcile`]: the sweeper that asks DOKU about payments still PENDING.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`secret`]: the Secret Key, read from a watched file.
+//! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
+//!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
+//! - [`telemetry`]: logging, text or JSON.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
 pub mod doku;
 pub mod error;
+pub mod grpc;
+pub mod notify;
 pub mod payment;
+pub mod reconcile;
 pub mod secret;
+pub mod sidecar;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    config::Config,
+    doku::{DokuClient, DokuClientConfig},
+    grpc::{PaymentsService, pb::o2o_payments_server::O2oPaymentsServer},
+    sidecar::Sidecar,
+};
+
+/// The sidecar's bound listeners. Binding is separate from [`run`] so that tests and the
+/// binary can bind port 0 and learn the ports before the sidecar starts.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC for the application.
+    pub grpc: TcpListener,
+    /// HTTP for DOKU's notifications.
+    pub http: TcpListener,
+    /// Admin HTTP.
+    pub admin: TcpListener,
+}
+
+/// Bound addresses of [`Listeners`].
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// Notifications.
+    pub http: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the three listeners.
+    pub async fn bind(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        admin: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, flag: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("{flag}: cannot bind {addr}"))
+        };
+        Ok(Self {
+            grpc: bind(grpc, "--grpc-addr").await?,
+            http: bind(http, "--http-addr").await?,
+            admin: bind(admin, "--admin-addr").await?,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn addrs(&self) -> std::io::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            grpc: self.grpc.local_addr()?,
+            http: self.http.local_addr()?,
+            admin: self.admin.local_addr()?,
+        })
+    }
+}
+
+/// Installs the ring TLS provider for outbound HTTPS (idempotent).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the sidecar on `listeners` until `shutdown` completes, then drains and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    install_tls_provider();
+    let addrs = listeners.addrs()?;
+    let store = store::open(&config.store_url)
+        .await
+        .with_context(|| "--store: cannot open the store".to_string())?;
+    let doku = DokuClient::new(
+        DokuClientConfig {
+            base_url: config.doku_base_url.clone(),
+            client_id: config.doku_client_id.clone(),
+            connect_timeout: config.doku_connect_timeout,
+            request_timeout: config.doku_timeout,
+            max_attempts: config.doku_max_attempts,
+            ..DokuClientConfig::default()
+        },
+        config.secret_key.clone(),
+    )
+    .context("cannot build the DOKU client")?;
+    // A DOKU call holds its payment's lease for at most all its attempts plus backoff.
+    let lease = (config.doku_timeout + config.doku_connect_timeout + Duration::from_secs(2))
+        * config.doku_max_attempts;
+    let sidecar = Sidecar::new(
+        store.clone(),
+        doku,
+        sidecar::Settings {
+            notification_path: config.notification_path.clone(),
+            attempt_lease: lease,
+            first_check_after: config.sweeper.first_check_after,
+        },
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_watch = stop_rx.clone();
+    let stopped = move || {
+        let mut rx = stop_watch.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<O2oPaymentsServer<PaymentsService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PaymentsService::new(sidecar.clone(), stop_rx.clone()).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
+
+    let readiness = admin::Readiness::new(store.clone());
+    let admin_server = axum::serve(listeners.admin, admin::router(readiness.clone()))
+        .with_graceful_shutdown(stopped());
+    let ingress = notify::Ingress {
+        sidecar: sidecar.clone(),
+        client_id: config.doku_client_id.clone(),
+        key: config.secret_key.clone(),
+        path: config.notification_path.clone(),
+        max_bytes: config.max_notification_bytes,
+        skew_tolerance: config.notification_skew_tolerance,
+    };
+    let http_server =
+        axum::serve(listeners.http, notify::router(ingress)).with_graceful_shutdown(stopped());
+
+    let key = config.secret_key.clone();
+    let key_stop = stopped();
+    let key_watch = tokio::spawn(async move {
+        tokio::pin!(key_stop);
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = &mut key_stop => break,
+                _ = tick.tick() => match key.refresh() {
+                    Ok(true) => tracing::info!("DOKU secret key file changed; new key in use"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot re-read the DOKU secret key file; keeping the last good key"),
+                },
+            }
+        }
+    });
+
+    let sweeper = tokio::spawn(reconcile::run(
+        sidecar.clone(),
+        config.sweeper.clone(),
+        stop_rx.clone(),
+    ));
+
+    tracing::info!(
+        grpc_addr = %addrs.grpc,
+        http_addr = %addrs.http,
+        admin_addr = %addrs.admin,
+        notification_path = %config.notification_path,
+        "o2o-sidecar serving"
+    );
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+    let admin_task = tokio::spawn(async move { admin_server.await });
+
+    shutdown.await;
+    tracing::info!("shutting down: draining");
+    readiness.set_draining();
+    health
+        .set_not_serving::<O2oPaymentsServer<PaymentsService>>()
+        .await;
+    let _ = stop_tx.send(true);
+    grpc_task.await?.context("gRPC server")?;
+    http_task.await?.context("notification server")?;
+    admin_task.await?.context("admin server")?;
+    let _ = key_watch.await;
+    let _ = sweeper.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,1 +1,12 @@
+//! Integration tests: the real `run()` on 127.0.0.1:0 against the DOKU simulator (also on port
+//! 0), through a real tonic client. One binary, one file per behaviour.
 
+mod harness;
+
+mod errors;
+mod generate;
+mod grpc_ecosystem;
+mod notifications;
+mod reconcile;
+mod status;
+mod stream;

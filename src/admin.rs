@@ -1,0 +1,79 @@
+//! The admin listener: `/live` (the process answers), `/ready` (the store answers and the
+//! secret key is loaded; false while draining) and `/metrics` (Prometheus text format).
+
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::store::Store;
+
+/// The process-wide Prometheus recorder (metrics are global in the `metrics` crate).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then ours stays unused.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// What `/ready` looks at.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    store: Arc<dyn Store>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Readiness over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the sidecar as draining: `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn live() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(r): State<Readiness>) -> (StatusCode, String) {
+    if r.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    match r.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unreachable\n".into(),
+            )
+        }
+    }
+}
+
+async fn metrics_text() -> String {
+    prometheus().render()
+}
+
+/// The admin router.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(readiness)
+}

@@ -1,0 +1,364 @@
+//! Configuration: command-line flags with `O2O_*` environment twins, turned into a typed
+//! [`Config`]. Secrets are read from files, never from flags or environment values.
+//!
+//! Every flag of `serve` has an env twin: `--doku-client-id` ⇔ `O2O_DOKU_CLIENT_ID`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::secret::SecretKeySource;
+
+/// DOKU's sandbox, the default so that nobody reaches production by accident.
+pub const DOKU_SANDBOX_URL: &str = "https://api-sandbox.doku.com";
+/// Default public path of the notification URL configured in DOKU's Back Office.
+pub const DEFAULT_NOTIFICATION_PATH: &str = "/payments/notifications";
+
+/// The command line of `o2o-sidecar`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "o2o-sidecar",
+    version,
+    about = "gRPC sidecar for DOKU Indomaret payment codes"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar against DOKU (production entry point).
+    Serve(ServeArgs),
+    /// Run the sidecar with an in-process DOKU simulator, a fresh SQLite file and a generated
+    /// key: no DOKU account needed.
+    Dev(DevArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Listener and behaviour flags shared by `serve` and `dev`.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// gRPC listener for the application (keep it on loopback: callers are in the same pod).
+    #[arg(long, env = "O2O_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listener that receives DOKU's notifications (exposed through the pod's Service).
+    #[arg(long, env = "O2O_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Admin listener: /live, /ready, /metrics.
+    #[arg(long, env = "O2O_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// Public path of the notification URL configured in DOKU's Back Office. DOKU signs with
+    /// this path, so it must be the path DOKU sees, even behind a rewriting proxy.
+    #[arg(long, env = "O2O_NOTIFICATION_PATH", default_value = DEFAULT_NOTIFICATION_PATH)]
+    pub notification_path: String,
+    /// Log format.
+    #[arg(long, env = "O2O_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Per-attempt timeout of a DOKU call, e.g. `10s`, `1500ms`.
+    #[arg(long, env = "O2O_DOKU_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub doku_timeout: Duration,
+    /// Connect timeout of a DOKU call.
+    #[arg(long, env = "O2O_DOKU_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub doku_connect_timeout: Duration,
+    /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
+    #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub doku_max_attempts: u32,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// DOKU API base URL (production: https://api.doku.com).
+    #[arg(long, env = "O2O_DOKU_BASE_URL", default_value = DOKU_SANDBOX_URL)]
+    pub doku_base_url: String,
+    /// DOKU Client-Id from the DOKU Back Office.
+    #[arg(long, env = "O2O_DOKU_CLIENT_ID")]
+    pub doku_client_id: Option<String>,
+    /// File holding the DOKU Secret Key (re-read when it changes).
+    #[arg(long, env = "O2O_DOKU_SECRET_KEY_FILE")]
+    pub doku_secret_key_file: Option<PathBuf>,
+    /// Store: `sqlite://PATH` (one pod) or `postgres://…` (many replicas).
+    #[arg(long, env = "O2O_STORE", default_value = "sqlite://o2o-sidecar.db")]
+    pub store: String,
+}
+
+/// Flags of `dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Listener of the in-process DOKU simulator.
+    #[arg(long, env = "O2O_DEV_SIM_ADDR", default_value = "127.0.0.1:8181")]
+    pub sim_addr: SocketAddr,
+    /// Store; default: a fresh SQLite file in a new temporary directory.
+    #[arg(long, env = "O2O_STORE")]
+    pub store: Option<String>,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    })
+}
+
+/// A configuration error: names the flag, printed as one line, exit code 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    /// The flag at fault.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// The sidecar's typed runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public notification path DOKU signs with; also the path the ingress serves.
+    pub notification_path: String,
+    /// DOKU API base URL.
+    pub doku_base_url: String,
+    /// DOKU Client-Id.
+    pub doku_client_id: String,
+    /// DOKU Secret Key (watched file or fixed).
+    pub secret_key: SecretKeySource,
+    /// Store URL.
+    pub store_url: String,
+    /// Per-attempt DOKU timeout.
+    pub doku_timeout: Duration,
+    /// DOKU connect timeout.
+    pub doku_connect_timeout: Duration,
+    /// Attempts per DOKU call.
+    pub doku_max_attempts: u32,
+    /// Largest notification body accepted (DOKU's are under 2 KiB).
+    pub max_notification_bytes: usize,
+    /// How far a notification's Request-Timestamp may be from our clock before it is logged
+    /// and counted as skewed. DOKU retries hours later with the original timestamp, so
+    /// skewed notifications are accepted, not rejected.
+    pub notification_skew_tolerance: Duration,
+    /// Reconciliation sweeper settings.
+    pub sweeper: crate::reconcile::SweeperConfig,
+}
+
+impl Config {
+    /// Defaults for everything but the DOKU identity, store and key (tests, `dev`).
+    pub fn new(
+        doku_base_url: impl Into<String>,
+        doku_client_id: impl Into<String>,
+        secret_key: SecretKeySource,
+        store_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            notification_path: DEFAULT_NOTIFICATION_PATH.to_owned(),
+            doku_base_url: doku_base_url.into(),
+            doku_client_id: doku_client_id.into(),
+            secret_key,
+            store_url: store_url.into(),
+            doku_timeout: Duration::from_secs(10),
+            doku_connect_timeout: Duration::from_secs(3),
+            doku_max_attempts: 3,
+            max_notification_bytes: 64 * 1024,
+            notification_skew_tolerance: Duration::from_secs(300),
+            sweeper: crate::reconcile::SweeperConfig::default(),
+        }
+    }
+
+    /// Applies the shared flags.
+    pub fn with_common(mut self, common: &CommonArgs) -> Result<Self, ConfigError> {
+        let path = &common.notification_path;
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::new(
+                "--notification-path",
+                format!("{path:?} must be a URL path starting with '/'"),
+            ));
+        }
+        self.notification_path = path.clone();
+        self.doku_timeout = common.doku_timeout;
+        self.doku_connect_timeout = common.doku_connect_timeout;
+        self.doku_max_attempts = common.doku_max_attempts;
+        Ok(self)
+    }
+}
+
+fn check_store_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "--store",
+            "must be sqlite://PATH or postgres://…",
+        ))
+    }
+}
+
+impl ServeArgs {
+    /// Checks the flags and reads the secret key file.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let client_id = self
+            .doku_client_id
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "--doku-client-id",
+                    "is required (or O2O_DOKU_CLIENT_ID): the Client-Id from DOKU's Back Office",
+                )
+            })?;
+        let key_file = self.doku_secret_key_file.ok_or_else(|| {
+            ConfigError::new(
+                "--doku-secret-key-file",
+                "is required (or O2O_DOKU_SECRET_KEY_FILE): a file holding DOKU's Secret Key",
+            )
+        })?;
+        let key = SecretKeySource::from_file(&key_file)
+            .map_err(|e| ConfigError::new("--doku-secret-key-file", e.to_string()))?;
+        let base = self.doku_base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(ConfigError::new(
+                "--doku-base-url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        check_store_url(&self.store)?;
+        Config::new(base, client_id, key, self.store).with_common(&self.common)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("o2o-sidecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn serve_requires_client_id_and_key_file_by_name() {
+        let Command::Serve(args) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        let err = args.into_config().unwrap_err();
+        assert_eq!(err.flag, "--doku-client-id");
+
+        let Command::Serve(args) = parse(&["serve", "--doku-client-id", "MCH-1"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            args.into_config().unwrap_err().flag,
+            "--doku-secret-key-file"
+        );
+
+        let Command::Serve(args) = parse(&[
+            "serve",
+            "--doku-client-id",
+            "MCH-1",
+            "--doku-secret-key-file",
+            "/nonexistent/key",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let err = args.into_config().unwrap_err();
+        assert_eq!(err.flag, "--doku-secret-key-file");
+        assert!(err.to_string().contains("/nonexistent/key"));
+    }
+
+    #[test]
+    fn serve_builds_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SK-1\n").unwrap();
+        let Command::Serve(args) = parse(&[
+            "serve",
+            "--doku-client-id",
+            "MCH-1",
+            "--doku-secret-key-file",
+            key.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--notification-path",
+            "/hooks/doku",
+            "--doku-base-url",
+            "http://127.0.0.1:8181/",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(args.common.grpc_addr.port(), 0);
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.notification_path, "/hooks/doku");
+        assert_eq!(cfg.doku_base_url, "http://127.0.0.1:8181");
+        assert!(!format!("{cfg:?}").contains("SK-1"));
+    }
+
+    #[test]
+    fn bad_notification_path_names_the_flag() {
+        let common = match parse(&["dev", "--notification-path", "payments"])
+            .unwrap()
+            .command
+        {
+            Command::Dev(d) => d.common,
+            Command::Serve(_) => panic!(),
+        };
+        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x");
+        assert_eq!(
+            cfg.with_common(&common).unwrap_err().flag,
+            "--notification-path"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The `o2o.v1.O2OPayments` service: decodes requests, calls [`Sidecar`], encodes answers.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert,
+    pb::{self, o2o_payments_server::O2oPayments},
+    status::to_status,
+    stream,
+};
+use crate::sidecar::Sidecar;
+
+/// Implementation of the generated `O2oPayments` trait.
+#[derive(Debug, Clone)]
+pub struct PaymentsService {
+    sidecar: Sidecar,
+    /// Becomes `true` when the sidecar drains: open streams end with UNAVAILABLE.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl PaymentsService {
+    /// A service over `sidecar`; streams end when `shutdown` becomes `true`.
+    pub fn new(sidecar: Sidecar, shutdown: watch::Receiver<bool>) -> Self {
+        Self { sidecar, shutdown }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::o2o_payments_server::O2oPaymentsServer<Self> {
+        pb::o2o_payments_server::O2oPaymentsServer::new(self)
+    }
+}
+
+/// Stream of `StreamNotificationsResponse`.
+pub type NotificationStream =
+    Pin<Box<dyn Stream<Item = Result<pb::StreamNotificationsResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl O2oPayments for PaymentsService {
+    #[tracing::instrument(skip_all, fields(rpc = "GeneratePaymentCode"))]
+    async fn generate_payment_code(
+        &self,
+        request: Request<pb::GeneratePaymentCodeRequest>,
+    ) -> Result<Response<pb::GeneratePaymentCodeResponse>, Status> {
+        let input = convert::payment_code_input(request.into_inner());
+        let payment = self
+            .sidecar
+            .generate_payment_code(&input)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GeneratePaymentCodeResponse {
+            payment: Some(convert::payment(payment)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetStatus"))]
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let r = request.into_inner();
+        let payment = self
+            .sidecar
+            .get_status(&r.invoice_number, r.refresh)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetStatusResponse {
+            payment: Some(convert::payment(payment)),
+        }))
+    }
+
+    type StreamNotificationsStream = NotificationStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "StreamNotifications"))]
+    async fn stream_notifications(
+        &self,
+        request: Request<pb::StreamNotificationsRequest>,
+    ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        let rx = stream::start(
+            self.sidecar.clone(),
+            request.into_inner(),
+            self.shutdown.clone(),
+        )
+        .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,186 @@
+//! `StreamNotifications`: replay from a resume token, then follow live events, with no gap,
+//! duplicate or reorder at the switch.
+//!
+//! Each stream is a task that feeds a bounded channel (dropping the client's stream ends the
+//! task). The task subscribes to live events *before* it reads the store, and treats the store
+//! as the source of truth: a live event is delivered directly only if it is the next one after
+//! the cursor; on any gap (an event published out of order, or the subscriber lagging behind
+//! the broadcast buffer) it reads the missing events from the store. A slow subscriber
+//! therefore never blocks ingest and never holds more than its channel's worth of events.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+
+use super::{convert, pb, status::to_status};
+use crate::{error::Error, payment::Event, sidecar::Sidecar, sidecar::store_error};
+
+/// Events read from the store per query during replay.
+const REPLAY_BATCH: u32 = 500;
+/// Responses buffered per stream before the producer waits for the client.
+pub const STREAM_BUFFER: usize = 64;
+const TOKEN_PREFIX: &str = "o2o.v1:";
+
+/// The opaque resume token of an event.
+pub fn resume_token(seq: u64) -> String {
+    B64.encode(format!("{TOKEN_PREFIX}{seq}"))
+}
+
+/// The event position a resume token stands for.
+pub fn parse_resume_token(token: &str) -> Result<u64, Error> {
+    let raw = B64.decode(token).map_err(|_| Error::ResumeTokenInvalid)?;
+    let text = std::str::from_utf8(&raw).map_err(|_| Error::ResumeTokenInvalid)?;
+    text.strip_prefix(TOKEN_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or(Error::ResumeTokenInvalid)
+}
+
+type Item = Result<pb::StreamNotificationsResponse, Status>;
+
+/// Starts a stream; returns the receiving end for tonic.
+pub async fn start(
+    sidecar: Sidecar,
+    request: pb::StreamNotificationsRequest,
+    shutdown: watch::Receiver<bool>,
+) -> Result<mpsc::Receiver<Item>, Status> {
+    // Subscribe first: anything committed from here on is either in the store read below or
+    // arrives on `live`.
+    let live = sidecar.subscribe();
+    let store = sidecar.store();
+    let last = store
+        .last_seq()
+        .await
+        .map_err(store_error)
+        .map_err(to_status)?;
+    let cursor = if request.resume_token.is_empty() {
+        last
+    } else {
+        let seq = parse_resume_token(&request.resume_token).map_err(to_status)?;
+        if seq > last {
+            return Err(to_status(Error::ResumeTokenInvalid));
+        }
+        let pruned = store
+            .pruned_through()
+            .await
+            .map_err(store_error)
+            .map_err(to_status)?;
+        if seq < pruned {
+            return Err(to_status(Error::ResumeTokenExpired { oldest: pruned }));
+        }
+        seq
+    };
+    let filter: Vec<String> = request.invoice_numbers;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(feed(sidecar, cursor, filter, live, tx, shutdown));
+    Ok(rx)
+}
+
+struct Feed {
+    cursor: u64,
+    filter: Vec<String>,
+    tx: mpsc::Sender<Item>,
+}
+
+impl Feed {
+    /// Sends one event if it passes the filter; advances the cursor. `Err` when the client is
+    /// gone.
+    async fn deliver(&mut self, event: Event) -> Result<(), ()> {
+        debug_assert!(event.seq > self.cursor);
+        self.cursor = event.seq;
+        if !self.filter.is_empty() && !self.filter.iter().any(|i| i == event.invoice.as_str()) {
+            return Ok(());
+        }
+        let response = pb::StreamNotificationsResponse {
+            resume_token: resume_token(event.seq),
+            notification: Some(convert::notification(event)),
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| ())
+    }
+
+    /// Delivers everything the store has after the cursor.
+    async fn catch_up(&mut self, sidecar: &Sidecar) -> Result<(), Option<Status>> {
+        loop {
+            let batch = sidecar
+                .store()
+                .events_after(self.cursor, REPLAY_BATCH)
+                .await
+                .map_err(|e| Some(to_status(store_error(e))))?;
+            let done = batch.len() < REPLAY_BATCH as usize;
+            for event in batch {
+                self.deliver(event).await.map_err(|()| None)?;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: the sidecar is stopping too.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn feed(
+    sidecar: Sidecar,
+    cursor: u64,
+    filter: Vec<String>,
+    mut live: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Item>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    metrics::gauge!("o2o_open_streams").increment(1.0);
+    let mut feed = Feed { cursor, filter, tx };
+    let end: Option<Status> = 'outer: loop {
+        if let Err(status) = feed.catch_up(&sidecar).await {
+            break 'outer status;
+        }
+        loop {
+            tokio::select! {
+                () = stopped(&mut shutdown) => {
+                    break 'outer Some(Status::unavailable("sidecar is shutting down; resume with your last token"));
+                }
+                _ = feed.tx.closed() => break 'outer None,
+                received = live.recv() => match received {
+                    Ok(event) if event.seq <= feed.cursor => {}
+                    Ok(event) if event.seq == feed.cursor + 1 => {
+                        if feed.deliver(event).await.is_err() {
+                            break 'outer None;
+                        }
+                    }
+                    // A gap or a lag: the store has what we missed.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
+                    Err(broadcast::error::RecvError::Closed) => break 'outer None,
+                },
+            }
+        }
+    };
+    if let Some(status) = end {
+        let _ = feed.tx.send(Err(status)).await;
+    }
+    metrics::gauge!("o2o_open_streams").decrement(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        for seq in [0, 1, 42, u64::MAX] {
+            assert_eq!(parse_resume_token(&resume_token(seq)).unwrap(), seq);
+        }
+        for bad in [
+            "",
+            "!!",
+            "MTIz",
+            &B64.encode("o2o.v1:x"),
+            &B64.encode("v0:1"),
+        ] {
+            assert!(matches!(
+                parse_resume_token(bad),
+                Err(Error::ResumeTokenInvalid)
+            ));
+        }
+    }
+}

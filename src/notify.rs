@@ -1,0 +1,264 @@
+//! The HTTP ingress for DOKU's payment notifications.
+//!
+//! For each `POST` on the configured notification path:
+//! 1. read the raw body (at most `max_notification_bytes`, else `413`);
+//! 2. verify `Signature` over those exact bytes with Request-Target = the configured public
+//!    path, in constant time; a missing header or a bad signature is `401`, nothing stored;
+//! 3. parse leniently and check the notification against the stored payment (invoice, amount,
+//!    payment code); a mismatch is stored for audit, logged loudly, answered `200` (DOKU must
+//!    not retry forever) and never emitted;
+//! 4. record it (dedupe on DOKU's Request-Id) together with the status change and its event in
+//!    one transaction, then answer `200`; a store failure is `503`, so DOKU retries and nothing
+//!    unstored is ever acknowledged;
+//! 5. after the commit, announce the event to live streams (never delaying the answer).
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use secrecy::ExposeSecret;
+use time::OffsetDateTime;
+use tracing::Instrument as _;
+
+use crate::{
+    doku::{
+        notification::{self, NotificationHeaders, NotificationReport, Rejection},
+        parse_doku_time,
+        types::ReportedStatus,
+    },
+    payment::{Amount, Channel, EventSource, InvoiceNumber, PaymentCode, StatusChange},
+    secret::SecretKeySource,
+    sidecar::Sidecar,
+    store::{InboundNotification, Recorded, Verdict},
+};
+
+/// What the ingress needs.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    /// Domain operations and the store.
+    pub sidecar: Sidecar,
+    /// Client-Id DOKU must send.
+    pub client_id: String,
+    /// Secret Key to verify with.
+    pub key: SecretKeySource,
+    /// Public notification path (the signed Request-Target).
+    pub path: String,
+    /// Largest body accepted.
+    pub max_bytes: usize,
+    /// Request-Timestamp skew beyond which a notification is logged and counted.
+    pub skew_tolerance: Duration,
+}
+
+/// The notification router: `POST {path}`.
+pub fn router(ingress: Ingress) -> Router {
+    let path = ingress.path.clone();
+    let limit = ingress.max_bytes;
+    Router::new()
+        .route(&path, post(receive))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ingress)
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Headers kept for audit; the signature is shortened so the audit table never holds a
+/// complete MAC.
+fn audit_headers(h: &HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for name in [
+        "client-id",
+        "request-id",
+        "request-timestamp",
+        "content-type",
+        "user-agent",
+        "x-forwarded-for",
+    ] {
+        if let Some(v) = header(h, name) {
+            map.insert(name.to_owned(), v.into());
+        }
+    }
+    if let Some(sig) = header(h, "signature") {
+        let short: String = sig.chars().take(16).collect();
+        map.insert("signature".into(), format!("{short}…").into());
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h = NotificationHeaders {
+        client_id: header(&headers, "client-id"),
+        request_id: header(&headers, "request-id"),
+        request_timestamp: header(&headers, "request-timestamp"),
+        signature: header(&headers, "signature"),
+    };
+    let key = ingress.key.current();
+    let verified = notification::verify(
+        &h,
+        &body,
+        &ingress.client_id,
+        &[key.expose_secret().as_bytes()],
+        &ingress.path,
+    );
+    if let Err(rejection) = verified {
+        metrics::counter!("o2o_notifications_total", "verdict" => "bad_signature").increment(1);
+        tracing::warn!(
+            reason = ?rejection,
+            request_id = h.request_id.unwrap_or(""),
+            bytes = body.len(),
+            "DOKU notification rejected: not verified"
+        );
+        return StatusCode::UNAUTHORIZED;
+    }
+    // verify() checked that these headers are present.
+    let request_id = h.request_id.unwrap_or_default().to_owned();
+    let request_timestamp = h.request_timestamp.map(str::to_owned);
+    let span = tracing::info_span!("notification", %request_id);
+    ingest(ingress, headers, body, request_id, request_timestamp)
+        .instrument(span)
+        .await
+}
+
+/// Steps 3 to 5 for a verified notification.
+async fn ingest(
+    ingress: Ingress,
+    headers: HeaderMap,
+    body: Bytes,
+    request_id: String,
+    request_timestamp: Option<String>,
+) -> StatusCode {
+    if let Some(ts) = request_timestamp.as_deref().and_then(parse_doku_time) {
+        let skew = (OffsetDateTime::now_utc() - ts).abs();
+        if skew > time::Duration::try_from(ingress.skew_tolerance).unwrap_or(time::Duration::MAX) {
+            metrics::counter!("o2o_notification_timestamp_skewed_total").increment(1);
+            tracing::warn!(
+                skew_seconds = skew.whole_seconds(),
+                "notification Request-Timestamp is far from our clock (accepted: DOKU retries keep the original time)"
+            );
+        }
+    }
+
+    let (verdict, change) = match notification::parse(&body) {
+        Ok(report) => {
+            let (verdict, change) = judge(&ingress, report).await;
+            let change = change.map(|c| StatusChange {
+                doku_request_id: Some(request_id.clone()),
+                ..c
+            });
+            (verdict, change)
+        }
+        Err(Rejection::MalformedBody(detail)) => {
+            tracing::error!(%detail, "VERIFIED DOKU NOTIFICATION COULD NOT BE PARSED: stored for audit; the sweeper will ask Check Status");
+            (
+                Verdict::Mismatch(format!("unparseable body: {detail}")),
+                None,
+            )
+        }
+        Err(other) => (Verdict::Mismatch(format!("{other:?}")), None),
+    };
+    let record = InboundNotification {
+        doku_request_id: request_id.clone(),
+        received_at: OffsetDateTime::now_utc(),
+        headers: audit_headers(&headers),
+        body: body.to_vec(),
+        verdict: verdict.clone(),
+        change,
+        channel: Channel::Indomaret,
+    };
+    match ingress.sidecar.store().record_notification(&record).await {
+        Ok(Recorded::Duplicate) => {
+            metrics::counter!("o2o_notifications_total", "verdict" => "duplicate").increment(1);
+            tracing::info!("duplicate DOKU notification; already recorded");
+            StatusCode::OK
+        }
+        Ok(Recorded::Stored { event }) => {
+            let label = match &verdict {
+                Verdict::Accepted => "accepted",
+                Verdict::Mismatch(_) => "mismatch",
+                Verdict::UnknownStatus(_) => "unknown_status",
+            };
+            metrics::counter!("o2o_notifications_total", "verdict" => label).increment(1);
+            if let Some(event) = event {
+                tracing::info!(seq = event.seq, invoice = %event.invoice, status = event.status.as_str(), "payment event committed");
+                ingress.sidecar.publish(event);
+            }
+            StatusCode::OK
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store DOKU notification; answering 503 so that DOKU retries");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+/// Compares a verified notification with the stored payment.
+async fn judge(ingress: &Ingress, report: NotificationReport) -> (Verdict, Option<StatusChange>) {
+    let Ok(invoice) = InvoiceNumber::parse(&report.invoice_number) else {
+        return mismatch(format!(
+            "invoice number {:?} is not valid",
+            report.invoice_number
+        ));
+    };
+    let Ok(amount) = Amount::new(report.amount) else {
+        return mismatch(format!("amount {} is not valid", report.amount));
+    };
+    let code = match report.payment_code.as_deref().map(PaymentCode::parse) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return mismatch(e),
+    };
+    let status = match report.status {
+        ReportedStatus::Known(s) => s,
+        ReportedStatus::Unrecognized(raw) => {
+            tracing::warn!(status = %raw, %invoice, "DOKU notification with a status this sidecar does not know: stored, not emitted");
+            return (Verdict::UnknownStatus(raw), None);
+        }
+    };
+    let stored = match ingress.sidecar.store().get_payment(&invoice).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Recording will fail the same way and answer 503; judge conservatively.
+            tracing::warn!(error = %e, "cannot read the stored payment");
+            None
+        }
+    };
+    if let Some(rec) = &stored {
+        if rec.payment.amount != amount {
+            return mismatch(format!(
+                "amount {} differs from the stored {}",
+                amount.rupiah(),
+                rec.payment.amount.rupiah()
+            ));
+        }
+        if let (Some(stored_code), Some(code)) = (&rec.payment.payment_code, &code)
+            && stored_code != code
+        {
+            return mismatch(format!(
+                "payment code {code} differs from the stored {stored_code}"
+            ));
+        }
+    } else {
+        tracing::warn!(%invoice, "DOKU notification for an invoice this sidecar did not create: stored and emitted as DOKU sent it");
+    }
+    let change = StatusChange {
+        invoice,
+        status,
+        amount,
+        payment_code: code,
+        occur_time: report.occur_time.unwrap_or_else(OffsetDateTime::now_utc),
+        source: EventSource::DokuNotification,
+        doku_request_id: None,
+    };
+    (Verdict::Accepted, Some(change))
+}
+
+fn mismatch(reason: String) -> (Verdict, Option<StatusChange>) {
+    tracing::error!(%reason, "DOKU NOTIFICATION DOES NOT MATCH THE STORED PAYMENT: stored for audit, not emitted");
+    (Verdict::Mismatch(reason), None)
+}

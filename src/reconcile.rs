@@ -1,0 +1,181 @@
+//! The reconciliation sweeper: DOKU retries a notification only three times, so the sidecar
+//! does not rely on delivery. PENDING payments are checked with DOKU's Check Status on a
+//! schedule with backoff, and their PAID/EXPIRED/FAILED results become events with source
+//! RECONCILIATION. A payment whose code was never learned (DOKU's answer was lost) is
+//! recovered by replaying its stored request with the same Request-Id.
+//!
+//! Schedule per payment: first check 60 s after its code was issued (DOKU: "hit Check Status
+//! after 60 seconds"), then 2, 5, 10, 30 and 60 minutes apart, never later than just after the
+//! code's expiry; after expiry every hour for a week, then the sweeper gives up with a log line
+//! (GetStatus with refresh still works).
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use time::OffsetDateTime;
+use tracing::Instrument as _;
+
+use crate::{doku::DokuError, payment::PaymentStatus, sidecar::Sidecar, store::PaymentRecord};
+
+/// Sweeper settings.
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// How often the sweeper looks for due payments.
+    pub interval: Duration,
+    /// Payments checked per round at most (bounds DOKU's load).
+    pub batch: u32,
+    /// Check Status calls in flight at once.
+    pub concurrency: usize,
+    /// When a new payment is first checked (DOKU: "hit Check Status after 60 seconds").
+    pub first_check_after: Duration,
+    /// Delays between later checks of a payment still PENDING; the last one repeats.
+    pub backoff: Vec<Duration>,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            batch: 100,
+            concurrency: 4,
+            first_check_after: Duration::from_secs(60),
+            backoff: BACKOFF.to_vec(),
+        }
+    }
+}
+
+const BACKOFF: [Duration; 5] = [
+    Duration::from_secs(120),
+    Duration::from_secs(300),
+    Duration::from_secs(600),
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+];
+/// How long after expiry the sweeper keeps asking DOKU about a payment still PENDING.
+const GIVE_UP_AFTER_EXPIRY: time::Duration = time::Duration::days(7);
+/// A check just after expiry catches DOKU's EXPIRED.
+const AFTER_EXPIRY: time::Duration = time::Duration::seconds(30);
+
+/// When to check a still-pending payment next, or `None` to stop.
+pub fn next_check(
+    rec: &PaymentRecord,
+    now: OffsetDateTime,
+    backoff: &[Duration],
+) -> Option<OffsetDateTime> {
+    let expire = rec.payment.expire_time;
+    if now > expire + GIVE_UP_AFTER_EXPIRY {
+        return None;
+    }
+    let step = backoff
+        .get(rec.check_count as usize)
+        .or(backoff.last())
+        .copied()
+        .unwrap_or(Duration::from_secs(3600));
+    let step = time::Duration::try_from(step).unwrap_or(time::Duration::HOUR);
+    let next = now + step;
+    if now < expire + AFTER_EXPIRY && next > expire + AFTER_EXPIRY {
+        Some(expire + AFTER_EXPIRY)
+    } else {
+        Some(next)
+    }
+}
+
+/// Runs rounds until `shutdown` becomes true.
+pub async fn run(
+    sidecar: Sidecar,
+    config: SweeperConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = round(&sidecar, &config).await {
+            tracing::warn!(error = %e, "reconciliation round failed");
+        }
+    }
+}
+
+/// One round: checks every due payment (at most `batch`). Returns how many were checked.
+pub async fn round(
+    sidecar: &Sidecar,
+    config: &SweeperConfig,
+) -> Result<usize, crate::error::Error> {
+    let now = OffsetDateTime::now_utc();
+    let due = sidecar
+        .store()
+        .due_for_check(now, config.batch)
+        .await
+        .map_err(crate::sidecar::store_error)?;
+    let n = due.len();
+    metrics::counter!("o2o_sweeper_runs_total").increment(1);
+    futures::stream::iter(due)
+        .for_each_concurrent(config.concurrency, |rec| check_one(sidecar, config, rec))
+        .await;
+    Ok(n)
+}
+
+async fn check_one(sidecar: &Sidecar, config: &SweeperConfig, rec: PaymentRecord) {
+    let span = tracing::info_span!("reconcile", invoice = %rec.payment.invoice);
+    check_one_inner(sidecar, config, rec).instrument(span).await;
+}
+
+async fn check_one_inner(sidecar: &Sidecar, config: &SweeperConfig, rec: PaymentRecord) {
+    let invoice = rec.payment.invoice.clone();
+    if rec.payment.payment_code.is_none() && rec.doku_request.is_some() {
+        // DOKU's answer was lost: replay the stored request (same Request-Id) to learn the
+        // code DOKU issued, if any.
+        match sidecar.recover_code(rec.clone()).await {
+            Ok(p) if p.payment_code.is_some() => {
+                metrics::counter!("o2o_sweeper_findings_total", "finding" => "code_recovered")
+                    .increment(1);
+                tracing::info!("payment code recovered by replaying the stored request");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not recover the payment code yet"),
+        }
+        reschedule(sidecar, config, &rec).await;
+        return;
+    }
+    match sidecar.doku().check_status(&invoice).await {
+        Ok(report) => match sidecar.reconcile(&rec, &report).await {
+            Ok(Some(p)) if p.status != PaymentStatus::Pending => {
+                metrics::counter!("o2o_sweeper_findings_total", "finding" => p.status.as_str())
+                    .increment(1);
+                if let Err(e) = sidecar.store().schedule_check(&invoice, None).await {
+                    tracing::warn!(error = %e, "cannot clear the check schedule");
+                }
+            }
+            Ok(_) => reschedule(sidecar, config, &rec).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply Check Status");
+                reschedule(sidecar, config, &rec).await;
+            }
+        },
+        Err(DokuError::NotFound { .. }) => {
+            tracing::warn!("DOKU does not know this invoice");
+            reschedule(sidecar, config, &rec).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Check Status failed");
+            reschedule(sidecar, config, &rec).await;
+        }
+    }
+}
+
+async fn reschedule(sidecar: &Sidecar, config: &SweeperConfig, rec: &PaymentRecord) {
+    let next = next_check(rec, OffsetDateTime::now_utc(), &config.backoff);
+    if next.is_none() {
+        tracing::warn!(invoice = %rec.payment.invoice, "payment still PENDING a week after expiry; the sweeper stops checking it");
+    }
+    if let Err(e) = sidecar
+        .store()
+        .schedule_check(&rec.payment.invoice, next)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot reschedule the check");
+    }
+}

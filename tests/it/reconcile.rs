@@ -1,0 +1,72 @@
+//! The sweeper: with DOKU's notifications switched off, Check Status still brings every paid
+//! payment to PAID and every expired one to EXPIRED, each emitted once.
+
+use std::time::Duration;
+
+use o2o_sidecar::grpc::{pb, stream::resume_token};
+use serde_json::json;
+
+use crate::{
+    harness::{Harness, Options, request},
+    notifications::next,
+};
+
+#[tokio::test]
+async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
+    let mut h = Harness::start_with(Options {
+        sweep_interval: Duration::from_millis(100),
+        first_check_after: Duration::ZERO,
+        ..Options::default()
+    })
+    .await;
+    h.fault(json!({"target": "notification", "kind": "suppress"}))
+        .await;
+    for i in 1..=3 {
+        h.grpc
+            .generate_payment_code(request(&format!("INV-SW-{i}"), 10_000))
+            .await
+            .unwrap();
+    }
+    h.pay("INV-SW-1").await;
+    h.pay("INV-SW-2").await;
+    let r = h
+        .sim_post("/_sim/payments/INV-SW-3/expire", json!({}))
+        .await;
+    assert!(r.status().is_success());
+
+    let mut s = h
+        .grpc
+        .stream_notifications(pb::StreamNotificationsRequest {
+            resume_token: resume_token(0),
+            invoice_numbers: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let n = next(&mut s).await;
+        assert_eq!(n.source(), pb::Source::Reconciliation);
+        got.push((n.invoice_number.clone(), n.status()));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("INV-SW-1".to_owned(), pb::PaymentStatus::Paid),
+            ("INV-SW-2".to_owned(), pb::PaymentStatus::Paid),
+            ("INV-SW-3".to_owned(), pb::PaymentStatus::Expired),
+        ]
+    );
+    // A late notification for an already reconciled payment adds no event: the next event in
+    // the log is a new payment's.
+    h.clear_faults().await;
+    h.grpc
+        .generate_payment_code(request("INV-SW-4", 10_000))
+        .await
+        .unwrap();
+    h.pay("INV-SW-4").await;
+    let n = next(&mut s).await;
+    assert_eq!(n.invoice_number, "INV-SW-4");
+    h.stop().await;
+}
