@@ -912,8 +912,8 @@ pub(crate) async fn due_for_check_is_oldest_first(store: Arc<dyn Store>) {
 /// Events appended concurrently become visible in seq order: a reader tailing the log with
 /// events_after never skips one (the log it saw equals the full log).
 pub(crate) async fn concurrent_appends_never_appear_behind_a_reader(store: Arc<dyn Store>) {
-    const WRITERS: usize = 4;
-    const PER_WRITER: usize = 15;
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 20;
     for w in 0..WRITERS {
         for i in 0..PER_WRITER {
             create(&*store, &draft(&format!("INV-{w}-{i}"), None, false)).await;

@@ -11,7 +11,8 @@
 //!   invoice can never carry two codes.
 //! - Every payment keeps the exact DOKU request (Request-Id and body bytes) of its first
 //!   attempt; every retry sends those same bytes with that same Request-Id.
-//! - A payment's status only moves forward by [`PaymentStatus::rank`]. Each forward move is
+//! - A payment's status only moves forward by
+//!   [`PaymentStatus::rank`](crate::payment::PaymentStatus::rank). Each forward move is
 //!   appended to `events` in the same transaction. A reusable code that is paid again appends
 //!   another PAID event (one per DOKU notification Request-Id).
 //! - `events.seq` is strictly increasing in commit order and never reused: a reader that has
@@ -19,6 +20,24 @@
 //! - A DOKU notification Request-Id is recorded at most once (`notifications`); a repeat
 //!   changes nothing.
 //! - Migrations are versioned and run at start-up.
+//!
+//! # Details every implementation shares
+//!
+//! - Times are kept as whole seconds (DOKU's are); a sub-second part is dropped, and records
+//!   and events are returned as stored.
+//! - A repeated PAID on a reusable code is an event only from an accepted notification with a
+//!   new Request-Id, and only if no PAID event of that invoice has the same `occur_time` (that
+//!   would be the same payment, seen first by reconciliation). Reconciliation never repeats a
+//!   PAID: Check Status cannot tell one payment of a reusable code from the next.
+//! - [`Store::record_issued`] with the code already stored fills in how-to-pay URLs still
+//!   missing and ends the lease; it keeps the stored times.
+//! - [`Store::prune_events`] removes a prefix of the log: every event up to the newest one
+//!   *recorded* (not occurred: a late notification may carry an old time) before the cutoff.
+//!   [`Store::last_seq`] never goes down, even when the newest events were pruned.
+//! - [`Store::schedule_check`] with `Some(at)` sets the time and adds one to `check_count`;
+//!   with `None` it clears the time and leaves the count.
+//! - Backends: [`sqlite`] (one pod) and [`postgres`] (many replicas); [`open`] picks one from
+//!   the URL. `conformance.rs` is the test suite both pass.
 
 use std::sync::Arc;
 
@@ -31,13 +50,16 @@ use crate::payment::{
 
 #[cfg(test)]
 mod conformance;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// Opens the store a `--store` URL names (`sqlite://PATH`), running its migrations, so that
-/// callers pick a backend by configuration alone.
+/// Opens the store a `--store` URL names (`sqlite://PATH`, or `postgres://…` /
+/// `postgresql://…`), running its migrations, so that callers pick a backend by
+/// configuration alone.
 ///
 /// An unsupported scheme is [`StoreError::Unavailable`] (the store cannot be reached as
 /// configured); the message names the scheme only, never the URL, which may hold a password.
@@ -45,6 +67,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(url).await?)),
         _ => Err(StoreError::Unavailable(format!(
             "unsupported store URL scheme {scheme:?}; expected sqlite:// or postgres://"
         ))),
@@ -261,7 +284,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The highest `seq` removed by retention (0 if none): a resume token below it is expired.
     async fn pruned_through(&self) -> Result<u64, StoreError>;
 
-    /// Deletes events that occurred before `before`; returns how many were removed.
+    /// Deletes the events recorded before `before` (a prefix of the log: see the module
+    /// doc); returns how many were removed.
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// PENDING payments whose `next_check_at` is due, oldest first, at most `limit`.
