@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 cleanup() {
-  [[ -n ${dev_pid:-} ]] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
-  [[ -n ${stream_pid:-} ]] && kill "$stream_pid" 2>/dev/null
+  local rc=$?
+  if [[ -n ${dev_pid:-} ]]; then kill "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
+  if [[ -n ${stream_pid:-} ]]; then kill "$stream_pid" 2>/dev/null || true; fi
   rm -rf "$work"
+  exit "$rc"
 }
 trap cleanup EXIT
 
@@ -35,8 +37,10 @@ for _ in $(seq 1 200); do
 done
 grep -q "o2o-sidecar serving" "$work/dev.err" || { echo "dev did not start" >&2; cat "$work/dev.err" >&2; exit 1; }
 
-# The banner must print the same grpcurl line as the README.
-grep -qF -- "$generate_line" "$work/dev.out" || { echo "dev banner differs from README:" >&2; cat "$work/dev.out" >&2; exit 1; }
+# The banner must print the same lines as the README.
+while IFS= read -r line; do
+  grep -qxF -- "$line" "$work/dev.out" || { echo "dev banner lacks the README line: $line" >&2; cat "$work/dev.out" >&2; exit 1; }
+done <"$work/lines"
 
 check() { # name, file, pattern
   if ! grep -q -- "$3" "$2"; then

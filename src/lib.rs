@@ -113,6 +113,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     install_tls_provider();
+    // Install the metrics recorder before anything records.
+    admin::prometheus();
     let addrs = listeners.addrs()?;
     let store = store::open(&config.store_url)
         .await
@@ -155,11 +157,14 @@ pub async fn run(
     health
         .set_serving::<O2oPaymentsServer<PaymentsService>>()
         .await;
+    // Both reflection versions: grpcurl speaks v1alpha, newer clients v1.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -151,23 +151,30 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }));
     let grpc = reachable(addrs.grpc);
     let sim_url = format!("http://{}", reachable(sim_addr));
-    println!(
-        "\n\
-o2o-sidecar dev: sidecar + in-process DOKU simulator (no DOKU account needed)\n\
-  gRPC (o2o.v1.O2OPayments)  {grpc}\n\
-  DOKU notifications         http://{http}{path}\n\
-  admin                      http://{admin}/ready  /metrics\n\
-  DOKU simulator             {sim_url}   (GET /_sim/payments)\n\
-  store                      {store}\n\
-\n\
-Try it (grpcurl uses the sidecar's reflection, no .proto needed):\n\
-  grpcurl -plaintext -d '{{\"invoice_number\":\"INV-1001\",\"amount\":150000,\"customer\":{{\"name\":\"Budi Santoso\"}}}}' {grpc} o2o.v1.O2OPayments/GeneratePaymentCode\n\
-  curl -X POST {sim_url}/_sim/payments/INV-1001/pay\n\
-  grpcurl -plaintext -d '{{\"invoice_number\":\"INV-1001\",\"refresh\":true}}' {grpc} o2o.v1.O2OPayments/GetStatus\n",
-        http = reachable(addrs.http),
-        path = common.notification_path,
-        admin = reachable(addrs.admin),
-    );
+    let http = reachable(addrs.http);
+    let admin = reachable(addrs.admin);
+    let path = &common.notification_path;
+    let banner = [
+        String::new(),
+        "o2o-sidecar dev: sidecar + in-process DOKU simulator (no DOKU account needed)".into(),
+        format!("  gRPC (o2o.v1.O2OPayments)  {grpc}"),
+        format!("  DOKU notifications         http://{http}{path}"),
+        format!("  admin                      http://{admin}/ready  /metrics"),
+        format!("  DOKU simulator             {sim_url}   (GET /_sim/payments)"),
+        format!("  store                      {store}"),
+        String::new(),
+        "Try it (grpcurl uses the sidecar's reflection, no .proto needed):".into(),
+        format!(
+            r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","amount":150000,"customer":{{"name":"Budi Santoso"}}}}' {grpc} o2o.v1.O2OPayments/GeneratePaymentCode"#
+        ),
+        format!("curl -s -X POST {sim_url}/_sim/payments/INV-1001/pay"),
+        format!(
+            r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","refresh":true}}' {grpc} o2o.v1.O2OPayments/GetStatus"#
+        ),
+        format!("grpcurl -plaintext -d '{{}}' {grpc} o2o.v1.O2OPayments/StreamNotifications"),
+        String::new(),
+    ];
+    println!("{}", banner.join("\n"));
     let result = o2o_sidecar::run(config, listeners, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = sim_task.await;
