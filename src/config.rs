@@ -72,6 +72,21 @@ pub struct CommonArgs {
     /// Connect timeout of a DOKU call.
     #[arg(long, env = "O2O_DOKU_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub doku_connect_timeout: Duration,
+    /// Largest DOKU notification body accepted, in bytes (DOKU's are under 2 KiB); larger is 413.
+    #[arg(long, env = "O2O_NOTIFICATION_MAX_BYTES", default_value_t = 64 * 1024)]
+    pub notification_max_bytes: usize,
+    /// How far a notification's Request-Timestamp may be from our clock before it is logged
+    /// and counted as skewed.
+    #[arg(long, env = "O2O_NOTIFICATION_SKEW_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
+    pub notification_skew_tolerance: Duration,
+    /// Reject (401) notifications whose Request-Timestamp is beyond the tolerance. Off by
+    /// default: DOKU's retries (30 min, 6 h, 12 h later) may carry the original timestamp, and
+    /// replays are already harmless (deduplicated on Request-Id).
+    #[arg(long, env = "O2O_NOTIFICATION_REJECT_SKEWED", default_value_t = false)]
+    pub notification_reject_skewed: bool,
+    /// How long events stay in the log for StreamNotifications resume tokens.
+    #[arg(long, env = "O2O_EVENT_RETENTION", default_value = "720h", value_parser = parse_duration)]
+    pub event_retention: Duration,
     /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
     #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub doku_max_attempts: u32,
@@ -171,9 +186,12 @@ pub struct Config {
     /// Largest notification body accepted (DOKU's are under 2 KiB).
     pub max_notification_bytes: usize,
     /// How far a notification's Request-Timestamp may be from our clock before it is logged
-    /// and counted as skewed. DOKU retries hours later with the original timestamp, so
-    /// skewed notifications are accepted, not rejected.
+    /// and counted as skewed.
     pub notification_skew_tolerance: Duration,
+    /// Whether a skewed notification is rejected (401) instead of only logged.
+    pub notification_reject_skewed: bool,
+    /// How long events are kept for resume tokens.
+    pub event_retention: Duration,
     /// Reconciliation sweeper settings.
     pub sweeper: crate::reconcile::SweeperConfig,
 }
@@ -197,6 +215,8 @@ impl Config {
             doku_max_attempts: 3,
             max_notification_bytes: 64 * 1024,
             notification_skew_tolerance: Duration::from_secs(300),
+            notification_reject_skewed: false,
+            event_retention: Duration::from_secs(30 * 24 * 3600),
             sweeper: crate::reconcile::SweeperConfig::default(),
         }
     }
@@ -214,6 +234,22 @@ impl Config {
         self.doku_timeout = common.doku_timeout;
         self.doku_connect_timeout = common.doku_connect_timeout;
         self.doku_max_attempts = common.doku_max_attempts;
+        if common.notification_max_bytes < 1024 {
+            return Err(ConfigError::new(
+                "--notification-max-bytes",
+                "must be at least 1024",
+            ));
+        }
+        self.max_notification_bytes = common.notification_max_bytes;
+        self.notification_skew_tolerance = common.notification_skew_tolerance;
+        self.notification_reject_skewed = common.notification_reject_skewed;
+        if common.event_retention < Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "--event-retention",
+                "must be at least 1h (callers need time to resume)",
+            ));
+        }
+        self.event_retention = common.event_retention;
         Ok(self)
     }
 }

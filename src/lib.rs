@@ -183,6 +183,7 @@ pub async fn run(
         path: config.notification_path.clone(),
         max_bytes: config.max_notification_bytes,
         skew_tolerance: config.notification_skew_tolerance,
+        reject_skewed: config.notification_reject_skewed,
     };
     let http_server =
         axum::serve(listeners.http, notify::router(ingress)).with_graceful_shutdown(stopped());
@@ -204,6 +205,11 @@ pub async fn run(
         }
     });
 
+    let retention = tokio::spawn(reconcile::prune(
+        store.clone(),
+        config.event_retention,
+        stop_rx.clone(),
+    ));
     let sweeper = tokio::spawn(reconcile::run(
         sidecar.clone(),
         config.sweeper.clone(),
@@ -233,6 +239,7 @@ pub async fn run(
     admin_task.await?.context("admin server")?;
     let _ = key_watch.await;
     let _ = sweeper.await;
+    let _ = retention.await;
     tracing::info!("stopped");
     Ok(())
 }

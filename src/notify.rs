@@ -52,6 +52,8 @@ pub struct Ingress {
     pub max_bytes: usize,
     /// Request-Timestamp skew beyond which a notification is logged and counted.
     pub skew_tolerance: Duration,
+    /// Whether a skewed notification is rejected (401) instead of only logged.
+    pub reject_skewed: bool,
 }
 
 /// The notification router: `POST {path}`.
@@ -116,11 +118,26 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
         );
         return StatusCode::UNAUTHORIZED;
     }
+    if let Some(ts) = h.request_timestamp.and_then(parse_doku_time) {
+        let skew = (OffsetDateTime::now_utc() - ts).abs();
+        if skew > time::Duration::try_from(ingress.skew_tolerance).unwrap_or(time::Duration::MAX) {
+            metrics::counter!("o2o_notification_timestamp_skewed_total").increment(1);
+            tracing::warn!(
+                skew_seconds = skew.whole_seconds(),
+                rejected = ingress.reject_skewed,
+                request_id = h.request_id.unwrap_or(""),
+                "notification Request-Timestamp is far from our clock"
+            );
+            if ingress.reject_skewed {
+                metrics::counter!("o2o_notifications_total", "verdict" => "skewed").increment(1);
+                return StatusCode::UNAUTHORIZED;
+            }
+        }
+    }
     // verify() checked that these headers are present.
     let request_id = h.request_id.unwrap_or_default().to_owned();
-    let request_timestamp = h.request_timestamp.map(str::to_owned);
     let span = tracing::info_span!("notification", %request_id);
-    ingest(ingress, headers, body, request_id, request_timestamp)
+    ingest(ingress, headers, body, request_id)
         .instrument(span)
         .await
 }
@@ -131,19 +148,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
     request_id: String,
-    request_timestamp: Option<String>,
 ) -> StatusCode {
-    if let Some(ts) = request_timestamp.as_deref().and_then(parse_doku_time) {
-        let skew = (OffsetDateTime::now_utc() - ts).abs();
-        if skew > time::Duration::try_from(ingress.skew_tolerance).unwrap_or(time::Duration::MAX) {
-            metrics::counter!("o2o_notification_timestamp_skewed_total").increment(1);
-            tracing::warn!(
-                skew_seconds = skew.whole_seconds(),
-                "notification Request-Timestamp is far from our clock (accepted: DOKU retries keep the original time)"
-            );
-        }
-    }
-
     let (verdict, change) = match notification::parse(&body) {
         Ok(report) => {
             let (verdict, change) = judge(&ingress, report).await;

@@ -179,3 +179,27 @@ async fn reschedule(sidecar: &Sidecar, config: &SweeperConfig, rec: &PaymentReco
         tracing::warn!(error = %e, "cannot reschedule the check");
     }
 }
+
+/// Removes events older than `retention` once an hour, so that the log stays bounded; a resume
+/// token older than that is answered with RESUME_TOKEN_EXPIRED.
+pub async fn prune(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    retention: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            _ = tick.tick() => {}
+        }
+        let before = OffsetDateTime::now_utc()
+            - time::Duration::try_from(retention).unwrap_or(time::Duration::MAX);
+        match store.prune_events(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned events past retention"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune events"),
+        }
+    }
+}

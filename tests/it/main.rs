@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod cli;
+
 mod errors;
 mod generate;
 mod grpc_ecosystem;

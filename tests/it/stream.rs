@@ -232,3 +232,31 @@ async fn replay_and_live_switch_has_no_gap_under_concurrent_appends() {
     assert_eq!(invoices.len(), N);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_older_than_the_retained_log_is_out_of_range() {
+    let mut h = Harness::start().await;
+    generate(&mut h, "INV-P-1").await;
+    let mut s = open(&mut h, "").await;
+    h.pay("INV-P-1").await;
+    let first = next_response(&mut s).await;
+    drop(s);
+    // Retention removes everything recorded so far (the same store file, as the pruning task
+    // would).
+    let store = o2o_sidecar::store::open(&h.store_url).await.unwrap();
+    let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    assert_eq!(store.prune_events(cutoff).await.unwrap(), 1);
+    let err = h
+        .grpc
+        .stream_notifications(pb::StreamNotificationsRequest {
+            resume_token: resume_token(0),
+            invoice_numbers: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert_eq!(reason(&err), "RESUME_TOKEN_EXPIRED");
+    // The newest token is still good.
+    open(&mut h, &first.resume_token).await;
+    h.stop().await;
+}
