@@ -15,7 +15,14 @@ use crate::store::Store;
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Latency buckets from 0.5 ms (store, in-process) to 10 s (DOKU's timeout).
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .expect("bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then ours stays unused.
         let _ = metrics::set_global_recorder(recorder);
@@ -76,4 +83,51 @@ pub fn router(readiness: Readiness) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(readiness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt as _;
+
+    async fn status(router: &Router, path: &str) -> StatusCode {
+        router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn ready_follows_the_store_and_draining() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let sqlite = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let readiness = Readiness::new(sqlite.clone());
+        let router = router(readiness.clone());
+        assert_eq!(status(&router, "/live").await, StatusCode::OK);
+        assert_eq!(status(&router, "/ready").await, StatusCode::OK);
+
+        // The store stops answering: not ready, still live.
+        sqlite.close().await;
+        assert_eq!(
+            status(&router, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(&router, "/live").await, StatusCode::OK);
+
+        let other = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let readiness = Readiness::new(other);
+        let router = super::router(readiness.clone());
+        assert_eq!(status(&router, "/ready").await, StatusCode::OK);
+        readiness.set_draining();
+        assert_eq!(
+            status(&router, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

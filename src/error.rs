@@ -86,3 +86,26 @@ pub enum Error {
     #[error("internal error")]
     Internal,
 }
+
+impl Error {
+    /// The stable UPPER_SNAKE_CASE reason of this error (the gRPC `ErrorInfo.reason` and the
+    /// `outcome` label of metrics).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "INVALID_FIELD",
+            Self::InvoiceExists { .. } => "INVOICE_EXISTS",
+            Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
+            Self::InFlight { .. } => "REQUEST_IN_FLIGHT",
+            Self::PaymentNotFound { .. } => "PAYMENT_NOT_FOUND",
+            Self::DokuUnavailable { .. } => "DOKU_UNAVAILABLE",
+            Self::DokuOutcomeUnknown { .. } => "DOKU_OUTCOME_UNKNOWN",
+            Self::DokuAuthRejected => "DOKU_AUTH_REJECTED",
+            Self::DokuRejected { .. } => "DOKU_REJECTED",
+            Self::ResumeTokenInvalid => "RESUME_TOKEN_INVALID",
+            Self::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
+            Self::SlowSubscriber => "SLOW_SUBSCRIBER",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}

@@ -116,9 +116,12 @@ pub async fn run(
     // Install the metrics recorder before anything records.
     admin::prometheus();
     let addrs = listeners.addrs()?;
-    let store = store::open(&config.store_url)
-        .await
-        .with_context(|| "--store: cannot open the store".to_string())?;
+    let store: std::sync::Arc<dyn store::Store> =
+        std::sync::Arc::new(store::metered::Metered::new(
+            store::open(&config.store_url)
+                .await
+                .with_context(|| "--store: cannot open the store".to_string())?,
+        ));
     let doku = DokuClient::new(
         DokuClientConfig {
             base_url: config.doku_base_url.clone(),

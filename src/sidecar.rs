@@ -97,6 +97,8 @@ impl Sidecar {
 
     /// Announces a committed event to live streams (after the commit, never before).
     pub fn publish(&self, event: Event) {
+        metrics::counter!("o2o_events_emitted_total", "source" => event.source.as_str(), "status" => event.status.as_str())
+            .increment(1);
         // No receivers is fine: nobody is streaming.
         let _ = self.events.send(event);
     }
@@ -104,6 +106,16 @@ impl Sidecar {
     /// Creates (or returns the already created) payment code for a request.
     #[tracing::instrument(skip_all, fields(invoice = %input.invoice_number))]
     pub async fn generate_payment_code(&self, input: &PaymentCodeInput) -> Result<Payment, Error> {
+        let result = self.generate(input).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        };
+        metrics::counter!("o2o_payment_codes_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn generate(&self, input: &PaymentCodeInput) -> Result<Payment, Error> {
         let request = input
             .validate(&self.settings.notification_path)
             .map_err(Error::InvalidArgument)?;

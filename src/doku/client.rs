@@ -444,14 +444,23 @@ impl DokuClient {
 
         let started = Instant::now();
         let span = Span::current();
-        let elapsed = |span: &Span| {
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = |span: &Span, status: &str| {
+            let took = started.elapsed();
+            let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
             span.record("elapsed_ms", ms);
+            metrics::histogram!("o2o_doku_request_duration_seconds", "endpoint" => call.endpoint)
+                .record(took.as_secs_f64());
+            metrics::counter!(
+                "o2o_doku_requests_total",
+                "endpoint" => call.endpoint,
+                "status" => status.to_owned()
+            )
+            .increment(1);
         };
         let mut resp = match req.send().await {
             Ok(resp) => resp,
             Err(e) => {
-                elapsed(&span);
+                elapsed(&span, if e.is_timeout() { "timeout" } else { "error" });
                 // Only a failed connect proves the request never left; anything later
                 // (timeout, reset, closed mid-answer) may be after DOKU acted on it.
                 let maybe_reached = !e.is_connect();
@@ -467,7 +476,7 @@ impl DokuClient {
         span.record("http_status", status.as_u16());
         let headers = resp.headers().clone();
         let body = read_body(&mut resp).await;
-        elapsed(&span);
+        elapsed(&span, status.as_str());
         warn_on_clock_skew(&headers);
         let body = match body {
             Ok(body) => body,

@@ -21,7 +21,8 @@ fn meta<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
 pub fn to_status(err: Error) -> Status {
     let message = err.to_string();
     let mut details = ErrorDetails::new();
-    let (code, reason, metadata) = match &err {
+    let reason = err.reason();
+    let (code, metadata) = match &err {
         Error::InvalidArgument(violations) => {
             for v in violations {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
@@ -31,20 +32,14 @@ pub fn to_status(err: Error) -> Status {
                 .map(|v| v.field.as_str())
                 .collect::<Vec<_>>()
                 .join(",");
-            (
-                Code::InvalidArgument,
-                "INVALID_FIELD",
-                meta([("fields", fields)]),
-            )
+            (Code::InvalidArgument, meta([("fields", fields)]))
         }
         Error::InvoiceExists { invoice } => (
             Code::AlreadyExists,
-            "INVOICE_EXISTS",
             meta([("invoice_number", invoice.to_string())]),
         ),
         Error::IdempotencyKeyReused { invoice } => (
             Code::FailedPrecondition,
-            "IDEMPOTENCY_KEY_REUSED",
             meta([("invoice_number", invoice.to_string())]),
         ),
         Error::InFlight {
@@ -54,18 +49,16 @@ pub fn to_status(err: Error) -> Status {
             details.set_retry_info(Some(*retry_after));
             (
                 Code::Aborted,
-                "REQUEST_IN_FLIGHT",
                 meta([("invoice_number", invoice.to_string())]),
             )
         }
         Error::PaymentNotFound { invoice } => (
             Code::NotFound,
-            "PAYMENT_NOT_FOUND",
             meta([("invoice_number", invoice.to_string())]),
         ),
         Error::DokuUnavailable { retry_after } => {
             details.set_retry_info(Some(*retry_after));
-            (Code::Unavailable, "DOKU_UNAVAILABLE", HashMap::new())
+            (Code::Unavailable, HashMap::new())
         }
         Error::DokuOutcomeUnknown {
             invoice,
@@ -74,11 +67,10 @@ pub fn to_status(err: Error) -> Status {
             details.set_retry_info(Some(*retry_after));
             (
                 Code::Unavailable,
-                "DOKU_OUTCOME_UNKNOWN",
                 meta([("invoice_number", invoice.to_string())]),
             )
         }
-        Error::DokuAuthRejected => (Code::Internal, "DOKU_AUTH_REJECTED", HashMap::new()),
+        Error::DokuAuthRejected => (Code::Internal, HashMap::new()),
         Error::DokuRejected { http_status, .. } => {
             // 4xx other than 409/422 are about the request's content; the rest about state.
             let code = if matches!(http_status, 400 | 422) {
@@ -86,28 +78,19 @@ pub fn to_status(err: Error) -> Status {
             } else {
                 Code::FailedPrecondition
             };
-            (
-                code,
-                "DOKU_REJECTED",
-                meta([("doku_http_status", http_status.to_string())]),
-            )
+            (code, meta([("doku_http_status", http_status.to_string())]))
         }
-        Error::ResumeTokenInvalid => (
-            Code::InvalidArgument,
-            "RESUME_TOKEN_INVALID",
-            HashMap::new(),
-        ),
+        Error::ResumeTokenInvalid => (Code::InvalidArgument, HashMap::new()),
         Error::ResumeTokenExpired { oldest } => (
             Code::OutOfRange,
-            "RESUME_TOKEN_EXPIRED",
             meta([("oldest_event_id", oldest.to_string())]),
         ),
-        Error::SlowSubscriber => (Code::ResourceExhausted, "SLOW_SUBSCRIBER", HashMap::new()),
+        Error::SlowSubscriber => (Code::ResourceExhausted, HashMap::new()),
         Error::StoreUnavailable => {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-            (Code::Unavailable, "STORE_UNAVAILABLE", HashMap::new())
+            (Code::Unavailable, HashMap::new())
         }
-        Error::Internal => (Code::Internal, "INTERNAL", HashMap::new()),
+        Error::Internal => (Code::Internal, HashMap::new()),
     };
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message, details)

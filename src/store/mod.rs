@@ -54,6 +54,8 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub mod metered;
+
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
