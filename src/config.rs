@@ -87,6 +87,17 @@ pub struct CommonArgs {
     /// How long events stay in the log for StreamNotifications resume tokens.
     #[arg(long, env = "O2O_EVENT_RETENTION", default_value = "720h", value_parser = parse_duration)]
     pub event_retention: Duration,
+    /// File holding a bearer token every O2OPayments call must present
+    /// (`authorization: Bearer <token>`); unset: no caller authentication (gRPC stays on
+    /// loopback). Health and reflection stay open.
+    #[arg(long, env = "O2O_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Longest time a unary gRPC call may take before DEADLINE_EXCEEDED.
+    #[arg(long, env = "O2O_GRPC_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub grpc_timeout: Duration,
+    /// gRPC calls in flight per connection; beyond it calls fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "O2O_GRPC_CONCURRENCY_LIMIT", default_value_t = 512)]
+    pub grpc_concurrency_limit: usize,
     /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
     #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub doku_max_attempts: u32,
@@ -192,6 +203,12 @@ pub struct Config {
     pub notification_reject_skewed: bool,
     /// How long events are kept for resume tokens.
     pub event_retention: Duration,
+    /// Bearer token callers must present, if configured.
+    pub api_token: Option<SecretKeySource>,
+    /// Longest unary gRPC call.
+    pub grpc_timeout: Duration,
+    /// gRPC calls in flight per connection.
+    pub grpc_concurrency_limit: usize,
     /// Reconciliation sweeper settings.
     pub sweeper: crate::reconcile::SweeperConfig,
 }
@@ -217,6 +234,9 @@ impl Config {
             notification_skew_tolerance: Duration::from_secs(300),
             notification_reject_skewed: false,
             event_retention: Duration::from_secs(30 * 24 * 3600),
+            api_token: None,
+            grpc_timeout: Duration::from_secs(60),
+            grpc_concurrency_limit: 512,
             sweeper: crate::reconcile::SweeperConfig::default(),
         }
     }
@@ -250,6 +270,19 @@ impl Config {
             ));
         }
         self.event_retention = common.event_retention;
+        if let Some(path) = &common.api_token_file {
+            let token = SecretKeySource::from_file(path)
+                .map_err(|e| ConfigError::new("--api-token-file", e.to_string()))?;
+            self.api_token = Some(token);
+        }
+        self.grpc_timeout = common.grpc_timeout;
+        if common.grpc_concurrency_limit == 0 {
+            return Err(ConfigError::new(
+                "--grpc-concurrency-limit",
+                "must be at least 1",
+            ));
+        }
+        self.grpc_concurrency_limit = common.grpc_concurrency_limit;
         Ok(self)
     }
 }

@@ -82,6 +82,9 @@ pub enum Error {
     /// The store cannot be reached.
     #[error("payment store unavailable; retry later")]
     StoreUnavailable,
+    /// The caller did not present the configured bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
     /// A bug or corrupt state; details are in the log.
     #[error("internal error")]
     Internal,
@@ -105,6 +108,7 @@ impl Error {
             Self::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
             Self::SlowSubscriber => "SLOW_SUBSCRIBER",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Internal => "INTERNAL",
         }
     }

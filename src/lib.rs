@@ -169,11 +169,16 @@ pub async fn run(
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let auth = grpc::auth::BearerAuth::new(config.api_token.clone());
     let grpc_server = tonic::transport::Server::builder()
+        .trace_fn(telemetry::grpc_span)
+        .timeout(config.grpc_timeout)
+        .concurrency_limit_per_connection(config.grpc_concurrency_limit)
+        .load_shed(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentsService::new(sidecar.clone(), stop_rx.clone()).into_server())
+        .add_service(PaymentsService::new(sidecar.clone(), stop_rx.clone()).into_server(auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
 
     let readiness = admin::Readiness::new(store.clone());
@@ -208,6 +213,21 @@ pub async fn run(
         }
     });
 
+    let token_watch = config.api_token.clone().map(|token| {
+        let stop = stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => if let Err(e) = token.refresh() {
+                        tracing::error!(error = %e, "cannot re-read --api-token-file; keeping the last good token");
+                    },
+                }
+            }
+        })
+    });
     let retention = tokio::spawn(reconcile::prune(
         store.clone(),
         config.event_retention,
@@ -243,6 +263,9 @@ pub async fn run(
     let _ = key_watch.await;
     let _ = sweeper.await;
     let _ = retention.await;
+    if let Some(t) = token_watch {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

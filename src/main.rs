@@ -38,9 +38,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
+    let (result, telemetry) = match cli.command {
         Command::Serve(args) => {
-            telemetry::init(args.common.log_format);
             let common = args.common.clone();
             let config = match args.into_config() {
                 Ok(c) => c,
@@ -49,18 +48,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime.block_on(serve(
+            // Inside the runtime: the OTLP exporter's connection lives there.
+            let telemetry = runtime.block_on(async { telemetry::init(common.log_format) });
+            let result = runtime.block_on(serve(
                 config,
                 common.grpc_addr,
                 common.http_addr,
                 common.admin_addr,
-            ))
+            ));
+            (result, telemetry)
         }
         Command::Dev(args) => {
-            telemetry::init(args.common.log_format);
-            runtime.block_on(dev(args))
+            let telemetry = runtime.block_on(async { telemetry::init(args.common.log_format) });
+            (runtime.block_on(dev(args)), telemetry)
         }
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

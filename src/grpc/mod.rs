@@ -1,6 +1,7 @@
 //! The only code that knows tonic and prost: the generated `o2o.v1` types, the
 //! `O2OPayments` service, conversions to and from domain types, and the error table.
 
+pub mod auth;
 pub mod convert;
 pub mod service;
 pub mod status;

@@ -29,9 +29,15 @@ impl PaymentsService {
         Self { sidecar, shutdown }
     }
 
-    /// The tonic server for this service.
-    pub fn into_server(self) -> pb::o2o_payments_server::O2oPaymentsServer<Self> {
-        pb::o2o_payments_server::O2oPaymentsServer::new(self)
+    /// The tonic server for this service, behind the bearer-token check.
+    pub fn into_server(
+        self,
+        auth: super::auth::BearerAuth,
+    ) -> tonic::service::interceptor::InterceptedService<
+        pb::o2o_payments_server::O2oPaymentsServer<Self>,
+        super::auth::BearerAuth,
+    > {
+        pb::o2o_payments_server::O2oPaymentsServer::with_interceptor(self, auth)
     }
 }
 

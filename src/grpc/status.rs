@@ -90,6 +90,7 @@ pub fn to_status(err: Error) -> Status {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             (Code::Unavailable, HashMap::new())
         }
+        Error::Unauthenticated => (Code::Unauthenticated, HashMap::new()),
         Error::Internal => (Code::Internal, HashMap::new()),
     };
     details.set_error_info(reason, ERROR_DOMAIN, metadata);

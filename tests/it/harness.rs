@@ -32,6 +32,8 @@ pub(crate) struct Options {
     pub(crate) sweep_interval: Duration,
     /// When the sweeper first checks a new payment.
     pub(crate) first_check_after: Duration,
+    /// Bearer token callers must present.
+    pub(crate) api_token: Option<String>,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             retry_scale: 0.0001,
             sweep_interval: Duration::from_secs(3600),
             first_check_after: Duration::from_secs(3600),
+            api_token: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub(crate) fn config(options: &Options, sim_url: &str, store_url: &str) -> Confi
     config.sweeper.interval = options.sweep_interval;
     config.sweeper.first_check_after = options.first_check_after;
     config.sweeper.backoff = vec![options.sweep_interval];
+    config.api_token = options.api_token.clone().map(SecretKeySource::fixed);
     config
 }
 
