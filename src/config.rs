@@ -98,6 +98,13 @@ pub struct CommonArgs {
     /// gRPC calls in flight per connection; beyond it calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, env = "O2O_GRPC_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub grpc_concurrency_limit: usize,
+    /// PEM certificate chain: serve gRPC and notifications over TLS (for clusters without a
+    /// mesh). Requires --tls-key-file.
+    #[arg(long, env = "O2O_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "O2O_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
     /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
     #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub doku_max_attempts: u32,
@@ -211,6 +218,8 @@ pub struct Config {
     pub grpc_concurrency_limit: usize,
     /// Reconciliation sweeper settings.
     pub sweeper: crate::reconcile::SweeperConfig,
+    /// TLS identity for the gRPC and notification listeners, if configured.
+    pub tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl Config {
@@ -237,6 +246,7 @@ impl Config {
             api_token: None,
             grpc_timeout: Duration::from_secs(60),
             grpc_concurrency_limit: 512,
+            tls: None,
             sweeper: crate::reconcile::SweeperConfig::default(),
         }
     }
@@ -283,6 +293,11 @@ impl Config {
             ));
         }
         self.grpc_concurrency_limit = common.grpc_concurrency_limit;
+        if let (Some(cert), Some(key)) = (&common.tls_cert_file, &common.tls_key_file) {
+            let identity = crate::tls::TlsIdentity::from_files(cert, key)
+                .map_err(|(flag, message)| ConfigError::new(flag, message))?;
+            self.tls = Some(identity);
+        }
         Ok(self)
     }
 }

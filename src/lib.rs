@@ -19,6 +19,7 @@
 //! - [`secret`]: the Secret Key, read from a watched file.
 //! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
 //!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
+//! - [`tls`]: optional TLS for the gRPC and notification listeners.
 //! - [`telemetry`]: logging, text or JSON.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod sidecar;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -170,7 +172,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let auth = grpc::auth::BearerAuth::new(config.api_token.clone());
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        grpc_builder =
+            grpc_builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            ))?;
+    }
+    let grpc_server = grpc_builder
         .trace_fn(telemetry::grpc_span)
         .timeout(config.grpc_timeout)
         .concurrency_limit_per_connection(config.grpc_concurrency_limit)
@@ -193,8 +202,24 @@ pub async fn run(
         skew_tolerance: config.notification_skew_tolerance,
         reject_skewed: config.notification_reject_skewed,
     };
-    let http_server =
-        axum::serve(listeners.http, notify::router(ingress)).with_graceful_shutdown(stopped());
+    let notify_router = notify::router(ingress);
+    let http_server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match &config.tls {
+            Some(identity) => Box::pin(
+                axum::serve(
+                    tls::TlsListener::new(listeners.http, identity)
+                        .map_err(|e| anyhow::anyhow!("--tls-cert-file: {e}"))?,
+                    notify_router,
+                )
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+            ),
+            None => Box::pin(
+                axum::serve(listeners.http, notify_router)
+                    .with_graceful_shutdown(stopped())
+                    .into_future(),
+            ),
+        };
 
     let key = config.secret_key.clone();
     let key_stop = stopped();
@@ -247,7 +272,7 @@ pub async fn run(
         "o2o-sidecar serving"
     );
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(http_server);
     let admin_task = tokio::spawn(async move { admin_server.await });
 
     shutdown.await;

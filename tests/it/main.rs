@@ -14,3 +14,4 @@ mod notifications;
 mod reconcile;
 mod status;
 mod stream;
+mod tls;
