@@ -12,7 +12,15 @@ buf=$tools/node_modules/.bin/buf
 $buf lint
 $buf format -d --exit-code
 echo "buf lint and format: clean"
-if git rev-parse --verify -q origin/main >/dev/null; then
-  $buf breaking --against '.git#branch=origin/main'
-  echo "buf breaking against origin/main: clean"
+# The newest commit that changed the contract, compared with the contract just before it: a
+# wire- or JSON-incompatible change fails here, however many commits come after it.
+last=$(git log -1 --format=%H -- proto/ 2>/dev/null || true)
+if [[ -n $last ]] && git rev-parse --verify -q "$last^1" >/dev/null; then
+  before=$(git rev-parse "$last^1")
+  if git cat-file -e "$before:proto/o2o/v1/o2o_payments.proto" 2>/dev/null; then
+    $buf breaking --against ".git#ref=$before"
+    echo "buf breaking against ${before:0:12} (before the last contract change): clean"
+  else
+    echo "buf breaking: the contract is new in ${last:0:12}; nothing to compare"
+  fi
 fi
