@@ -116,7 +116,7 @@ pub async fn run(
     // Install the metrics recorder before anything records.
     admin::prometheus();
     let addrs = listeners.addrs()?;
-    let store = store::open(&config.store_url)
+    let store = store::open_with(&config.store_url, &config.store_options)
         .await
         .with_context(|| "--store: cannot open the store".to_string())?;
     let doku = DokuClient::new(

@@ -10,5 +10,6 @@ mod generate;
 mod grpc_ecosystem;
 mod notifications;
 mod reconcile;
+mod replicas;
 mod status;
 mod stream;
