@@ -948,9 +948,9 @@ async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
 
 /// PostgreSQL crashes and restarts while notifications keep arriving on two replicas: the
 /// replicas stay up, readiness goes false and comes back, requests fail with
-/// STORE_UNAVAILABLE meanwhile, every acknowledged notification is in the log once, and a
-/// subscriber on A (half of the notifications go to B; it resumes with its last token after
-/// any error) ends up with the whole log, in order.
+/// STORE_UNAVAILABLE meanwhile, every acknowledged notification is in the log once, and
+/// subscribers on A (from before the crash) and on B (from during the outage), resuming with
+/// their last token after any error, end up with the whole log, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let Some(cluster) = PrivateCluster::start().await else {
@@ -998,48 +998,14 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
         })
     };
 
-    // The subscriber on A (the sender alternates A and B), resuming with its last token
-    // after any error.
-    let subscriber = {
-        let mut grpc = a.grpc.clone();
-        tokio::spawn(async move {
-            let (mut seen, mut token, mut errors) = (Vec::new(), resume_token(0), 0);
-            while seen.len() < N {
-                let mut s = match open(&mut grpc, &token).await {
-                    Ok(s) => s,
-                    Err(status) => {
-                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                        errors += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
-                        Ok(Ok(Some(r))) => {
-                            seen.push(r.notification.unwrap().event_id);
-                            token = r.resume_token;
-                            if seen.len() == N {
-                                break;
-                            }
-                        }
-                        Ok(Err(status)) => {
-                            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                            errors += 1;
-                            break;
-                        }
-                        Ok(Ok(None)) => panic!("the stream ended without an error"),
-                        Err(_) => panic!("no event for 60 s after {} events", seen.len()),
-                    }
-                }
-            }
-            (seen, errors)
-        })
-    };
+    // A subscriber on A from the start (the sender alternates A and B).
+    let on_a = tokio::spawn(subscribe_resuming(a.grpc.clone(), N));
 
     acked.wait_for(|(n, _)| *n >= N / 3).await.unwrap();
     cluster.ctl_stop();
     let stopped = Instant::now();
+    // And one on B that starts while the database is down.
+    let on_b = tokio::spawn(subscribe_resuming(b.grpc.clone(), N));
     // Readiness goes false on both replicas; requests fail with STORE_UNAVAILABLE.
     for replica in [&a, &b] {
         eventually("not ready", Duration::from_secs(10), || async {
@@ -1071,17 +1037,23 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let back = stopped.elapsed() - down_for;
 
     sender.await.unwrap();
-    let (seen, stream_errors) = tokio::time::timeout(Duration::from_secs(120), subscriber)
-        .await
-        .expect("the subscriber gets every event")
-        .unwrap();
+    let subscribers = async { (on_a.await.unwrap(), on_b.await.unwrap()) };
+    let ((seen_a, errors_a), (seen_b, errors_b)) =
+        tokio::time::timeout(Duration::from_secs(120), subscribers)
+            .await
+            .expect("the subscribers get every event");
     let refused = acked.borrow().1;
     eprintln!(
         "database down for {down_for:?} ({acked_while_down} of {N} acknowledged before), \
          readiness back {back:?} after the restart; {refused} notifications refused with 503 \
-         and retried; the subscriber resumed after {stream_errors} errors"
+         and retried; the subscribers resumed after {errors_a} (on A) and {errors_b} (on B) \
+         UNAVAILABLE errors"
     );
     assert!(refused >= 2);
+    assert!(
+        errors_b >= 1,
+        "B's subscriber started while the database was down"
+    );
     // Every acknowledged notification is in the log, once. (Event ids are increasing but
     // not dense: a crash loses the sequence values cached by transactions in flight.)
     let mut grpc = b.grpc.clone();
@@ -1098,14 +1070,48 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
             .is_err(),
         "nothing beyond the {N} acknowledged"
     );
-    // The subscriber got the whole log: every event once, in order, across resumes.
-    assert_eq!(seen, ids);
+    // The subscribers got the whole log: every event once, in order, across resumes.
+    assert_eq!(seen_a, ids);
+    assert_eq!(seen_b, ids);
     // Both replicas stayed up through it.
     assert!(!a.task.is_finished() && !b.task.is_finished());
     a.stop().await;
     b.stop().await;
     sim.stop().await;
     drop(db);
+}
+
+/// Follows the log from the start until it has `n` events, resuming with the last token after
+/// any error (which must be UNAVAILABLE). Returns the event ids and the number of errors.
+async fn subscribe_resuming(mut grpc: O2oPaymentsClient<Channel>, n: usize) -> (Vec<u64>, u32) {
+    let (mut seen, mut token, mut errors) = (Vec::new(), resume_token(0), 0);
+    while seen.len() < n {
+        let mut s = match open(&mut grpc, &token).await {
+            Ok(s) => s,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        while seen.len() < n {
+            match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                Ok(Ok(Some(r))) => {
+                    seen.push(r.notification.unwrap().event_id);
+                    token = r.resume_token;
+                }
+                Ok(Err(status)) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    errors += 1;
+                    break;
+                }
+                Ok(Ok(None)) => panic!("the stream ended without an error"),
+                Err(_) => panic!("no event for 60 s after {} events", seen.len()),
+            }
+        }
+    }
+    (seen, errors)
 }
 
 /// Cross-replica delivery latency with more samples (run by hand:
