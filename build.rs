@@ -6,6 +6,8 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/o2o/v1/o2o_payments.proto";
     println!("cargo:rerun-if-changed={proto}");
+    // sqlx::migrate! embeds these at compile time.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile([proto], ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(

@@ -108,6 +108,16 @@ pub struct CommonArgs {
     /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
     #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub doku_max_attempts: u32,
+    /// PostgreSQL connections per replica (bounds one replica's load on the database).
+    #[arg(long, env = "O2O_STORE_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub store_pool_size: u32,
+    /// How long connecting to PostgreSQL (or waiting for a pooled connection) may take before
+    /// a request fails with STORE_UNAVAILABLE.
+    #[arg(long, env = "O2O_STORE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub store_connect_timeout: Duration,
+    /// Longest one PostgreSQL statement may run before the database cancels it; `0` = no limit.
+    #[arg(long, env = "O2O_STORE_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub store_statement_timeout: Duration,
 }
 
 /// Flags of `serve`.
@@ -220,6 +230,8 @@ pub struct Config {
     pub sweeper: crate::reconcile::SweeperConfig,
     /// TLS identity for the gRPC and notification listeners, if configured.
     pub tls: Option<crate::tls::TlsIdentity>,
+    /// Connection settings of a PostgreSQL store (pool size, timeouts).
+    pub store_options: crate::store::StoreOptions,
 }
 
 impl Config {
@@ -248,6 +260,7 @@ impl Config {
             grpc_concurrency_limit: 512,
             tls: None,
             sweeper: crate::reconcile::SweeperConfig::default(),
+            store_options: crate::store::StoreOptions::default(),
         }
     }
 
@@ -298,6 +311,17 @@ impl Config {
                 .map_err(|(flag, message)| ConfigError::new(flag, message))?;
             self.tls = Some(identity);
         }
+        if common.store_connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "--store-connect-timeout",
+                "must be more than 0",
+            ));
+        }
+        self.store_options = crate::store::StoreOptions {
+            pool_size: common.store_pool_size,
+            connect_timeout: common.store_connect_timeout,
+            statement_timeout: Some(common.store_statement_timeout).filter(|t| !t.is_zero()),
+        };
         Ok(self)
     }
 }
@@ -428,6 +452,47 @@ mod tests {
         assert_eq!(cfg.notification_path, "/hooks/doku");
         assert_eq!(cfg.doku_base_url, "http://127.0.0.1:8181");
         assert!(!format!("{cfg:?}").contains("SK-1"));
+    }
+
+    #[test]
+    fn store_settings_reach_the_config() {
+        let Command::Dev(args) = parse(&[
+            "dev",
+            "--store-pool-size",
+            "3",
+            "--store-connect-timeout",
+            "1500ms",
+            "--store-statement-timeout",
+            "0",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x")
+            .with_common(&args.common)
+            .unwrap();
+        assert_eq!(
+            cfg.store_options,
+            crate::store::StoreOptions {
+                pool_size: 3,
+                connect_timeout: Duration::from_millis(1500),
+                statement_timeout: None,
+            }
+        );
+        assert!(parse(&["dev", "--store-pool-size", "0"]).is_err());
+        let Command::Dev(args) = parse(&["dev", "--store-connect-timeout", "0"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x");
+        assert_eq!(
+            cfg.with_common(&args.common).unwrap_err().flag,
+            "--store-connect-timeout"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub async fn run(
     let addrs = listeners.addrs()?;
     let store: std::sync::Arc<dyn store::Store> =
         std::sync::Arc::new(store::metered::Metered::new(
-            store::open(&config.store_url)
+            store::open_with(&config.store_url, &config.store_options)
                 .await
                 .with_context(|| "--store: cannot open the store".to_string())?,
         ));

@@ -8,6 +8,14 @@
 //! after 60 seconds"), then 2, 5, 10, 30 and 60 minutes apart, never later than just after the
 //! code's expiry; after expiry every hour for a week, then the sweeper gives up with a log line
 //! (GetStatus with refresh still works).
+//!
+//! One replica at a time sweeps: [`run`] campaigns through the store's
+//! [`Election`](crate::store::Election) every [`SweeperConfig::leader_check`], sweeps only
+//! while it holds the right, and abandons a round in flight as soon as a campaign fails to
+//! confirm it. A follower takes over within about one `leader_check` after the leader's
+//! session ends (see the store's doc for how long that takes when a leader dies). Even an
+//! overlap would be harmless: statuses only move forward and DOKU calls for one payment are
+//! serialized by its attempt lease; it would only waste Check Status calls.
 
 use std::time::Duration;
 
@@ -30,6 +38,9 @@ pub struct SweeperConfig {
     pub first_check_after: Duration,
     /// Delays between later checks of a payment still PENDING; the last one repeats.
     pub backoff: Vec<Duration>,
+    /// How often the leader confirms it still holds the sweeper's right, and a follower
+    /// tries to take it: bounds how long the sweeper stays without a leader.
+    pub leader_check: Duration,
 }
 
 impl Default for SweeperConfig {
@@ -40,6 +51,7 @@ impl Default for SweeperConfig {
             concurrency: 4,
             first_check_after: Duration::from_secs(60),
             backoff: BACKOFF.to_vec(),
+            leader_check: Duration::from_secs(2),
         }
     }
 }
@@ -80,22 +92,90 @@ pub fn next_check(
     }
 }
 
-/// Runs rounds until `shutdown` becomes true.
+/// Runs rounds while this replica holds the sweeper's right, until `shutdown` becomes true.
 pub async fn run(
     sidecar: Sidecar,
     config: SweeperConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut election = sidecar.store().sweeper_election();
+    let mut campaign = tokio::time::interval(config.leader_check);
+    campaign.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    metrics::gauge!("o2o_sweeper_leader").set(0.0);
+    let mut unsure_logged = false;
     loop {
         tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-            _ = tick.tick() => {}
+            _ = stopped(&mut shutdown) => break,
+            _ = campaign.tick() => {}
         }
-        if let Err(e) = round(&sidecar, &config).await {
-            tracing::warn!(error = %e, "reconciliation round failed");
+        match election.campaign().await {
+            Ok(true) => {
+                unsure_logged = false;
+                tracing::info!("this replica now runs the reconciliation sweeper");
+                metrics::gauge!("o2o_sweeper_leader").set(1.0);
+                let stop = lead(&sidecar, &config, &mut *election, &mut shutdown).await;
+                metrics::gauge!("o2o_sweeper_leader").set(0.0);
+                if stop {
+                    break;
+                }
+                tracing::warn!("this replica no longer runs the reconciliation sweeper");
+                campaign.reset();
+            }
+            Ok(false) => unsure_logged = false,
+            Err(e) if !unsure_logged => {
+                unsure_logged = true;
+                tracing::warn!(error = %e, "cannot campaign for the sweeper; retrying");
+            }
+            Err(_) => {}
         }
+    }
+    election.resign().await;
+}
+
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: the sidecar is stopping too.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Sweeps while the right is confirmed every `leader_check`. Returns `true` on shutdown,
+/// `false` when the right is lost (a round in flight is abandoned).
+async fn lead(
+    sidecar: &Sidecar,
+    config: &SweeperConfig,
+    election: &mut dyn crate::store::Election,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirm = tokio::time::interval(config.leader_check);
+    confirm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    confirm.reset();
+    // Confirms the right every `leader_check`; resolves when it is lost.
+    let lost = async {
+        loop {
+            confirm.tick().await;
+            match election.campaign().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot confirm the sweeper's right; stepping down");
+                    return;
+                }
+            }
+        }
+    };
+    let rounds = async {
+        loop {
+            tick.tick().await;
+            if let Err(e) = round(sidecar, config).await {
+                tracing::warn!(error = %e, "reconciliation round failed");
+            }
+        }
+    };
+    tokio::select! {
+        _ = stopped(shutdown) => true,
+        () = lost => false,
+        () = rounds => unreachable!("rounds never end"),
     }
 }
 

@@ -7,6 +7,11 @@
 //! the cursor; on any gap (an event published out of order, or the subscriber lagging behind
 //! the broadcast buffer) it reads the missing events from the store. A slow subscriber
 //! therefore never blocks ingest and never holds more than its channel's worth of events.
+//!
+//! Events committed by *other* replicas sharing the store (PostgreSQL) never reach the
+//! in-process broadcast. The task also follows the store's commit hints
+//! ([`Store::commit_hints`](crate::store::Store::commit_hints)), subscribed before the store is
+//! read as well: when a hint passes the cursor, it reads the missing events from the store.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -44,9 +49,10 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Item>, Status> {
     // Subscribe first: anything committed from here on is either in the store read below or
-    // arrives on `live`.
+    // arrives on `live` (this replica) or as a hint (any replica).
     let live = sidecar.subscribe();
     let store = sidecar.store();
+    let hints = store.commit_hints();
     let last = store
         .last_seq()
         .await
@@ -71,7 +77,7 @@ pub async fn start(
     };
     let filter: Vec<String> = request.invoice_numbers;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed(sidecar, cursor, filter, live, tx, shutdown));
+    tokio::spawn(feed(sidecar, cursor, filter, live, hints, tx, shutdown));
     Ok(rx)
 }
 
@@ -121,11 +127,24 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// The next commit hint; pends forever when the store gives none (or stopped giving them).
+async fn next_hint(hints: &mut Option<watch::Receiver<u64>>) -> u64 {
+    if let Some(rx) = hints {
+        if rx.changed().await.is_ok() {
+            return *rx.borrow_and_update();
+        }
+        // The store stopped its listener (it is closing): the broadcast is all there is.
+        *hints = None;
+    }
+    std::future::pending().await
+}
+
 async fn feed(
     sidecar: Sidecar,
     cursor: u64,
     filter: Vec<String>,
     mut live: broadcast::Receiver<Event>,
+    mut hints: Option<watch::Receiver<u64>>,
     tx: mpsc::Sender<Item>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -151,6 +170,10 @@ async fn feed(
                     // A gap or a lag: the store has what we missed.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
                     Err(broadcast::error::RecvError::Closed) => break 'outer None,
+                },
+                // Committed by some replica (maybe this one): the store has it.
+                hint = next_hint(&mut hints) => if hint > feed.cursor {
+                    continue 'outer;
                 },
             }
         }

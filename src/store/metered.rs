@@ -6,9 +6,11 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::{
-    Applied, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store, StoreError,
+    Applied, Created, Election, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
+    StoreError,
 };
 use crate::payment::{Event, InvoiceNumber, IssuedCode, StatusChange};
 
@@ -138,5 +140,13 @@ impl Store for Metered {
         at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
         measured("schedule_check", self.inner.schedule_check(invoice, at)).await
+    }
+
+    fn commit_hints(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.commit_hints()
+    }
+
+    fn sweeper_election(&self) -> Box<dyn Election> {
+        self.inner.sweeper_election()
     }
 }

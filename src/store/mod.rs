@@ -38,11 +38,23 @@
 //!   with `None` it clears the time and leaves the count.
 //! - Backends: [`sqlite`] (one pod) and [`postgres`] (many replicas); [`open`] picks one from
 //!   the URL. `conformance.rs` is the test suite both pass.
+//!
+//! # Many replicas
+//!
+//! Two more things let several sidecars share one store and behave as one:
+//!
+//! - [`Store::commit_hints`]: a wake-up when *any* process commits an event, carrying the
+//!   highest seq known to be committed. It is only a hint: a stream that wakes up reads the
+//!   log with [`Store::events_after`]. A backend only one process writes to returns `None`
+//!   (the sidecar's in-process fan-out already sees every commit).
+//! - [`Store::sweeper_election`]: the right to run the reconciliation sweeper, held by one
+//!   replica at a time ([`Election`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, NewPayment, Payment, PaymentCode, StatusChange,
@@ -66,14 +78,77 @@ pub use sqlite::SqliteStore;
 /// An unsupported scheme is [`StoreError::Unavailable`] (the store cannot be reached as
 /// configured); the message names the scheme only, never the URL, which may hold a password.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// [`open`] with connection settings (used by PostgreSQL; SQLite has its own fixed ones).
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open_with(url, options).await?)),
         _ => Err(StoreError::Unavailable(format!(
             "unsupported store URL scheme {scheme:?}; expected sqlite:// or postgres://"
         ))),
     }
+}
+
+/// Connection settings of a shared store (`--store-pool-size`, `--store-connect-timeout`,
+/// `--store-statement-timeout`). SQLite, a local file, ignores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Connections per replica: bounds the load one replica puts on the database, and how
+    /// many store operations it runs at once.
+    pub pool_size: u32,
+    /// How long connecting, or waiting for a pooled connection, may take before an operation
+    /// fails as [`StoreError::Unavailable`]: while the database is down, callers get
+    /// `STORE_UNAVAILABLE` after this long instead of hanging.
+    pub connect_timeout: Duration,
+    /// Longest one statement may run before the database cancels it (`None`: no limit), so
+    /// that a stuck lock or query cannot hold a caller and a pooled connection forever.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The right to run work that one replica at a time may do (the reconciliation sweeper).
+///
+/// The holder calls [`Election::campaign`] regularly: it confirms the right is still held. A
+/// holder that gets `Ok(false)` or an error must stop the work at once: the store may already
+/// have given the right to another replica. When a holder dies, the store frees the right
+/// within a bounded time (see the backend's doc), and the next campaign of another replica
+/// takes it.
+#[async_trait]
+pub trait Election: Send + std::fmt::Debug {
+    /// Tries to take the right, or confirms that this replica still holds it. `Ok(true)`:
+    /// this replica holds it now; `Ok(false)`: another one does; an error: the store cannot
+    /// tell (count it as not held).
+    async fn campaign(&mut self) -> Result<bool, StoreError>;
+
+    /// Gives the right up at once, so that another replica can take it without waiting.
+    async fn resign(&mut self);
+}
+
+/// The [`Election`] of a store only one process uses (SQLite): that process always holds the
+/// right.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SoleReplica;
+
+#[async_trait]
+impl Election for SoleReplica {
+    async fn campaign(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn resign(&mut self) {}
 }
 
 /// Everything the store keeps about a payment.
@@ -303,4 +378,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         invoice: &InvoiceNumber,
         at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError>;
+
+    /// Wake-ups when any process sharing this store commits an event: the value is the
+    /// highest seq known to be committed, and it changes (upwards only) after such a commit.
+    /// Subscribe *before* reading the log, then read [`Store::events_after`] whenever the
+    /// value passes what was read: the value is a hint, the log is the truth. It may lag while
+    /// the backend cannot listen (PostgreSQL then polls about once a second) and may skip
+    /// values, but it never stays below a committed seq for longer than that.
+    ///
+    /// `None` when no other process writes to this store (SQLite): the in-process fan-out
+    /// after each commit already sees every event. Call it inside a Tokio runtime: a backend
+    /// may start a listener task on first use.
+    fn commit_hints(&self) -> Option<watch::Receiver<u64>>;
+
+    /// A contender for the right to run the reconciliation sweeper; see [`Election`].
+    fn sweeper_election(&self) -> Box<dyn Election>;
 }

@@ -17,21 +17,48 @@
 //! that has seen seq `n` never later sees a smaller one appear (a plain identity column could
 //! commit 8 before 7). The lock is taken last, after every row lock, so it cannot deadlock
 //! with them; it is held only for the insert and the commit.
+//!
+//! # Many replicas
+//!
+//! - **Wake-ups** ([`Store::commit_hints`]): a trigger on `events` sends `NOTIFY o2o_events`
+//!   with the new seq in the appending transaction, so listeners hear of it when, and only
+//!   if, it commits, in commit order. Each store runs one listener task on a dedicated
+//!   connection (started by the first caller). The payload is only a hint: streams read the
+//!   table. While the listener connection is down (the database restarting, a network
+//!   failure) the task polls `last_seq` every [`POLL_INTERVAL`] and keeps reconnecting; on
+//!   reconnect it reads `last_seq` again, because notifications sent meanwhile are lost. A
+//!   quiet listener is pinged every [`LISTENER_QUIET_CHECK`], so a silently dead connection
+//!   is noticed within that bound.
+//! - **Sweeper leader** ([`Store::sweeper_election`]): a session-level
+//!   `pg_try_advisory_lock(SWEEPER_LOCK)` on a dedicated connection; the lock lives exactly as
+//!   long as that session. A replica that dies closes its socket and the server frees the lock
+//!   at once; a replica cut off by the network is dropped by the server's TCP keepalive on
+//!   that session (idle 5 s, then 3 probes 2 s apart: about 11 s). A leader confirms its
+//!   session with every campaign, each bounded by the connect timeout, so a cut-off leader
+//!   stops sweeping within one campaign period plus that timeout (2 s + 5 s by default),
+//!   before the server hands the lock to another replica.
+//! - **Timeouts** ([`StoreOptions`]): the pool's size and acquire timeout (which also bounds
+//!   connecting), and `statement_timeout` on every pooled session. While the database is down
+//!   every operation fails as [`StoreError::Unavailable`] after the connect timeout, and
+//!   [`Store::ping`] (readiness) after at most [`PING_TIMEOUT`].
 
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
+use tokio::sync::{oneshot, watch};
 
 use super::rows::{
     EventRow, PaymentRow, Transition, decode_all, event_columns, payment_columns, signed,
     transition, unix, unix_now, unsigned,
 };
 use super::{
-    Applied, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
-    StoreError, Verdict,
+    Applied, Created, Election, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
+    StoreError, StoreOptions, Verdict,
 };
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, PaymentCode, PaymentStatus, StatusChange,
@@ -40,10 +67,23 @@ use crate::payment::{
 /// Advisory lock key serializing appends to `events` ("o2o-evts" in ASCII). Other
 /// advisory locks of the sidecar (the sweeper's) must use different keys.
 pub const EVENT_APPEND_LOCK: i64 = 0x6f32_6f2d_6576_7473;
-/// Connections per replica.
-const MAX_CONNECTIONS: u32 = 10;
-/// How long an operation waits for a pooled connection before the store is "unavailable".
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Session-level advisory lock key held by the replica that runs the sweeper ("o2o-swep" in
+/// ASCII): distinct from [`EVENT_APPEND_LOCK`].
+pub const SWEEPER_LOCK: i64 = 0x6f32_6f2d_7377_6570;
+/// The `NOTIFY` channel of committed events (migration 0002); the payload is the seq.
+pub const EVENTS_CHANNEL: &str = "o2o_events";
+/// How often the listener task reads `last_seq` while its connection is down.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// After this long without a notification, the listener pings its connection.
+pub const LISTENER_QUIET_CHECK: Duration = Duration::from_secs(10);
+/// Longest [`Store::ping`] takes: readiness answers within a probe's timeout even while the
+/// database is unreachable.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// `application_name` of the listener's and the election's sessions, so that an operator
+/// (or a test) can tell them from the pool's in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "o2o-sidecar commit listener";
+/// See [`LISTENER_APPLICATION_NAME`].
+pub const ELECTION_APPLICATION_NAME: &str = "o2o-sidecar sweeper election";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -51,34 +91,80 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where the dedicated sessions (listener, election) connect; without the pool's
+    /// `statement_timeout`.
+    session_options: PgConnectOptions,
+    settings: StoreOptions,
+    hints: Arc<Mutex<Hints>>,
+}
+
+/// The listener task behind [`Store::commit_hints`], started by its first caller.
+#[derive(Debug, Default)]
+enum Hints {
+    #[default]
+    NotStarted,
+    Running {
+        /// Cloned for every caller.
+        rx: watch::Receiver<u64>,
+        /// Dropping it (with the last clone of the store, or on close) stops the task.
+        _stop: oneshot::Sender<()>,
+    },
+    Closed,
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://…` or `postgresql://…`) and runs pending migrations.
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) with default settings and runs
+    /// pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// Connects to `url` with `settings` and runs pending migrations.
+    pub async fn open_with(url: &str, settings: &StoreOptions) -> Result<Self, StoreError> {
         // sqlx's URL errors do not repeat the URL, which may hold a password.
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL store URL: {e}")))?;
-        Self::connect(options).await
+        Self::connect_with(options, settings).await
     }
 
+    #[cfg(test)]
     async fn connect(options: PgConnectOptions) -> Result<Self, StoreError> {
+        Self::connect_with(options, &StoreOptions::default()).await
+    }
+
+    async fn connect_with(
+        options: PgConnectOptions,
+        settings: &StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let pooled = match settings.statement_timeout {
+            Some(limit) => options.clone().options([(
+                "statement_timeout",
+                format!("{}ms", limit.as_millis().max(1)),
+            )]),
+            None => options.clone(),
+        };
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .max_connections(settings.pool_size.max(1))
+            .acquire_timeout(settings.connect_timeout)
+            .connect_with(pooled)
             .await
             .map_err(db_error)?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| super::rows::migrate_error(e, outside_data))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            session_options: options,
+            settings: settings.clone(),
+            hints: Arc::default(),
+        })
     }
 
-    /// Closes every connection, waiting for in-flight operations; later calls fail as
-    /// [`StoreError::Unavailable`].
+    /// Closes every connection, waiting for in-flight operations, and stops the listener;
+    /// later calls fail as [`StoreError::Unavailable`].
     pub async fn close(&self) {
+        *self.hints.lock().unwrap_or_else(PoisonError::into_inner) = Hints::Closed;
         self.pool.close().await;
     }
 
@@ -314,11 +400,13 @@ async fn create_from_notification(
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let round_trip = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(PING_TIMEOUT, round_trip).await {
+            Ok(done) => done.map(drop).map_err(db_error),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer from PostgreSQL within {PING_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
@@ -685,6 +773,243 @@ impl Store for PostgresStore {
         }
         Ok(())
     }
+
+    fn commit_hints(&self) -> Option<watch::Receiver<u64>> {
+        let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*hints {
+            Hints::Running { rx, .. } => Some(rx.clone()),
+            Hints::Closed => None,
+            Hints::NotStarted => {
+                let (tx, rx) = watch::channel(0);
+                let (stop, stopped) = oneshot::channel();
+                tokio::spawn(follow_commits(
+                    self.pool.clone(),
+                    self.session_options
+                        .clone()
+                        .application_name(LISTENER_APPLICATION_NAME),
+                    self.settings.connect_timeout,
+                    tx,
+                    stopped,
+                ));
+                *hints = Hints::Running {
+                    rx: rx.clone(),
+                    _stop: stop,
+                };
+                Some(rx)
+            }
+        }
+    }
+
+    fn sweeper_election(&self) -> Box<dyn Election> {
+        Box::new(AdvisoryLockElection {
+            options: self
+                .session_options
+                .clone()
+                .application_name(ELECTION_APPLICATION_NAME)
+                // The server drops this session (and frees the lock) about 11 s after its
+                // peer went silent, so that a replica cut off by the network cannot keep the
+                // sweeper from every other replica.
+                .options([
+                    ("tcp_keepalives_idle", "5"),
+                    ("tcp_keepalives_interval", "2"),
+                    ("tcp_keepalives_count", "3"),
+                ]),
+            timeout: self.settings.connect_timeout,
+            session: None,
+        })
+    }
+}
+
+/// Raises the hint to `seq` (hints only move up).
+fn raise(tx: &watch::Sender<u64>, seq: u64) {
+    tx.send_if_modified(|known| {
+        let higher = seq > *known;
+        if higher {
+            *known = seq;
+        }
+        higher
+    });
+}
+
+/// Reads `last_seq` and raises the hint to it (the fallback when notifications may have been
+/// missed).
+async fn poll_last_seq(pool: &PgPool, tx: &watch::Sender<u64>) -> Result<(), sqlx::Error> {
+    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    raise(tx, u64::try_from(seq).unwrap_or(0));
+    Ok(())
+}
+
+/// A listener on its own one-connection pool, subscribed to [`EVENTS_CHANNEL`].
+async fn listen(options: &PgConnectOptions, timeout: Duration) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(timeout)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // A lost connection is handled here (poll, then reconnect), not inside the listener.
+    listener.eager_reconnect(false);
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// The listener task: turns `NOTIFY` into hints; polls while it cannot listen. Ends when
+/// `stop` resolves (the store was closed or dropped).
+async fn follow_commits(
+    pool: PgPool,
+    options: PgConnectOptions,
+    timeout: Duration,
+    tx: watch::Sender<u64>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        // Down (or not connected yet): poll while reconnecting.
+        let reconnect = async {
+            loop {
+                match listen(&options, timeout).await {
+                    Ok(listener) => return listener,
+                    Err(e) => {
+                        if down_since.is_none() {
+                            tracing::warn!(error = %e, "cannot listen for commits of other replicas; polling the event log every second until it can");
+                            down_since = Some(tokio::time::Instant::now());
+                        }
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                    }
+                }
+            }
+        };
+        let poll = async {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Errors: the database is down too; the next tick tries again.
+                let _ = poll_last_seq(&pool, &tx).await;
+            }
+        };
+        let mut listener = tokio::select! {
+            _ = &mut stop => return,
+            listener = reconnect => listener,
+            () = poll => unreachable!("polling never ends"),
+        };
+        metrics::gauge!("o2o_store_listener_connected").set(1.0);
+        if let Some(since) = down_since.take() {
+            tracing::info!(
+                down_ms = since.elapsed().as_millis() as u64,
+                "listening for commits of other replicas again"
+            );
+        }
+        // Anything committed before LISTEN took effect (or while disconnected) was not heard.
+        let _ = poll_last_seq(&pool, &tx).await;
+        // Up: hints from notifications until the connection fails.
+        let lost = loop {
+            let received = tokio::select! {
+                _ = &mut stop => return,
+                received = tokio::time::timeout(LISTENER_QUIET_CHECK, listener.try_recv()) => received,
+            };
+            match received {
+                Ok(Ok(Some(n))) => match n.payload().parse::<u64>() {
+                    Ok(seq) => raise(&tx, seq),
+                    Err(_) => {
+                        let _ = poll_last_seq(&pool, &tx).await;
+                    }
+                },
+                Ok(Ok(None)) => break "connection lost".to_owned(),
+                Ok(Err(e)) => break e.to_string(),
+                Err(_quiet) => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                    match tokio::time::timeout(timeout, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break format!("no answer to a ping within {timeout:?}"),
+                    }
+                }
+            }
+        };
+        metrics::gauge!("o2o_store_listener_connected").set(0.0);
+        tracing::warn!(error = %lost, "lost the listener connection; polling the event log every second until it is back");
+        down_since = Some(tokio::time::Instant::now());
+        drop(listener);
+    }
+}
+
+/// [`Election`] by a session-level advisory lock on a dedicated connection: see the module
+/// doc.
+#[derive(Debug)]
+struct AdvisoryLockElection {
+    options: PgConnectOptions,
+    /// Bounds each campaign (connect and query).
+    timeout: Duration,
+    /// The session, and whether it holds [`SWEEPER_LOCK`].
+    session: Option<(PgConnection, bool)>,
+}
+
+impl AdvisoryLockElection {
+    async fn try_campaign(&mut self) -> Result<bool, StoreError> {
+        let (conn, held) = match &mut self.session {
+            Some(session) => session,
+            None => {
+                let conn = PgConnection::connect_with(&self.options)
+                    .await
+                    .map_err(db_error)?;
+                self.session.insert((conn, false))
+            }
+        };
+        if *held {
+            // A session-level lock lasts as long as its session: a round trip proves both.
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        } else {
+            *held = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(SWEEPER_LOCK)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(*held)
+    }
+}
+
+#[async_trait]
+impl Election for AdvisoryLockElection {
+    async fn campaign(&mut self) -> Result<bool, StoreError> {
+        let outcome = match tokio::time::timeout(self.timeout, self.try_campaign()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer from PostgreSQL within {:?}",
+                self.timeout
+            ))),
+        };
+        if outcome.is_err() {
+            // Dropping the session closes its socket: whatever it held is the server's to free.
+            self.session = None;
+        }
+        outcome
+    }
+
+    async fn resign(&mut self) {
+        if let Some((mut conn, held)) = self.session.take() {
+            let release = async {
+                // Unlocking answers once the lock is free, so another replica's next campaign
+                // wins; ending the session would free it too, but a moment after we return.
+                if held {
+                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(SWEEPER_LOCK)
+                        .execute(&mut conn)
+                        .await?;
+                }
+                conn.close().await
+            };
+            // A failure means the session is gone already, and its lock with it.
+            let _ = tokio::time::timeout(self.timeout, release).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -795,6 +1120,197 @@ mod tests {
         b.ping().await.unwrap();
         a.close().await;
         b.close().await;
+    }
+
+    /// Appends one event through `store` (a notification for a new invoice); returns its seq.
+    async fn append(store: &PostgresStore, n: u32) -> u64 {
+        use crate::payment::{Amount, EventSource};
+        let change = StatusChange {
+            invoice: InvoiceNumber::parse(&format!("INV-H-{n}")).unwrap(),
+            status: PaymentStatus::Paid,
+            amount: Amount::new(10_000).unwrap(),
+            payment_code: None,
+            occur_time: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+            source: EventSource::DokuNotification,
+            doku_request_id: Some(format!("req-h-{n}")),
+        };
+        let notification = InboundNotification {
+            doku_request_id: format!("req-h-{n}"),
+            received_at: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+            headers: "{}".into(),
+            body: b"{}".to_vec(),
+            verdict: Verdict::Accepted,
+            change: Some(change),
+            channel: Channel::Indomaret,
+        };
+        match store.record_notification(&notification).await.unwrap() {
+            Recorded::Stored { event: Some(e) } => e.seq,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) until a listener session of this database has run its LISTEN.
+    async fn listening(store: &PostgresStore) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let listeners: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = $1 AND query LIKE 'LISTEN%' AND state = 'idle'",
+            )
+            .bind(LISTENER_APPLICATION_NAME)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            if listeners == 1 {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no listener");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) until the hint reaches `seq`.
+    async fn hinted(rx: &mut watch::Receiver<u64>, seq: u64, within: Duration) {
+        tokio::time::timeout(within, rx.wait_for(|h| *h >= seq))
+            .await
+            .unwrap_or_else(|_| panic!("no hint of seq {seq} within {within:?}"))
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_by_one_replica_wakes_the_other() {
+        let Some(db) = ScratchDatabase::create().await else {
+            return;
+        };
+        let a = PostgresStore::connect(db.options()).await.unwrap();
+        let b = PostgresStore::connect(db.options()).await.unwrap();
+        let mut hints = a.commit_hints().unwrap();
+        // Once it listens, the task no longer polls: these hints come from NOTIFY.
+        listening(&b).await;
+        for n in 1..=5 {
+            let seq = append(&b, n).await;
+            hinted(&mut hints, seq, Duration::from_secs(5)).await;
+        }
+        // Every caller shares the one listener.
+        assert_eq!(*a.commit_hints().unwrap().borrow(), 5);
+        a.close().await;
+        assert!(a.commit_hints().is_none(), "a closed store gives no hints");
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hints_keep_coming_while_the_listener_reconnects() {
+        let Some(db) = ScratchDatabase::create().await else {
+            return;
+        };
+        let a = PostgresStore::connect(db.options()).await.unwrap();
+        let b = PostgresStore::connect(db.options()).await.unwrap();
+        let mut hints = a.commit_hints().unwrap();
+        listening(&b).await;
+        let first = append(&b, 1).await;
+        hinted(&mut hints, first, Duration::from_secs(5)).await;
+        for n in 2..=3 {
+            listening(&b).await;
+            // Kill the listener's session, then commit at once: the notification is lost,
+            // the poll (or the read after reconnecting) still raises the hint.
+            let killed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = $1",
+            )
+            .bind(LISTENER_APPLICATION_NAME)
+            .fetch_one(&b.pool)
+            .await
+            .unwrap();
+            assert_eq!(killed, 1, "one listener session per store");
+            let seq = append(&b, n).await;
+            hinted(&mut hints, seq, POLL_INTERVAL * 5).await;
+        }
+        a.close().await;
+        b.close().await;
+    }
+
+    async fn session_pids(store: &PostgresStore, application: &str) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1 ORDER BY pid",
+        )
+        .bind(application)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_holds_the_sweeper_and_a_dead_holder_lets_another_take_it() {
+        let Some(db) = ScratchDatabase::create().await else {
+            return;
+        };
+        let a = PostgresStore::connect(db.options()).await.unwrap();
+        let b = PostgresStore::connect(db.options()).await.unwrap();
+        let (mut ea, mut eb) = (a.sweeper_election(), b.sweeper_election());
+        assert!(ea.campaign().await.unwrap());
+        assert!(!eb.campaign().await.unwrap());
+        assert!(ea.campaign().await.unwrap(), "the holder confirms");
+        assert!(!eb.campaign().await.unwrap());
+
+        // The holder's session dies (as with its process): the server frees the lock.
+        let pids = session_pids(&a, ELECTION_APPLICATION_NAME).await;
+        assert_eq!(pids.len(), 2);
+        let holder: i32 = sqlx::query_scalar(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+        )
+        .bind(SWEEPER_LOCK)
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(holder)
+            .execute(&a.pool)
+            .await
+            .unwrap();
+        assert!(
+            ea.campaign().await.is_err(),
+            "the old holder learns it lost"
+        );
+        // The server frees the lock as the session's backend exits, just after the session
+        // reported its end: campaigning again (as the sweeper does every few seconds) wins.
+        let killed = tokio::time::Instant::now();
+        while !eb.campaign().await.unwrap() {
+            assert!(killed.elapsed() < Duration::from_secs(5), "no takeover");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!ea.campaign().await.unwrap(), "the other replica keeps it");
+
+        // Resigning hands over at once.
+        eb.resign().await;
+        assert!(ea.campaign().await.unwrap());
+        ea.resign().await;
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_statement_past_the_timeout_is_cancelled_as_unavailable() {
+        let Some(db) = ScratchDatabase::create().await else {
+            return;
+        };
+        let settings = StoreOptions {
+            statement_timeout: Some(Duration::from_millis(100)),
+            ..StoreOptions::default()
+        };
+        let store = PostgresStore::connect_with(db.options(), &settings)
+            .await
+            .unwrap();
+        let slow = sqlx::query("SELECT pg_sleep(2)")
+            .execute(&store.pool)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(db_error(slow), StoreError::Unavailable(ref d) if d.contains("statement timeout")),
+        );
+        store.ping().await.unwrap();
+        store.close().await;
     }
 
     #[tokio::test]

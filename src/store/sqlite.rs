@@ -666,6 +666,15 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+
+    fn commit_hints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // One process writes the file: its in-process fan-out sees every commit.
+        None
+    }
+
+    fn sweeper_election(&self) -> Box<dyn super::Election> {
+        Box::new(super::SoleReplica)
+    }
 }
 
 #[cfg(test)]

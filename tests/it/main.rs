@@ -12,6 +12,7 @@ mod generate;
 mod grpc_ecosystem;
 mod notifications;
 mod reconcile;
+mod replicas;
 mod status;
 mod stream;
 mod tls;
