@@ -87,17 +87,7 @@ async fn doku_timeout_is_outcome_unknown_and_a_retry_never_creates_a_second_code
     assert_eq!(issued.len(), 1, "DOKU issued a code we did not hear about");
 
     // The payment is stored PENDING without a code.
-    let stored = h
-        .grpc
-        .get_status(pb::GetStatusRequest {
-            invoice_number: "INV-TMO-1".into(),
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let stored = h.status("INV-TMO-1", false).await;
     assert_eq!(stored.status(), pb::PaymentStatus::Pending);
     assert_eq!(stored.payment_code, "");
 

@@ -239,6 +239,20 @@ impl Harness {
             .collect()
     }
 
+    /// GetStatus of an invoice, which must exist.
+    pub(crate) async fn status(&mut self, invoice: &str, refresh: bool) -> pb::Payment {
+        self.grpc
+            .get_status(pb::GetStatusRequest {
+                invoice_number: invoice.into(),
+                refresh,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payment
+            .unwrap()
+    }
+
     pub(crate) fn notification_url(&self) -> String {
         format!("http://{}{PATH}", self.addrs.http)
     }

@@ -205,17 +205,7 @@ async fn an_amount_or_code_mismatch_is_acknowledged_but_never_paid() {
         200
     );
 
-    let status = h
-        .grpc
-        .get_status(pb::GetStatusRequest {
-            invoice_number: "INV-N-4".into(),
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let status = h.status("INV-N-4", false).await;
     assert_eq!(status.status(), pb::PaymentStatus::Pending);
 
     // Sentinel: the first event in the log is the one after the mismatches.
@@ -254,17 +244,7 @@ async fn an_unknown_invoice_is_stored_and_emitted_as_doku_sent_it() {
     assert_eq!(e.amount, 77_000);
     assert_eq!(e.payment_code, "1234567890");
     assert_eq!(e.status(), pb::PaymentStatus::Paid);
-    let p = h
-        .grpc
-        .get_status(pb::GetStatusRequest {
-            invoice_number: "INV-FOREIGN-1".into(),
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let p = h.status("INV-FOREIGN-1", false).await;
     assert_eq!(p.status(), pb::PaymentStatus::Paid);
     h.stop().await;
 }
@@ -293,17 +273,7 @@ async fn a_late_expired_never_overrides_paid() {
         .await,
         200
     );
-    let p = h
-        .grpc
-        .get_status(pb::GetStatusRequest {
-            invoice_number: "INV-N-5".into(),
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let p = h.status("INV-N-5", false).await;
     assert_eq!(p.status(), pb::PaymentStatus::Paid);
     h.stop().await;
 }

@@ -49,33 +49,20 @@ async fn refresh_after_paying_in_the_simulator_reads_paid() {
         .await;
     h.pay("INV-ST-1").await;
 
-    let cached = h
-        .grpc
-        .get_status(get("INV-ST-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(cached.payment.unwrap().status(), pb::PaymentStatus::Pending);
+    assert_eq!(
+        h.status("INV-ST-1", false).await.status(),
+        pb::PaymentStatus::Pending
+    );
 
-    let refreshed = h
-        .grpc
-        .get_status(get("INV-ST-1", true))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let refreshed = h.status("INV-ST-1", true).await;
     assert_eq!(refreshed.status(), pb::PaymentStatus::Paid);
     assert_eq!(refreshed.payment_code, created.payment_code);
     assert!(refreshed.pay_time.is_some());
     // The refresh was stored.
-    let cached = h
-        .grpc
-        .get_status(get("INV-ST-1", false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(cached.payment.unwrap().status(), pb::PaymentStatus::Paid);
+    assert_eq!(
+        h.status("INV-ST-1", false).await.status(),
+        pb::PaymentStatus::Paid
+    );
     h.stop().await;
 }
 
@@ -90,14 +77,7 @@ async fn refresh_after_expiry_reads_expired_and_a_late_pay_is_refused_by_doku() 
         .sim_post("/_sim/payments/INV-ST-2/expire", serde_json::json!({}))
         .await;
     assert!(r.status().is_success());
-    let refreshed = h
-        .grpc
-        .get_status(get("INV-ST-2", true))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let refreshed = h.status("INV-ST-2", true).await;
     assert_eq!(refreshed.status(), pb::PaymentStatus::Expired);
     h.stop().await;
 }
