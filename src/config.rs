@@ -90,6 +90,15 @@ pub struct CommonArgs {
     /// Attempts per DOKU call (retries on connect errors, timeouts, 5xx and 429).
     #[arg(long, env = "O2O_DOKU_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub doku_max_attempts: u32,
+    /// How long a replaced secret key still verifies DOKU's notifications after the key file
+    /// changed (DOKU retries a notification up to 12 h after the first attempt); `0` turns it
+    /// off. Outbound calls always use the new key at once.
+    #[arg(long, env = "O2O_PREVIOUS_KEY_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub previous_key_grace: Duration,
+    /// On SIGTERM, how long in-flight calls (DOKU calls, notifications being stored) may take
+    /// to finish before they are abandoned; keep it below the pod's termination grace period.
+    #[arg(long, env = "O2O_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Flags of `serve`.
@@ -194,6 +203,10 @@ pub struct Config {
     pub event_retention: Duration,
     /// Reconciliation sweeper settings.
     pub sweeper: crate::reconcile::SweeperConfig,
+    /// How long a replaced secret key still verifies notifications.
+    pub previous_key_grace: Duration,
+    /// Bound on draining in-flight work at shutdown.
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -218,6 +231,8 @@ impl Config {
             notification_reject_skewed: false,
             event_retention: Duration::from_secs(30 * 24 * 3600),
             sweeper: crate::reconcile::SweeperConfig::default(),
+            previous_key_grace: Duration::from_secs(24 * 3600),
+            shutdown_timeout: Duration::from_secs(20),
         }
     }
 
@@ -250,6 +265,8 @@ impl Config {
             ));
         }
         self.event_retention = common.event_retention;
+        self.previous_key_grace = common.previous_key_grace;
+        self.shutdown_timeout = common.shutdown_timeout;
         Ok(self)
     }
 }
@@ -380,6 +397,35 @@ mod tests {
         assert_eq!(cfg.notification_path, "/hooks/doku");
         assert_eq!(cfg.doku_base_url, "http://127.0.0.1:8181");
         assert!(!format!("{cfg:?}").contains("SK-1"));
+    }
+
+    #[test]
+    fn key_grace_and_shutdown_timeout_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SK-1").unwrap();
+        let key = key.to_str().unwrap();
+        let base = [
+            "serve",
+            "--doku-client-id",
+            "MCH-1",
+            "--doku-secret-key-file",
+            key,
+        ];
+        let Command::Serve(args) = parse(&base).unwrap().command else {
+            panic!()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.previous_key_grace, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(20));
+        let mut args = base.to_vec();
+        args.extend(["--previous-key-grace", "0", "--shutdown-timeout", "1500ms"]);
+        let Command::Serve(args) = parse(&args).unwrap().command else {
+            panic!()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.previous_key_grace, Duration::ZERO);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_millis(1500));
     }
 
     #[test]
