@@ -21,12 +21,16 @@
 //! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
 //!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
 //! - [`telemetry`]: logging, text or JSON.
+//! - `fuzzing` (hidden): entry points of the cargo-fuzz targets in `fuzz/`, also replayed as
+//!   unit tests over the seeds and every past crash.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod doku;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod notify;
 pub mod payment;
