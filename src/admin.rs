@@ -1,5 +1,5 @@
 //! The admin listener: `/live` (the process answers), `/ready` (the store answers and the
-//! secret key is loaded; false while draining) and `/metrics` (Prometheus text format).
+//! secret key file is readable; false while draining) and `/metrics` (Prometheus text format).
 
 use std::sync::{
     Arc, OnceLock,
@@ -9,7 +9,7 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::store::Store;
+use crate::{secret::SecretKeySource, store::Store};
 
 /// The process-wide Prometheus recorder (metrics are global in the `metrics` crate).
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -35,6 +35,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub struct Readiness {
     store: Arc<dyn Store>,
     draining: Arc<AtomicBool>,
+    /// The watched key: not ready while its file cannot be read (the last good key stays in
+    /// use, but a rotation would go unnoticed).
+    key: Option<SecretKeySource>,
 }
 
 impl Readiness {
@@ -43,7 +46,14 @@ impl Readiness {
         Self {
             store,
             draining: Arc::new(AtomicBool::new(false)),
+            key: None,
         }
+    }
+
+    /// Also requires the secret key file to be readable.
+    pub fn with_secret_key(mut self, key: SecretKeySource) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Marks the sidecar as draining: `/ready` answers 503 from now on.
@@ -59,6 +69,12 @@ async fn live() -> &'static str {
 async fn ready(State(r): State<Readiness>) -> (StatusCode, String) {
     if r.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    if r.key.as_ref().and_then(SecretKeySource::problem).is_some() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "secret key file unreadable; the last good key is in use\n".into(),
+        );
     }
     match r.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),

@@ -118,6 +118,15 @@ pub struct CommonArgs {
     /// Longest one PostgreSQL statement may run before the database cancels it; `0` = no limit.
     #[arg(long, env = "O2O_STORE_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub store_statement_timeout: Duration,
+    /// How long a replaced secret key still verifies DOKU's notifications after the key file
+    /// changed (DOKU retries a notification up to 12 h after the first attempt); `0` turns it
+    /// off. Outbound calls always use the new key at once.
+    #[arg(long, env = "O2O_PREVIOUS_KEY_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub previous_key_grace: Duration,
+    /// On SIGTERM, how long in-flight calls (DOKU calls, notifications being stored) may take
+    /// to finish before they are abandoned; keep it below the pod's termination grace period.
+    #[arg(long, env = "O2O_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Flags of `serve`.
@@ -232,6 +241,10 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsIdentity>,
     /// Connection settings of a PostgreSQL store (pool size, timeouts).
     pub store_options: crate::store::StoreOptions,
+    /// How long a replaced secret key still verifies notifications.
+    pub previous_key_grace: Duration,
+    /// Bound on draining in-flight work at shutdown.
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -261,6 +274,8 @@ impl Config {
             tls: None,
             sweeper: crate::reconcile::SweeperConfig::default(),
             store_options: crate::store::StoreOptions::default(),
+            previous_key_grace: Duration::from_secs(24 * 3600),
+            shutdown_timeout: Duration::from_secs(20),
         }
     }
 
@@ -322,6 +337,8 @@ impl Config {
             connect_timeout: common.store_connect_timeout,
             statement_timeout: Some(common.store_statement_timeout).filter(|t| !t.is_zero()),
         };
+        self.previous_key_grace = common.previous_key_grace;
+        self.shutdown_timeout = common.shutdown_timeout;
         Ok(self)
     }
 }
@@ -493,6 +510,35 @@ mod tests {
             cfg.with_common(&args.common).unwrap_err().flag,
             "--store-connect-timeout"
         );
+    }
+
+    #[test]
+    fn key_grace_and_shutdown_timeout_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SK-1").unwrap();
+        let key = key.to_str().unwrap();
+        let base = [
+            "serve",
+            "--doku-client-id",
+            "MCH-1",
+            "--doku-secret-key-file",
+            key,
+        ];
+        let Command::Serve(args) = parse(&base).unwrap().command else {
+            panic!()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.previous_key_grace, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(20));
+        let mut args = base.to_vec();
+        args.extend(["--previous-key-grace", "0", "--shutdown-timeout", "1500ms"]);
+        let Command::Serve(args) = parse(&args).unwrap().command else {
+            panic!()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.previous_key_grace, Duration::ZERO);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_millis(1500));
     }
 
     #[test]

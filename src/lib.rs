@@ -16,17 +16,22 @@
 //! - [`notify`]: the HTTP ingress for DOKU's notifications.
 //! - [`reconcile`]: the sweeper that asks DOKU about payments still PENDING.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
-//! - [`secret`]: the Secret Key, read from a watched file.
+//! - [`secret`]: the Secret Key, read from a watched file; replaced keys keep verifying
+//!   notifications for a grace window.
 //! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
 //!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
 //! - [`tls`]: optional TLS for the gRPC and notification listeners.
 //! - [`telemetry`]: logging, text or JSON.
+//! - `fuzzing` (hidden): entry points of the cargo-fuzz targets in `fuzz/`, also replayed as
+//!   unit tests over the seeds and every past crash.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod doku;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod notify;
 pub mod payment;
@@ -190,9 +195,14 @@ pub async fn run(
         .add_service(PaymentsService::new(sidecar.clone(), stop_rx.clone()).into_server(auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
 
-    let readiness = admin::Readiness::new(store.clone());
+    let readiness = admin::Readiness::new(store.clone()).with_secret_key(config.secret_key.clone());
+    // The admin listener stops last, so that /ready says "draining" and /metrics can be
+    // scraped for as long as the drain lasts.
+    let (admin_stop_tx, mut admin_stop_rx) = tokio::sync::watch::channel(false);
     let admin_server = axum::serve(listeners.admin, admin::router(readiness.clone()))
-        .with_graceful_shutdown(stopped());
+        .with_graceful_shutdown(async move {
+            let _ = admin_stop_rx.wait_for(|s| *s).await;
+        });
     let ingress = notify::Ingress {
         sidecar: sidecar.clone(),
         client_id: config.doku_client_id.clone(),
@@ -221,22 +231,10 @@ pub async fn run(
             ),
         };
 
-    let key = config.secret_key.clone();
-    let key_stop = stopped();
-    let key_watch = tokio::spawn(async move {
-        tokio::pin!(key_stop);
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = &mut key_stop => break,
-                _ = tick.tick() => match key.refresh() {
-                    Ok(true) => tracing::info!("DOKU secret key file changed; new key in use"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot re-read the DOKU secret key file; keeping the last good key"),
-                },
-            }
-        }
-    });
+    config
+        .secret_key
+        .set_previous_key_grace(config.previous_key_grace);
+    let key_watch = tokio::spawn(watch_key(config.secret_key.clone(), stopped()));
 
     let token_watch = config.api_token.clone().map(|token| {
         let stop = stopped();
@@ -271,26 +269,128 @@ pub async fn run(
         notification_path = %config.notification_path,
         "o2o-sidecar serving"
     );
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(http_server);
-    let admin_task = tokio::spawn(async move { admin_server.await });
+    let grpc_task = tokio::spawn(async move { grpc_server.await.context("gRPC server") });
+    let http_task = tokio::spawn(async move { http_server.await.context("notification server") });
+    let admin_task = tokio::spawn(async move { admin_server.await.context("admin server") });
 
     shutdown.await;
-    tracing::info!("shutting down: draining");
+    tracing::info!(
+        timeout_ms = u64::try_from(config.shutdown_timeout.as_millis()).unwrap_or(u64::MAX),
+        "shutting down: draining"
+    );
+    // 1. Probes and callers learn first: /ready and grpc.health say NOT_SERVING.
     readiness.set_draining();
     health
         .set_not_serving::<O2oPaymentsServer<PaymentsService>>()
         .await;
+    // 2. The listeners stop accepting; open streams end with UNAVAILABLE (callers resume
+    //    elsewhere with their token); in-flight unary calls (with their DOKU calls) and
+    //    notifications being stored run to completion, within the shutdown timeout; the
+    //    sweeper finishes its round.
     let _ = stop_tx.send(true);
-    grpc_task.await?.context("gRPC server")?;
-    http_task.await?.context("notification server")?;
-    admin_task.await?.context("admin server")?;
+    let drained = drain(config.shutdown_timeout, [grpc_task, http_task], sweeper).await;
+    // 3. The admin listener and the background tasks.
+    let _ = admin_stop_tx.send(true);
+    let admin = admin_task.await;
     let _ = key_watch.await;
-    let _ = sweeper.await;
     let _ = retention.await;
     if let Some(t) = token_watch {
         let _ = t.await;
     }
+    drained?;
+    admin??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits at most `timeout` for the servers and the sweeper to finish their in-flight work.
+/// Past the timeout the rest is abandoned: a notification whose answer was not sent is not
+/// acknowledged (DOKU retries it; a repeat is deduplicated), a payment whose DOKU answer was
+/// not recorded stays PENDING and is recovered by replaying its stored request.
+async fn drain(
+    timeout: Duration,
+    servers: [tokio::task::JoinHandle<anyhow::Result<()>>; 2],
+    sweeper: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    let aborts: Vec<_> = servers
+        .iter()
+        .map(|t| t.abort_handle())
+        .chain([sweeper.abort_handle()])
+        .collect();
+    let [grpc, http] = servers;
+    let waited = tokio::time::timeout(timeout, async move {
+        let grpc = grpc.await;
+        let http = http.await;
+        let _ = sweeper.await;
+        (grpc, http)
+    })
+    .await;
+    match waited {
+        Ok((grpc, http)) => {
+            grpc??;
+            http??;
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                "shutdown timeout: abandoning in-flight calls; unanswered notifications will be \
+                 retried by DOKU, payments without a recorded code are recovered by replay"
+            );
+            for a in aborts {
+                a.abort();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How often the key file is re-read.
+const KEY_POLL: Duration = Duration::from_secs(1);
+/// How often a key file that stays unreadable is logged again.
+const KEY_PROBLEM_REPEAT: Duration = Duration::from_secs(60);
+
+/// Re-reads the secret key file every [`KEY_POLL`] until `stop`: a new key is used by
+/// outbound calls at once; an unreadable or empty file keeps the last good key, turns
+/// readiness off and is logged loudly (again every minute while it lasts).
+async fn watch_key(key: secret::SecretKeySource, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(KEY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since_log: Option<tokio::time::Instant> = None;
+    metrics::gauge!("o2o_secret_key_file_ok").set(1.0);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        match key.refresh() {
+            Ok(changed) => {
+                if failing_since_log.take().is_some() {
+                    tracing::info!("DOKU secret key file readable again; ready");
+                    metrics::gauge!("o2o_secret_key_file_ok").set(1.0);
+                }
+                if changed {
+                    metrics::counter!("o2o_secret_key_rotations_total").increment(1);
+                    tracing::info!(
+                        "DOKU secret key file changed: outbound calls use the new key now; the \
+                         previous key still verifies notifications during the grace window"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::gauge!("o2o_secret_key_file_ok").set(0.0);
+                let now = tokio::time::Instant::now();
+                let due = failing_since_log.is_none_or(|at| now - at >= KEY_PROBLEM_REPEAT);
+                if due {
+                    failing_since_log = Some(now);
+                    tracing::error!(
+                        error = %e,
+                        "DOKU SECRET KEY FILE UNREADABLE: keeping the last good key; NOT READY \
+                         until the file is fixed"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -3,7 +3,10 @@
 //! For each `POST` on the configured notification path:
 //! 1. read the raw body (at most `max_notification_bytes`, else `413`);
 //! 2. verify `Signature` over those exact bytes with Request-Target = the configured public
-//!    path, in constant time; a missing header or a bad signature is `401`, nothing stored;
+//!    path, in constant time, with the current secret key and then with keys replaced within
+//!    the rotation grace window (`o2o_notifications_verified_total{key="current|previous"}`
+//!    counts which one verified); a missing header or a bad signature is `401`, nothing
+//!    stored;
 //! 3. parse leniently and check the notification against the stored payment (invoice, amount,
 //!    payment code); a mismatch is stored for audit, logged loudly, answered `200` (DOKU must
 //!    not retry forever) and never emitted;
@@ -31,8 +34,8 @@ use crate::{
         parse_doku_time,
         types::ReportedStatus,
     },
-    payment::{Amount, Channel, EventSource, InvoiceNumber, PaymentCode, StatusChange},
-    secret::SecretKeySource,
+    payment::{Amount, Channel, EventSource, InvoiceNumber, Payment, PaymentCode, StatusChange},
+    secret::{KeyRole, SecretKeySource},
     sidecar::Sidecar,
     store::{InboundNotification, Recorded, Verdict},
 };
@@ -44,7 +47,7 @@ pub struct Ingress {
     pub sidecar: Sidecar,
     /// Client-Id DOKU must send.
     pub client_id: String,
-    /// Secret Key to verify with.
+    /// Secret Key to verify with (current and, within the grace window, replaced ones).
     pub key: SecretKeySource,
     /// Public notification path (the signed Request-Target).
     pub path: String,
@@ -100,14 +103,24 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
         request_timestamp: header(&headers, "request-timestamp"),
         signature: header(&headers, "signature"),
     };
-    let key = ingress.key.current();
-    let verified = notification::verify(
-        &h,
-        &body,
-        &ingress.client_id,
-        &[key.expose_secret().as_bytes()],
-        &ingress.path,
-    );
+    // The current key first, then keys replaced within the grace window (DOKU may sign a
+    // late delivery or a retry with the key it had before the rotation).
+    let keys = ingress.key.verification_keys();
+    let key_bytes: Vec<&[u8]> = keys
+        .iter()
+        .map(|(_, k)| k.expose_secret().as_bytes())
+        .collect();
+    let verified = notification::verify(&h, &body, &ingress.client_id, &key_bytes, &ingress.path);
+    if let Ok(i) = verified {
+        let role = keys.get(i).map_or(KeyRole::Current, |(role, _)| *role);
+        metrics::counter!("o2o_notifications_verified_total", "key" => role.as_str()).increment(1);
+        if role == KeyRole::Previous {
+            tracing::info!(
+                request_id = h.request_id.unwrap_or(""),
+                "DOKU notification verified with the previous secret key (rotation grace window)"
+            );
+        }
+    }
     if let Err(rejection) = verified {
         metrics::counter!("o2o_notifications_total", "verdict" => "bad_signature").increment(1);
         tracing::warn!(
@@ -202,8 +215,29 @@ async fn ingest(
     }
 }
 
-/// Compares a verified notification with the stored payment.
+/// Reads the stored payment and compares the notification with it.
 async fn judge(ingress: &Ingress, report: NotificationReport) -> (Verdict, Option<StatusChange>) {
+    let stored = match InvoiceNumber::parse(&report.invoice_number) {
+        Ok(invoice) => match ingress.sidecar.store().get_payment(&invoice).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Recording will fail the same way and answer 503; judge conservatively.
+                tracing::warn!(error = %e, "cannot read the stored payment");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    assess(report, stored.as_ref().map(|r| &r.payment))
+}
+
+/// Compares a verified notification with the stored payment of its invoice (`None`: the
+/// sidecar did not create it), without I/O. An accepted change for a stored payment always
+/// carries the stored invoice and amount, and never a payment code other than the stored one.
+pub fn assess(
+    report: NotificationReport,
+    stored: Option<&Payment>,
+) -> (Verdict, Option<StatusChange>) {
     let Ok(invoice) = InvoiceNumber::parse(&report.invoice_number) else {
         return mismatch(format!(
             "invoice number {:?} is not valid",
@@ -225,23 +259,21 @@ async fn judge(ingress: &Ingress, report: NotificationReport) -> (Verdict, Optio
             return (Verdict::UnknownStatus(raw), None);
         }
     };
-    let stored = match ingress.sidecar.store().get_payment(&invoice).await {
-        Ok(p) => p,
-        Err(e) => {
-            // Recording will fail the same way and answer 503; judge conservatively.
-            tracing::warn!(error = %e, "cannot read the stored payment");
-            None
+    if let Some(p) = stored {
+        if p.invoice != invoice {
+            return mismatch(format!(
+                "invoice {invoice} differs from the stored {}",
+                p.invoice
+            ));
         }
-    };
-    if let Some(rec) = &stored {
-        if rec.payment.amount != amount {
+        if p.amount != amount {
             return mismatch(format!(
                 "amount {} differs from the stored {}",
                 amount.rupiah(),
-                rec.payment.amount.rupiah()
+                p.amount.rupiah()
             ));
         }
-        if let (Some(stored_code), Some(code)) = (&rec.payment.payment_code, &code)
+        if let (Some(stored_code), Some(code)) = (&p.payment_code, &code)
             && stored_code != code
         {
             return mismatch(format!(

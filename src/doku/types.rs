@@ -390,7 +390,9 @@ pub(crate) fn error_message(body: &[u8]) -> Option<String> {
     .into_iter()
     .flatten()
     .find_map(text)?;
-    Some(found.chars().take(ERROR_MESSAGE_MAX_CHARS).collect())
+    // Cut at the limit, then trim again: the cut may fall just after a "; " separator.
+    let cut: String = found.chars().take(ERROR_MESSAGE_MAX_CHARS).collect();
+    Some(cut.trim_end().to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -652,5 +654,9 @@ pub(super) mod tests {
             error_message(long.as_bytes()).unwrap().len(),
             ERROR_MESSAGE_MAX_CHARS
         );
+        // Found by fuzzing: the cut at the limit fell right after a "; " separator.
+        let first = "a".repeat(ERROR_MESSAGE_MAX_CHARS - 2);
+        let body = format!(r#"{{"message":["{first}","second"]}}"#);
+        assert_eq!(error_message(body.as_bytes()).unwrap(), format!("{first};"));
     }
 }

@@ -388,6 +388,13 @@ impl Simulator {
     }
 }
 
+/// Checks a Generate Payment Code body as the simulator does (strictly) and returns its
+/// invoice and amount; the fuzz targets use it as an oracle for the sidecar's requests.
+#[doc(hidden)]
+pub fn check_generate_body(body: &[u8]) -> Result<(String, u64), String> {
+    wire::parse_generate(body).map(|r| (r.invoice_number, r.amount))
+}
+
 /// `http://ip:port` for a bound address; an unspecified IP (`0.0.0.0`) becomes loopback so
 /// that the link works from the same machine.
 fn base_from_addr(mut addr: SocketAddr) -> String {

@@ -191,6 +191,8 @@ pub(super) fn store_error(
         | E::PoolTimedOut
         | E::PoolClosed
         | E::WorkerCrashed
+        | E::InvalidSavePointStatement
+        | E::BeginFailed
         | E::Configuration(_) => true,
         E::Database(db) => outside_data(db.as_ref()),
         _ => false,

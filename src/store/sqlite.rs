@@ -97,6 +97,7 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
+            .before_acquire(|conn, _| Box::pin(writer_usable(conn)))
             .connect_with(
                 options
                     .clone()
@@ -132,6 +133,20 @@ impl SqliteStore {
             .await
             .map_err(db_error)
     }
+}
+
+/// Whether the writer connection can start a transaction. When a COMMIT fails with an I/O
+/// error or a full disk, SQLite has already rolled the transaction back; sqlx's own ROLLBACK
+/// then fails and sqlx keeps counting the transaction as open, so every later `BEGIN` on that
+/// connection would be refused until a restart. Such a connection is replaced by a new one.
+async fn writer_usable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A dropped transaction's ROLLBACK may still be queued: let it run, then look again.
+    let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
+    Ok(!conn.is_in_transaction())
 }
 
 /// SQLite's primary result codes that mean "the environment", not "the data": BUSY, LOCKED,
