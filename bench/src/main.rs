@@ -1,0 +1,181 @@
+//! `o2o-bench`: measures the sidecar against baselines in one invocation and writes the table
+//! (`latest.md`) and every run's values with full histograms (`latest.json`).
+//!
+//! It starts `doku-sim`, `o2o-sidecar serve` and a no-op baseline server (this binary's
+//! `noop-server` subcommand) as separate processes on port 0, drives them with open-loop and
+//! closed-loop load, and repeats every measurement (`--runs`, at least 3 for a full run). See
+//! `docs/benchmarks.md` for what each row means. `bench/run` is the one command that builds
+//! everything and runs it; `bench/run --smoke` is CI's seconds-long check that it works.
+#![forbid(unsafe_code)]
+
+mod hist;
+mod load;
+mod machine;
+mod noop;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use time::{OffsetDateTime, macros::format_description};
+
+use crate::{
+    machine::Machine,
+    report::Report,
+    scenarios::{Plan, Rig, RunResult},
+};
+
+/// Benchmarks o2o-sidecar against baselines in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "o2o-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Seconds-long run for CI: proves the harness works; numbers mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions of every measurement (default 3; 1 in smoke mode).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Directory with the `o2o-sidecar` and `doku-sim` binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where `latest.md` and `latest.json` are written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The command line shown in the report.
+    #[arg(long, default_value = "bash bench/run")]
+    command_line: String,
+    /// Keep the processes' logs and SQLite files (printed at the end).
+    #[arg(long)]
+    keep_work: bool,
+    /// Extra environment for the sidecar processes, `KEY=VALUE` (repeatable), to compare a
+    /// setting (`RUST_LOG=warn`, `MALLOC_ARENA_MAX=2`); recorded in the report.
+    #[arg(long, value_parser = key_value)]
+    sidecar_env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The P1 baseline: a no-op O2OPayments server on a free loopback port.
+    NoopServer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("o2o-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Cmd::NoopServer) => runtime.block_on(noop::serve()).map(|()| true),
+        None => runtime.block_on(bench(cli)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("o2o-bench: some requests failed; see the report");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("o2o-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every measurement; `Ok(false)` when more than 1% of some phase's requests failed.
+async fn bench(cli: Cli) -> anyhow::Result<bool> {
+    let runs = cli.runs.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1);
+    let plan = Plan {
+        sidecar_env: cli.sidecar_env.clone(),
+        ..Plan::new(cli.smoke, runs)
+    };
+    let mut machine = Machine::probe();
+    let started = OffsetDateTime::now_utc()
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
+        .unwrap_or_default();
+    eprintln!("o2o-bench: {}", machine.line());
+    let work = std::env::temp_dir().join(format!("o2o-bench-{}", uuid::Uuid::new_v4().simple()));
+    let rig = Rig::start(plan.clone(), cli.bin_dir.clone(), work).await?;
+    let measured = measure(&rig, &plan).await;
+    let (results, once) = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            rig.stop(true).await;
+            return Err(e);
+        }
+    };
+    rig.stop(cli.keep_work).await;
+    machine.loadavg_after = machine::loadavg();
+
+    let report = Report {
+        command: cli.command_line.clone(),
+        mode: if cli.smoke { "smoke" } else { "full" },
+        started,
+        rows: report::rows(&plan, &results, &once),
+        problems: report::problems(&results),
+        machine,
+        plan,
+        once,
+        runs: results,
+    };
+    std::fs::create_dir_all(&cli.out)
+        .with_context(|| format!("cannot create {}", cli.out.display()))?;
+    let md = report.markdown();
+    std::fs::write(cli.out.join("latest.md"), &md)?;
+    std::fs::write(
+        cli.out.join("latest.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+    println!("{md}");
+    eprintln!(
+        "o2o-bench: wrote {} and latest.json",
+        cli.out.join("latest.md").display()
+    );
+    Ok(!too_many_failures(&report.runs))
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+async fn measure(rig: &Rig, plan: &Plan) -> anyhow::Result<(Vec<RunResult>, scenarios::Once)> {
+    let mut results = Vec::with_capacity(plan.runs);
+    for r in 0..plan.runs {
+        results.push(rig.run(r).await?);
+    }
+    Ok((results, rig.once().await?))
+}
+
+/// Whether any phase lost more than 1% of its requests (or events).
+fn too_many_failures(runs: &[RunResult]) -> bool {
+    runs.iter().any(|r| {
+        [
+            &r.p1_fixed_baseline,
+            &r.p1_fixed_sidecar,
+            &r.p1_saturation_baseline,
+            &r.p1_saturation_sidecar,
+            &r.p2_direct,
+            &r.p2_sidecar,
+            &r.p3_ack,
+            &r.p3_ingest,
+        ]
+        .iter()
+        .any(|p| p.errors * 100 > p.errors + p.ok)
+            || r.p3_events_missing * 100 > r.p3_event.count + r.p3_events_missing
+    })
+}

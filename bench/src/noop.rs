@@ -1,0 +1,86 @@
+//! The baseline for P1: a no-op `o2o.v1.O2OPayments` server on the same tonic stack as the
+//! sidecar, answering `GetStatus` with a constant payment of the same shape the sidecar sends.
+//! It runs as its own process (`o2o-bench noop-server`), like the sidecar, and logs
+//! `o2o-bench noop-server listening addr=IP:PORT`.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use o2o_sidecar::grpc::pb::{
+    self,
+    o2o_payments_server::{O2oPayments, O2oPaymentsServer},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// The no-op service: one prebuilt answer.
+#[derive(Debug, Clone)]
+struct Noop {
+    answer: pb::GetStatusResponse,
+}
+
+/// A payment like the one the sidecar returns for the benchmark's invoice.
+fn answer() -> pb::GetStatusResponse {
+    let ts = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+    pb::GetStatusResponse {
+        payment: Some(pb::Payment {
+            invoice_number: "BENCH-STATUS-0001".into(),
+            amount: 150_000,
+            channel: pb::Channel::Indomaret.into(),
+            payment_code: "3100100000001".into(),
+            status: pb::PaymentStatus::Pending.into(),
+            create_time: Some(ts(1_795_000_000)),
+            expire_time: Some(ts(1_795_003_600)),
+            pay_time: None,
+            how_to_pay_url: "http://127.0.0.1:8181/how-to-pay/3100100000001".into(),
+            how_to_pay_api_url: "http://127.0.0.1:8181/how-to-pay-api/3100100000001".into(),
+            reusable: false,
+        }),
+    }
+}
+
+type Events =
+    Pin<Box<dyn Stream<Item = Result<pb::StreamNotificationsResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl O2oPayments for Noop {
+    async fn generate_payment_code(
+        &self,
+        _request: Request<pb::GeneratePaymentCodeRequest>,
+    ) -> Result<Response<pb::GeneratePaymentCodeResponse>, Status> {
+        Err(Status::unimplemented("the baseline serves GetStatus only"))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        Ok(Response::new(self.answer.clone()))
+    }
+
+    type StreamNotificationsStream = Events;
+
+    async fn stream_notifications(
+        &self,
+        _request: Request<pb::StreamNotificationsRequest>,
+    ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        Err(Status::unimplemented("the baseline serves GetStatus only"))
+    }
+}
+
+/// Serves on a free loopback port until SIGTERM/SIGINT (or until the harness kills it).
+pub(crate) async fn serve() -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    eprintln!(
+        "o2o-bench noop-server listening addr={}",
+        listener.local_addr()?
+    );
+    tonic::transport::Server::builder()
+        .add_service(O2oPaymentsServer::new(Noop { answer: answer() }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

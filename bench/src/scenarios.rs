@@ -1,0 +1,893 @@
+//! The measurements P1–P5, each next to its baseline in the same run, against `doku-sim`, the
+//! sidecar (`o2o-sidecar serve`) and the no-op baseline server, all separate processes.
+//!
+//! - P1: `GetStatus` served from the store, open loop at a fixed rate and closed loop at
+//!   saturation, against the no-op tonic server; plus CPU time per request.
+//! - P2: `GeneratePaymentCode` through the sidecar, against the same signed DOKU request sent
+//!   by the harness straight to the simulator (the body and signature come from the
+//!   sidecar's own library, so both paths send the same bytes to the same simulator).
+//! - P3: a DOKU-signed notification POSTed to the sidecar until its event arrives on an open
+//!   `StreamNotifications` stream (open loop), and the durable ingest rate (closed loop).
+//! - P4 and P5: a fresh sidecar per run: start to `SERVING` (gRPC health), RSS idle, RSS with
+//!   many open streams after one event has reached all of them; binary size.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use o2o_sidecar::{
+    doku::{DokuClient, DokuClientConfig, client::PAYMENT_CODE_PATH, signed_headers},
+    grpc::{
+        convert,
+        pb::{self, o2o_payments_client::O2oPaymentsClient},
+    },
+    secret::SecretKeySource,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::{sync::mpsc, time::Instant};
+use tonic::transport::Channel;
+
+use crate::{
+    hist::{Latencies, Summary},
+    load::{PhaseReport, closed_loop, open_loop},
+    procs::{Memory, Proc},
+};
+
+/// The notification path the sidecar is configured with (its default).
+const NOTIFICATION_PATH: &str = "/payments/notifications";
+/// The invoice P1 reads.
+const STATUS_INVOICE: &str = "BENCH-STATUS-0001";
+/// Connections used by the closed loops and the stream fan-out.
+const CONNECTIONS: usize = 4;
+/// Streams per connection in P4.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Durations and rates of one invocation.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Plan {
+    /// Short smoke run (CI), not a measurement.
+    pub(crate) smoke: bool,
+    /// Repetitions of every measurement.
+    pub(crate) runs: usize,
+    /// P1 fixed rate, requests/s.
+    pub(crate) p1_rate: f64,
+    /// P1 fixed-rate phase length, s.
+    pub(crate) p1_fixed_s: f64,
+    /// P1 saturation phase length, s.
+    pub(crate) p1_saturation_s: f64,
+    /// P1 saturation: concurrent requests.
+    pub(crate) p1_workers: usize,
+    /// P2 rate, requests/s.
+    pub(crate) p2_rate: f64,
+    /// P2 phase length, s.
+    pub(crate) p2_s: f64,
+    /// P3 notification rate, /s.
+    pub(crate) p3_rate: f64,
+    /// P3 latency phase length, s.
+    pub(crate) p3_s: f64,
+    /// P3 ingest phase length, s.
+    pub(crate) p3_ingest_s: f64,
+    /// P3 ingest: concurrent POSTs.
+    pub(crate) p3_ingest_workers: usize,
+    /// P4 open streams.
+    pub(crate) p4_streams: usize,
+    /// Quiet time before reading the idle RSS, s.
+    pub(crate) p4_settle_s: f64,
+    /// Extra environment of every sidecar process (`--sidecar-env`), for trying settings.
+    pub(crate) sidecar_env: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// The full plan (`smoke = false`) or the CI smoke plan.
+    pub(crate) fn new(smoke: bool, runs: usize) -> Self {
+        let scale = if smoke { 0.05 } else { 1.0 };
+        Self {
+            smoke,
+            runs,
+            p1_rate: 1000.0,
+            p1_fixed_s: 10.0 * scale,
+            p1_saturation_s: 5.0 * scale,
+            p1_workers: 64,
+            p2_rate: 100.0,
+            p2_s: 10.0 * scale,
+            p3_rate: 500.0,
+            p3_s: 10.0 * scale,
+            p3_ingest_s: 5.0 * scale,
+            p3_ingest_workers: 32,
+            p4_streams: 1000,
+            p4_settle_s: if smoke { 0.2 } else { 1.0 },
+            sidecar_env: Vec::new(),
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RunResult {
+    /// P1 at the fixed rate, no-op server.
+    pub(crate) p1_fixed_baseline: PhaseReport,
+    /// P1 at the fixed rate, sidecar.
+    pub(crate) p1_fixed_sidecar: PhaseReport,
+    /// P1 at saturation, no-op server.
+    pub(crate) p1_saturation_baseline: PhaseReport,
+    /// P1 at saturation, sidecar.
+    pub(crate) p1_saturation_sidecar: PhaseReport,
+    /// Server CPU time per request at saturation, µs, no-op server.
+    pub(crate) p1_cpu_us_baseline: f64,
+    /// Server CPU time per request at saturation, µs, sidecar.
+    pub(crate) p1_cpu_us_sidecar: f64,
+    /// P2 straight to the simulator.
+    pub(crate) p2_direct: PhaseReport,
+    /// P2 through the sidecar.
+    pub(crate) p2_sidecar: PhaseReport,
+    /// Server CPU time per GeneratePaymentCode, µs, sidecar.
+    pub(crate) p2_cpu_us_sidecar: f64,
+    /// P3: POST until `200`.
+    pub(crate) p3_ack: PhaseReport,
+    /// P3: POST due until the event is on the stream.
+    pub(crate) p3_event: Summary,
+    /// P3: accepted notifications whose event never reached the stream.
+    pub(crate) p3_events_missing: u64,
+    /// P3: closed-loop ingest.
+    pub(crate) p3_ingest: PhaseReport,
+    /// The disk under the store: 4 KiB write + fsync, one after another.
+    pub(crate) disk_fsync: Summary,
+    /// P4: resident memory of a fresh sidecar after start-up.
+    pub(crate) p4_idle: Memory,
+    /// P4: resident memory with the streams open, after one event reached all of them.
+    pub(crate) p4_streams: Memory,
+    /// P4: from the POST until the last stream has the event, ms.
+    pub(crate) p4_fanout_ms: f64,
+    /// P5: spawn until gRPC health answers SERVING, ms.
+    pub(crate) p5_start_ms: f64,
+}
+
+/// Results that are not repeated per run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Once {
+    /// Size of the sidecar binary as built, bytes.
+    pub(crate) binary_bytes: u64,
+    /// Size after `strip` (the release profile already strips symbols), bytes.
+    pub(crate) stripped_bytes: Option<u64>,
+    /// Resident memory of the long-running sidecar after all runs' load.
+    pub(crate) after_load: Memory,
+}
+
+/// The processes and clients shared by all runs.
+#[derive(Debug)]
+pub(crate) struct Rig {
+    plan: Plan,
+    bin_dir: PathBuf,
+    work: PathBuf,
+    client_id: String,
+    secret: String,
+    key_file: PathBuf,
+    sim: Proc,
+    sim_url: String,
+    sidecar: Proc,
+    grpc: SocketAddr,
+    notify_url: String,
+    noop: Proc,
+    noop_addr: SocketAddr,
+    http: reqwest::Client,
+    doku: DokuClient,
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
+fn request(invoice: &str) -> pb::GeneratePaymentCodeRequest {
+    pb::GeneratePaymentCodeRequest {
+        invoice_number: invoice.into(),
+        amount: 150_000,
+        customer: Some(pb::Customer {
+            name: "Taufik Ismail".into(),
+            email: "taufik@example.com".into(),
+        }),
+        info: "Thanks for shopping".into(),
+        receipt: Some(pb::Receipt {
+            description: "ORDER 001".into(),
+            footer_message: "Terima kasih".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A DOKU notification body, as in the sidecar's integration tests.
+fn notification_body(invoice: &str, code: u64) -> String {
+    format!(
+        r#"{{"service":{{"id":"ONLINE_TO_OFFLINE"}},"acquirer":{{"id":"INDOMARET"}},"channel":{{"id":"ONLINE_TO_OFFLINE_INDOMARET"}},"transaction":{{"status":"SUCCESS","date":"2026-11-25T07:06:28Z","original_request_id":"5b8e438f-fac1-4103-9e0e-ebfdc38b5acb"}},"order":{{"invoice_number":"{invoice}","amount":150000}},"online_to_offline_info":{{"payment_code":"{code}"}}}}"#
+    )
+}
+
+/// What a notification POST needs.
+#[derive(Debug, Clone)]
+struct Notifier {
+    http: reqwest::Client,
+    url: String,
+    client_id: Arc<str>,
+    secret: Arc<str>,
+}
+
+impl Notifier {
+    /// POSTs a DOKU-signed `SUCCESS` notification for `invoice`; `Ok` on `200`.
+    async fn post(&self, invoice: &str, code: u64) -> Result<(), String> {
+        let body = notification_body(invoice, code);
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let headers = signed_headers(
+            &self.client_id,
+            self.secret.as_bytes(),
+            &request_id,
+            OffsetDateTime::now_utc(),
+            NOTIFICATION_PATH,
+            Some(body.as_bytes()),
+        );
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(|e| format!("POST: {e}"))?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            s => Err(format!("notification answered {s}")),
+        }
+    }
+}
+
+/// Events arriving on one open `StreamNotifications` stream: `(invoice, when)`.
+struct Watch {
+    rx: mpsc::UnboundedReceiver<(String, Instant)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Opens a stream of new events and starts reading it.
+    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut client = O2oPaymentsClient::new(connect(addr).await?);
+        let mut stream = client
+            .stream_notifications(pb::StreamNotificationsRequest::default())
+            .await?
+            .into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = stream.message().await {
+                let at = Instant::now();
+                if let Some(n) = msg.notification
+                    && tx.send((n.invoice_number, at)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Self { rx, task })
+    }
+
+    /// Waits (at most `within`) until every invoice in `due` has arrived; returns the
+    /// latencies from due time to arrival and how many never arrived.
+    async fn collect(
+        &mut self,
+        mut due: HashMap<String, Instant>,
+        within: Duration,
+    ) -> (Latencies, u64) {
+        let mut lat = Latencies::default();
+        let deadline = Instant::now() + within;
+        while !due.is_empty() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((invoice, at))) => {
+                    if let Some(d) = due.remove(&invoice) {
+                        lat.record(at.saturating_duration_since(d));
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (lat, due.len() as u64)
+    }
+
+    /// Discards what has arrived so far.
+    fn drain(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Rig {
+    /// Starts the simulator, the no-op server and the sidecar, and creates the payment P1 reads.
+    pub(crate) async fn start(plan: Plan, bin_dir: PathBuf, work: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&work)?;
+        let client_id = "MCH-0001-BENCH0000001".to_owned();
+        let secret = format!("SK-bench-{}", uuid::Uuid::new_v4().simple());
+        let key_file = work.join("doku-secret-key");
+        std::fs::write(&key_file, &secret)?;
+
+        let sim = Proc::spawn(
+            "doku-sim",
+            &bin_dir.join("doku-sim"),
+            &[
+                "--addr".into(),
+                "127.0.0.1:0".into(),
+                "--client-id".into(),
+                client_id.clone(),
+                "--secret-key-file".into(),
+                key_file.display().to_string(),
+            ],
+            &[],
+            "doku-sim listening",
+            work.join("doku-sim.log"),
+        )
+        .await?;
+        let sim_url = format!("http://{}", sim.addr("addr")?);
+
+        let noop = Proc::spawn(
+            "noop-server",
+            &std::env::current_exe()?,
+            &["noop-server".into()],
+            &[],
+            "noop-server listening",
+            work.join("noop-server.log"),
+        )
+        .await?;
+        let noop_addr = noop.addr("addr")?;
+
+        let sidecar = spawn_sidecar(
+            &plan,
+            &bin_dir,
+            &work.join("main"),
+            &sim_url,
+            &client_id,
+            &key_file,
+        )
+        .await?;
+        let grpc = sidecar.addr("grpc_addr")?;
+        let notify_url = format!("http://{}{NOTIFICATION_PATH}", sidecar.addr("http_addr")?);
+
+        let doku = DokuClient::new(
+            DokuClientConfig {
+                base_url: sim_url.clone(),
+                client_id: client_id.clone(),
+                ..DokuClientConfig::default()
+            },
+            SecretKeySource::fixed(secret.clone()),
+        )?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+
+        let mut client = O2oPaymentsClient::new(connect(grpc).await?);
+        let payment = client
+            .generate_payment_code(request(STATUS_INVOICE))
+            .await
+            .context("GeneratePaymentCode for the P1 invoice")?
+            .into_inner()
+            .payment
+            .context("no payment")?;
+        if payment.payment_code.is_empty() {
+            bail!("the P1 payment has no code");
+        }
+        Ok(Self {
+            plan,
+            bin_dir,
+            work,
+            client_id,
+            secret,
+            key_file,
+            sim,
+            sim_url,
+            sidecar,
+            grpc,
+            notify_url,
+            noop,
+            noop_addr,
+            http,
+            doku,
+        })
+    }
+}
+
+/// Starts `o2o-sidecar serve` on port 0 with a fresh SQLite file in `dir`.
+async fn spawn_sidecar(
+    plan: &Plan,
+    bin_dir: &Path,
+    dir: &Path,
+    sim_url: &str,
+    client_id: &str,
+    key_file: &Path,
+) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let arg = |s: &str| s.to_owned();
+    let envs: Vec<(&str, &str)> = plan
+        .sidecar_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Proc::spawn(
+        "o2o-sidecar",
+        &bin_dir.join("o2o-sidecar"),
+        &[
+            arg("serve"),
+            arg("--grpc-addr"),
+            arg("127.0.0.1:0"),
+            arg("--http-addr"),
+            arg("127.0.0.1:0"),
+            arg("--admin-addr"),
+            arg("127.0.0.1:0"),
+            arg("--doku-base-url"),
+            arg(sim_url),
+            arg("--doku-client-id"),
+            arg(client_id),
+            arg("--doku-secret-key-file"),
+            key_file.display().to_string(),
+            arg("--store"),
+            format!("sqlite://{}", dir.join("o2o.db").display()),
+        ],
+        &envs,
+        "o2o-sidecar serving",
+        dir.join("o2o-sidecar.log"),
+    )
+    .await
+}
+
+fn status_request() -> pb::GetStatusRequest {
+    pb::GetStatusRequest {
+        invoice_number: STATUS_INVOICE.into(),
+        refresh: false,
+    }
+}
+
+async fn get_status(mut client: O2oPaymentsClient<Channel>) -> Result<(), String> {
+    client
+        .get_status(status_request())
+        .await
+        .map(drop)
+        .map_err(|s| format!("GetStatus: {s}"))
+}
+
+/// A short closed loop that opens connections and warms caches before a measurement.
+async fn warm_up(clients: &Arc<Vec<O2oPaymentsClient<Channel>>>, plan: &Plan) {
+    let clients = clients.clone();
+    let d = if plan.smoke { 0.05 } else { 0.5 };
+    let _ = closed_loop(8, secs(d), move |i| {
+        get_status(clients[i as usize % clients.len()].clone())
+    })
+    .await;
+}
+
+async fn clients(
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Arc<Vec<O2oPaymentsClient<Channel>>>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(O2oPaymentsClient::new(connect(addr).await?));
+    }
+    Ok(Arc::new(v))
+}
+
+/// P1 at the fixed rate, on one connection (as an application would call its sidecar).
+async fn get_status_fixed(addr: SocketAddr, plan: &Plan) -> anyhow::Result<PhaseReport> {
+    let clients = clients(addr, 1).await?;
+    warm_up(&clients, plan).await;
+    let client = clients[0].clone();
+    let out = open_loop(plan.p1_rate, secs(plan.p1_fixed_s), move |_, _| {
+        get_status(client.clone())
+    })
+    .await;
+    Ok(out.report())
+}
+
+/// P1 at saturation; also the server's CPU time per request, µs.
+async fn get_status_saturation(
+    addr: SocketAddr,
+    server: &Proc,
+    plan: &Plan,
+) -> anyhow::Result<(PhaseReport, f64)> {
+    let clients = clients(addr, CONNECTIONS).await?;
+    warm_up(&clients, plan).await;
+    let cpu_before = server.cpu_time()?;
+    let out = closed_loop(plan.p1_workers, secs(plan.p1_saturation_s), move |i| {
+        get_status(clients[i as usize % CONNECTIONS].clone())
+    })
+    .await;
+    let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    Ok((out.report(), per_request_us(cpu, out.latencies.count())))
+}
+
+/// Latency of `n` 4 KiB appends, each followed by `fsync`, in a file in `dir` (the directory
+/// of the SQLite store): what one durable commit costs at least on this disk.
+fn fsync_probe(dir: &Path, n: usize) -> anyhow::Result<Latencies> {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let page = [0x5au8; 4096];
+    let mut lat = Latencies::default();
+    for _ in 0..n {
+        file.write_all(&page)?;
+        let t = Instant::now();
+        file.sync_all()?;
+        lat.record(t.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(lat)
+}
+
+fn per_request_us(cpu: Duration, requests: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / requests.max(1) as f64
+}
+
+/// P2's baseline: the request the sidecar would send, built and signed by the sidecar's own
+/// library, sent by the harness straight to the simulator.
+#[derive(Debug)]
+struct Direct {
+    doku: DokuClient,
+    http: reqwest::Client,
+    url: String,
+    client_id: String,
+    secret: String,
+}
+
+impl Direct {
+    async fn send(&self, invoice: &str) -> Result<(), String> {
+        let input = convert::payment_code_input(request(invoice));
+        let payment = input
+            .validate(NOTIFICATION_PATH)
+            .map_err(|v| format!("invalid request: {v:?}"))?;
+        let prepared = self.doku.prepare_payment_code(&payment);
+        let headers = signed_headers(
+            &self.client_id,
+            self.secret.as_bytes(),
+            &prepared.request_id,
+            OffsetDateTime::now_utc(),
+            PAYMENT_CODE_PATH,
+            Some(&prepared.body),
+        );
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .body(prepared.body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(|e| format!("POST: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+        if status != 200 {
+            return Err(format!(
+                "simulator answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn generate(mut client: O2oPaymentsClient<Channel>, invoice: String) -> Result<(), String> {
+    let payment = client
+        .generate_payment_code(request(&invoice))
+        .await
+        .map_err(|s| format!("GeneratePaymentCode: {s}"))?
+        .into_inner()
+        .payment
+        .ok_or("no payment")?;
+    if payment.payment_code.is_empty() {
+        return Err("no payment code".into());
+    }
+    Ok(())
+}
+
+/// Latencies of one P3 run.
+#[derive(Debug)]
+struct Notifications {
+    ack: PhaseReport,
+    event: Summary,
+    missing: u64,
+    ingest: PhaseReport,
+}
+
+/// P4 and P5 of one fresh sidecar.
+#[derive(Debug)]
+struct Fresh {
+    start_ms: f64,
+    idle: Memory,
+    streams: Memory,
+    fanout_ms: f64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Rig {
+    fn notifier(&self, url: String) -> Notifier {
+        Notifier {
+            http: self.http.clone(),
+            url,
+            client_id: self.client_id.as_str().into(),
+            secret: self.secret.as_str().into(),
+        }
+    }
+
+    /// One run of every measurement.
+    pub(crate) async fn run(&self, r: usize) -> anyhow::Result<RunResult> {
+        let plan = &self.plan;
+        let say = |what: &str| eprintln!("o2o-bench: run {}/{}: {what}", r + 1, plan.runs);
+
+        say("P1 GetStatus at a fixed rate (baseline, sidecar)");
+        let p1_fixed_baseline = get_status_fixed(self.noop_addr, plan).await?;
+        let p1_fixed_sidecar = get_status_fixed(self.grpc, plan).await?;
+        say("P1 GetStatus at saturation (baseline, sidecar)");
+        let (p1_saturation_baseline, p1_cpu_us_baseline) =
+            get_status_saturation(self.noop_addr, &self.noop, plan).await?;
+        let (p1_saturation_sidecar, p1_cpu_us_sidecar) =
+            get_status_saturation(self.grpc, &self.sidecar, plan).await?;
+
+        say("P2 GeneratePaymentCode (straight to the simulator, through the sidecar)");
+        let p2_direct = self.generate_direct(r).await?;
+        let (p2_sidecar, p2_cpu_us_sidecar) = self.generate_via_sidecar(r).await?;
+
+        say("P3 notification to stream event, durable ingest; fsync of the store's disk");
+        let n = self.notifications(r).await?;
+        let dir = self.work.join("main");
+        let disk_fsync = tokio::task::spawn_blocking(move || fsync_probe(&dir, 200))
+            .await??
+            .summary();
+
+        say("P4/P5 fresh sidecar: start-up, idle RSS, open streams");
+        let f = self.fresh(r).await?;
+
+        Ok(RunResult {
+            p1_fixed_baseline,
+            p1_fixed_sidecar,
+            p1_saturation_baseline,
+            p1_saturation_sidecar,
+            p1_cpu_us_baseline,
+            p1_cpu_us_sidecar,
+            p2_direct,
+            p2_sidecar,
+            p2_cpu_us_sidecar,
+            p3_ack: n.ack,
+            p3_event: n.event,
+            p3_events_missing: n.missing,
+            p3_ingest: n.ingest,
+            disk_fsync,
+            p4_idle: f.idle,
+            p4_streams: f.streams,
+            p4_fanout_ms: f.fanout_ms,
+            p5_start_ms: f.start_ms,
+        })
+    }
+
+    async fn generate_direct(&self, r: usize) -> anyhow::Result<PhaseReport> {
+        let direct = Arc::new(Direct {
+            doku: self.doku.clone(),
+            http: self.http.clone(),
+            url: format!("{}{PAYMENT_CODE_PATH}", self.sim_url),
+            client_id: self.client_id.clone(),
+            secret: self.secret.clone(),
+        });
+        for i in 0..5 {
+            direct
+                .send(&format!("P2-DW{r}-{i}"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
+            let direct = direct.clone();
+            async move { direct.send(&format!("P2-D{r}-{i}")).await }
+        })
+        .await;
+        Ok(out.report())
+    }
+
+    async fn generate_via_sidecar(&self, r: usize) -> anyhow::Result<(PhaseReport, f64)> {
+        let client = O2oPaymentsClient::new(connect(self.grpc).await?);
+        for i in 0..5 {
+            generate(client.clone(), format!("P2-SW{r}-{i}"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let cpu_before = self.sidecar.cpu_time()?;
+        let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
+            generate(client.clone(), format!("P2-S{r}-{i}"))
+        })
+        .await;
+        let cpu = self.sidecar.cpu_time()?.saturating_sub(cpu_before);
+        Ok((out.report(), per_request_us(cpu, out.latencies.count())))
+    }
+
+    async fn notifications(&self, r: usize) -> anyhow::Result<Notifications> {
+        let plan = &self.plan;
+        let notifier = self.notifier(self.notify_url.clone());
+        let mut watch = Watch::open(self.grpc).await?;
+
+        let mut warm = HashMap::new();
+        for i in 0..10 {
+            let invoice = format!("P3-W{r}-{i}");
+            let at = Instant::now();
+            notifier
+                .post(&invoice, 6_000_000 + i)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            warm.insert(invoice, at);
+        }
+        let (_, missing) = watch.collect(warm, Duration::from_secs(10)).await;
+        if missing > 0 {
+            bail!("{missing} warm-up events never reached the stream");
+        }
+
+        let dues = Arc::new(Mutex::new(HashMap::new()));
+        let (n, d) = (notifier.clone(), dues.clone());
+        let ack = open_loop(plan.p3_rate, secs(plan.p3_s), move |i, due| {
+            let (n, dues) = (n.clone(), d.clone());
+            async move {
+                let invoice = format!("P3-L{r}-{i}");
+                lock(&dues).insert(invoice.clone(), due);
+                let result = n.post(&invoice, 7_000_000 + i).await;
+                if result.is_err() {
+                    lock(&dues).remove(&invoice);
+                }
+                result
+            }
+        })
+        .await;
+        let due = std::mem::take(&mut *lock(&dues));
+        let (event, missing) = watch.collect(due, Duration::from_secs(30)).await;
+
+        let n = notifier.clone();
+        let ingest = closed_loop(plan.p3_ingest_workers, secs(plan.p3_ingest_s), move |i| {
+            let n = n.clone();
+            async move { n.post(&format!("P3-I{r}-{i}"), 8_000_000 + i).await }
+        })
+        .await;
+        watch.drain();
+        Ok(Notifications {
+            ack: ack.report(),
+            event: event.summary(),
+            missing,
+            ingest: ingest.report(),
+        })
+    }
+
+    async fn fresh(&self, r: usize) -> anyhow::Result<Fresh> {
+        let plan = &self.plan;
+        let proc = spawn_sidecar(
+            plan,
+            &self.bin_dir,
+            &self.work.join(format!("fresh-{r}")),
+            &self.sim_url,
+            &self.client_id,
+            &self.key_file,
+        )
+        .await?;
+        let grpc = proc.addr("grpc_addr")?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(connect(grpc).await?);
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "o2o.v1.O2OPayments".into(),
+            })
+            .await?
+            .into_inner();
+        let start_ms = proc.spawned.elapsed().as_secs_f64() * 1e3;
+        if answer.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            bail!("fresh sidecar is not SERVING: {answer:?}");
+        }
+        tokio::time::sleep(secs(plan.p4_settle_s)).await;
+        let idle = proc.memory()?;
+
+        let connections = plan.p4_streams.div_ceil(STREAMS_PER_CONNECTION);
+        let clients = clients(grpc, connections).await?;
+        let opens = (0..plan.p4_streams).map(|k| {
+            let mut c = clients[k % connections].clone();
+            async move {
+                c.stream_notifications(pb::StreamNotificationsRequest::default())
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        });
+        let streams = futures::future::try_join_all(opens).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(_)) = s.message().await {
+                        let _ = tx.send(Instant::now());
+                    }
+                    // Keep the stream open until the measurement is over.
+                    std::future::pending::<()>().await;
+                })
+            })
+            .collect();
+        let notifier = self.notifier(format!(
+            "http://{}{NOTIFICATION_PATH}",
+            proc.addr("http_addr")?
+        ));
+        let sent = Instant::now();
+        notifier
+            .post(&format!("P4-{r}"), 9_000_000 + r as u64)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let deadline = sent + Duration::from_secs(30);
+        let mut last = sent;
+        for got in 0..plan.p4_streams {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(at)) => last = last.max(at),
+                _ => bail!(
+                    "only {got} of {} streams received the event",
+                    plan.p4_streams
+                ),
+            }
+        }
+        let streams = proc.memory()?;
+        for reader in readers {
+            reader.abort();
+        }
+        proc.stop().await;
+        Ok(Fresh {
+            start_ms,
+            idle,
+            streams,
+            fanout_ms: (last - sent).as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Binary size and the long-running sidecar's RSS after all the load.
+    pub(crate) async fn once(&self) -> anyhow::Result<Once> {
+        let bin = self.bin_dir.join("o2o-sidecar");
+        let binary_bytes = std::fs::metadata(&bin)?.len();
+        let stripped = self.work.join("o2o-sidecar.stripped");
+        let status = tokio::process::Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&bin)
+            .status()
+            .await;
+        let stripped_bytes = match status {
+            Ok(s) if s.success() => Some(std::fs::metadata(&stripped)?.len()),
+            _ => None,
+        };
+        tokio::time::sleep(secs(self.plan.p4_settle_s)).await;
+        Ok(Once {
+            binary_bytes,
+            stripped_bytes,
+            after_load: self.sidecar.memory()?,
+        })
+    }
+
+    /// Stops every process; removes the work directory unless `keep`.
+    pub(crate) async fn stop(self, keep: bool) {
+        self.sidecar.stop().await;
+        self.noop.stop().await;
+        self.sim.stop().await;
+        if keep {
+            eprintln!("o2o-bench: logs and stores kept in {}", self.work.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.work);
+        }
+    }
+}
