@@ -34,7 +34,7 @@ failed=0
 printf '%-15s %8s %14s %10s %s\n' target seconds executions exec/s result
 for t in $targets; do
   mkdir -p "corpus/$t" "artifacts/$t" "../fuzz/regressions/$t"
-  cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
+  cp -n seeds/"$t"/* regressions/"$t"/* "corpus/$t/" 2>/dev/null || true
   log="logs/$t.log"
   result=ok
   if ! cargo +nightly fuzz run -s none -a "$t" "corpus/$t" -- \
