@@ -137,7 +137,8 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
     std::fs::write(cli.out.join("latest.md"), &md)?;
     std::fs::write(
         cli.out.join("latest.json"),
-        serde_json::to_string_pretty(&report)? + "\n",
+        // Compact: the histograms make a pretty-printed file ten times longer.
+        serde_json::to_string(&report)? + "\n",
     )?;
     println!("{md}");
     eprintln!(

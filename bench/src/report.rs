@@ -279,7 +279,7 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
         ),
         row(
             "P3",
-            "disk under the store: fsync p50 (4 KiB append)".into(),
+            "disk under the store: fsync p50 (4 KiB page rewrite)".into(),
             Unit::Ms,
             col(&|r| r.disk_fsync.p50_ms),
             None,
@@ -351,9 +351,17 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
         ),
         row(
             "P5",
-            "process start → SERVING (fresh SQLite file)".into(),
+            "process start → SERVING, new SQLite file (5 starts per run)".into(),
             Unit::Ms,
             col(&|r| r.p5_start_ms),
+            None,
+            Some(Target::AtMost(50.0)),
+        ),
+        row(
+            "P5",
+            "process start → SERVING, restart on that file (5 per run)".into(),
+            Unit::Ms,
+            col(&|r| r.p5_restart_ms),
             None,
             Some(Target::AtMost(50.0)),
         ),

@@ -45,6 +45,8 @@ const NOTIFICATION_PATH: &str = "/payments/notifications";
 const STATUS_INVOICE: &str = "BENCH-STATUS-0001";
 /// Connections used by the closed loops and the stream fan-out.
 const CONNECTIONS: usize = 4;
+/// Start-ups (and restarts) timed per run in P5: one start is short and the machine is noisy.
+const P5_STARTS: usize = 5;
 /// Streams per connection in P4.
 const STREAMS_PER_CONNECTION: usize = 100;
 
@@ -140,7 +142,7 @@ pub(crate) struct RunResult {
     pub(crate) p3_events_missing: u64,
     /// P3: closed-loop ingest.
     pub(crate) p3_ingest: PhaseReport,
-    /// The disk under the store: 4 KiB write + fsync, one after another.
+    /// The disk under the store: 4 KiB page rewrite + `fsync`, one after another.
     pub(crate) disk_fsync: Summary,
     /// P4: resident memory of a fresh sidecar after start-up.
     pub(crate) p4_idle: Memory,
@@ -148,8 +150,15 @@ pub(crate) struct RunResult {
     pub(crate) p4_streams: Memory,
     /// P4: from the POST until the last stream has the event, ms.
     pub(crate) p4_fanout_ms: f64,
-    /// P5: spawn until gRPC health answers SERVING, ms.
+    /// P5: spawn until gRPC health answers SERVING, new SQLite file (migrations run), ms;
+    /// the median of [`P5_STARTS`] starts.
     pub(crate) p5_start_ms: f64,
+    /// P5: the same on the store the previous process left (a restart), ms; median.
+    pub(crate) p5_restart_ms: f64,
+    /// P5: every start, ms.
+    pub(crate) p5_start_samples: Vec<f64>,
+    /// P5: every restart, ms.
+    pub(crate) p5_restart_samples: Vec<f64>,
 }
 
 /// Results that are not repeated per run.
@@ -515,15 +524,22 @@ async fn get_status_saturation(
     Ok((out.report(), per_request_us(cpu, out.latencies.count())))
 }
 
-/// Latency of `n` 4 KiB appends, each followed by `fsync`, in a file in `dir` (the directory
-/// of the SQLite store): what one durable commit costs at least on this disk.
+/// Latency of `n` 4 KiB page writes, each followed by `fsync`, in a preallocated file in
+/// `dir` (the directory of the SQLite store): what one durable commit costs at least on this
+/// disk. SQLite commits in WAL mode the same way (frames written into a WAL file that is reused
+/// after checkpoints, then one `fsync`).
 fn fsync_probe(dir: &Path, n: usize) -> anyhow::Result<Latencies> {
-    use std::io::Write as _;
+    use std::io::{Seek as _, SeekFrom, Write as _};
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path)?;
     let page = [0x5au8; 4096];
-    let mut lat = Latencies::default();
     for _ in 0..n {
+        file.write_all(&page)?;
+    }
+    file.sync_all()?;
+    let mut lat = Latencies::default();
+    for i in 0..n {
+        file.seek(SeekFrom::Start(4096 * i as u64))?;
         file.write_all(&page)?;
         let t = Instant::now();
         file.sync_all()?;
@@ -532,6 +548,25 @@ fn fsync_probe(dir: &Path, n: usize) -> anyhow::Result<Latencies> {
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(lat)
+}
+
+/// Milliseconds from spawning `proc` until its gRPC health check answers SERVING.
+async fn until_serving(proc: &Proc) -> anyhow::Result<f64> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(connect(proc.addr("grpc_addr")?).await?);
+    let answer = health
+        .check(HealthCheckRequest {
+            service: "o2o.v1.O2OPayments".into(),
+        })
+        .await?
+        .into_inner();
+    let ms = proc.spawned.elapsed().as_secs_f64() * 1e3;
+    if answer.status != ServingStatus::Serving as i32 {
+        bail!("the sidecar is not SERVING: {answer:?}");
+    }
+    Ok(ms)
 }
 
 fn per_request_us(cpu: Duration, requests: u64) -> f64 {
@@ -611,7 +646,8 @@ struct Notifications {
 /// P4 and P5 of one fresh sidecar.
 #[derive(Debug)]
 struct Fresh {
-    start_ms: f64,
+    starts: Vec<f64>,
+    restarts: Vec<f64>,
     idle: Memory,
     streams: Memory,
     fanout_ms: f64,
@@ -677,7 +713,10 @@ impl Rig {
             p4_idle: f.idle,
             p4_streams: f.streams,
             p4_fanout_ms: f.fanout_ms,
-            p5_start_ms: f.start_ms,
+            p5_start_ms: crate::report::median(&f.starts),
+            p5_restart_ms: crate::report::median(&f.restarts),
+            p5_start_samples: f.starts,
+            p5_restart_samples: f.restarts,
         })
     }
 
@@ -783,18 +822,8 @@ impl Rig {
             &self.key_file,
         )
         .await?;
+        let start_ms = until_serving(&proc).await?;
         let grpc = proc.addr("grpc_addr")?;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(connect(grpc).await?);
-        let answer = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "o2o.v1.O2OPayments".into(),
-            })
-            .await?
-            .into_inner();
-        let start_ms = proc.spawned.elapsed().as_secs_f64() * 1e3;
-        if answer.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-            bail!("fresh sidecar is not SERVING: {answer:?}");
-        }
         tokio::time::sleep(secs(plan.p4_settle_s)).await;
         let idle = proc.memory()?;
 
@@ -848,12 +877,42 @@ impl Rig {
             reader.abort();
         }
         proc.stop().await;
+        let (mut starts, mut restarts) = (vec![start_ms], Vec::new());
+        for k in 0..P5_STARTS {
+            let dir = if k == 0 {
+                self.work.join(format!("fresh-{r}"))
+            } else {
+                self.work.join(format!("fresh-{r}-{k}"))
+            };
+            if k > 0 {
+                starts.push(self.start_and_stop(&dir).await?);
+            }
+            restarts.push(self.start_and_stop(&dir).await?);
+        }
         Ok(Fresh {
-            start_ms,
+            starts,
+            restarts,
             idle,
             streams,
             fanout_ms: (last - sent).as_secs_f64() * 1e3,
         })
+    }
+
+    /// Starts a sidecar on the store in `dir` (new or left by an earlier one), times it until
+    /// SERVING, stops it.
+    async fn start_and_stop(&self, dir: &Path) -> anyhow::Result<f64> {
+        let proc = spawn_sidecar(
+            &self.plan,
+            &self.bin_dir,
+            dir,
+            &self.sim_url,
+            &self.client_id,
+            &self.key_file,
+        )
+        .await?;
+        let ms = until_serving(&proc).await;
+        proc.stop().await;
+        ms
     }
 
     /// Binary size and the long-running sidecar's RSS after all the load.
