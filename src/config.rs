@@ -95,9 +95,45 @@ pub struct CommonArgs {
     /// Longest time a unary gRPC call may take before DEADLINE_EXCEEDED.
     #[arg(long, env = "O2O_GRPC_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub grpc_timeout: Duration,
-    /// gRPC calls in flight per connection; beyond it calls fail fast with RESOURCE_EXHAUSTED.
+    /// gRPC calls in flight per connection, open streams included; beyond it calls fail fast
+    /// with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS).
     #[arg(long, env = "O2O_GRPC_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub grpc_concurrency_limit: usize,
+    /// Open StreamNotifications across all connections; beyond it a new stream fails with
+    /// RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
+    #[arg(long, env = "O2O_GRPC_MAX_STREAMS", default_value_t = 4096)]
+    pub grpc_max_streams: usize,
+    /// Open gRPC connections; past it a new connection is closed at once.
+    #[arg(long, env = "O2O_GRPC_MAX_CONNECTIONS", default_value_t = 256)]
+    pub grpc_max_connections: usize,
+    /// A gRPC connection with no call in flight for this long is closed (the client
+    /// reconnects when it next calls).
+    #[arg(long, env = "O2O_GRPC_IDLE_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub grpc_idle_timeout: Duration,
+    /// How often an HTTP/2 ping checks that a gRPC client is still there.
+    #[arg(long, env = "O2O_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a gRPC client may take to answer a ping before its connection is closed.
+    #[arg(long, env = "O2O_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Open connections to the notification listener (it faces the internet); past it a new
+    /// connection is closed at once, so a flood cannot take the descriptors the rest needs.
+    #[arg(long, env = "O2O_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
+    /// Open connections to the admin listener; past it a new connection is closed at once.
+    #[arg(long, env = "O2O_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Longest time an HTTP client (notification and admin listeners) may take to send a
+    /// request's headers, counted from the connection's start or the previous answer.
+    #[arg(long, env = "O2O_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// Longest time an HTTP client may take to send a request's body (DOKU sends its ~2 KiB
+    /// in milliseconds); beyond it the answer is 408 and the connection is closed.
+    #[arg(long, env = "O2O_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+    /// An HTTP connection with no bytes in either direction for this long is closed.
+    #[arg(long, env = "O2O_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
     /// PEM certificate chain: serve gRPC and notifications over TLS (for clusters without a
     /// mesh). Requires --tls-key-file.
     #[arg(long, env = "O2O_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -182,6 +218,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// Listener bounds with the default timeouts.
+fn http_limits(max_connections: usize) -> crate::listen::HttpLimits {
+    crate::listen::HttpLimits {
+        conn: crate::listen::Limits {
+            max_connections,
+            idle_timeout: Duration::from_secs(60),
+        },
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+    }
+}
+
 /// A configuration error: names the flag, printed as one line, exit code 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {message}")]
@@ -233,8 +281,19 @@ pub struct Config {
     pub api_token: Option<SecretKeySource>,
     /// Longest unary gRPC call.
     pub grpc_timeout: Duration,
-    /// gRPC calls in flight per connection.
+    /// gRPC calls in flight per connection, streams included.
     pub grpc_concurrency_limit: usize,
+    /// Open `StreamNotifications` across all connections.
+    pub grpc_max_streams: usize,
+    /// What a gRPC connection may hold (count, idle time by calls in flight).
+    pub grpc_conn: crate::listen::Limits,
+    /// HTTP/2 keepalive ping interval and timeout of the gRPC listener.
+    pub grpc_keepalive: (Duration, Duration),
+    /// What the notification listener lets a peer hold (its body limit is
+    /// `max_notification_bytes`).
+    pub notification_limits: crate::listen::HttpLimits,
+    /// What the admin listener lets a peer hold.
+    pub admin_limits: crate::listen::HttpLimits,
     /// Reconciliation sweeper settings.
     pub sweeper: crate::reconcile::SweeperConfig,
     /// TLS identity for the gRPC and notification listeners, if configured.
@@ -271,6 +330,14 @@ impl Config {
             api_token: None,
             grpc_timeout: Duration::from_secs(60),
             grpc_concurrency_limit: 512,
+            grpc_max_streams: 4096,
+            grpc_conn: crate::listen::Limits {
+                max_connections: 256,
+                idle_timeout: Duration::from_secs(15 * 60),
+            },
+            grpc_keepalive: (Duration::from_secs(30), Duration::from_secs(10)),
+            notification_limits: http_limits(512),
+            admin_limits: http_limits(64),
             tls: None,
             sweeper: crate::reconcile::SweeperConfig::default(),
             store_options: crate::store::StoreOptions::default(),
@@ -321,6 +388,48 @@ impl Config {
             ));
         }
         self.grpc_concurrency_limit = common.grpc_concurrency_limit;
+        let at_least_one = |n: usize, flag: &'static str| {
+            if n == 0 {
+                Err(ConfigError::new(flag, "must be at least 1"))
+            } else {
+                Ok(n)
+            }
+        };
+        let not_zero = |d: Duration, flag: &'static str| {
+            if d.is_zero() {
+                Err(ConfigError::new(flag, "must be more than 0"))
+            } else {
+                Ok(d)
+            }
+        };
+        self.grpc_max_streams = at_least_one(common.grpc_max_streams, "--grpc-max-streams")?;
+        self.grpc_conn = crate::listen::Limits {
+            max_connections: at_least_one(common.grpc_max_connections, "--grpc-max-connections")?,
+            idle_timeout: not_zero(common.grpc_idle_timeout, "--grpc-idle-timeout")?,
+        };
+        self.grpc_keepalive = (
+            not_zero(common.grpc_keepalive_interval, "--grpc-keepalive-interval")?,
+            not_zero(common.grpc_keepalive_timeout, "--grpc-keepalive-timeout")?,
+        );
+        let header_timeout = not_zero(common.http_header_timeout, "--http-header-timeout")?;
+        let body_timeout = not_zero(common.http_body_timeout, "--http-body-timeout")?;
+        let idle_timeout = not_zero(common.http_idle_timeout, "--http-idle-timeout")?;
+        let http = |max_connections: usize| crate::listen::HttpLimits {
+            conn: crate::listen::Limits {
+                max_connections,
+                idle_timeout,
+            },
+            header_timeout,
+            body_timeout,
+        };
+        self.notification_limits = http(at_least_one(
+            common.http_max_connections,
+            "--http-max-connections",
+        )?);
+        self.admin_limits = http(at_least_one(
+            common.admin_max_connections,
+            "--admin-max-connections",
+        )?);
         if let (Some(cert), Some(key)) = (&common.tls_cert_file, &common.tls_key_file) {
             let identity = crate::tls::TlsIdentity::from_files(cert, key)
                 .map_err(|(flag, message)| ConfigError::new(flag, message))?;

@@ -79,6 +79,18 @@ pub enum Error {
     /// The subscriber fell too far behind; it should resume with its last token.
     #[error("stream buffer overflowed; resume with your last token")]
     SlowSubscriber,
+    /// The connection already has as many calls in flight (streams included) as it may.
+    #[error("too many calls in flight on this connection (limit {limit}); retry shortly")]
+    TooManyCalls {
+        /// Calls in flight allowed per connection.
+        limit: usize,
+    },
+    /// As many `StreamNotifications` are open as the sidecar allows.
+    #[error("too many open notification streams (limit {limit}); retry shortly")]
+    TooManyStreams {
+        /// Open streams allowed.
+        limit: usize,
+    },
     /// The store cannot be reached.
     #[error("payment store unavailable; retry later")]
     StoreUnavailable,
@@ -107,6 +119,8 @@ impl Error {
             Self::ResumeTokenInvalid => "RESUME_TOKEN_INVALID",
             Self::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
             Self::SlowSubscriber => "SLOW_SUBSCRIBER",
+            Self::TooManyCalls { .. } => "TOO_MANY_CALLS",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Internal => "INTERNAL",

@@ -20,6 +20,8 @@
 //!   notifications for a grace window.
 //! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
 //!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
+//! - [`listen`]: what a peer may hold of a listener: connection caps, idle, header and body
+//!   timeouts, `TCP_NODELAY`.
 //! - [`tls`]: optional TLS for the gRPC and notification listeners.
 //! - [`telemetry`]: logging, text or JSON.
 //! - `fuzzing` (hidden): entry points of the cargo-fuzz targets in `fuzz/`, also replayed as
@@ -33,6 +35,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod listen;
 pub mod notify;
 pub mod payment;
 pub mod reconcile;
@@ -47,7 +50,6 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     config::Config,
@@ -107,6 +109,9 @@ impl Listeners {
         })
     }
 }
+
+/// Largest request body the admin listener reads (its requests have none).
+const ADMIN_MAX_BODY_BYTES: usize = 4 * 1024;
 
 /// Installs the ring TLS provider for outbound HTTPS (idempotent).
 pub fn install_tls_provider() {
@@ -184,25 +189,51 @@ pub async fn run(
                 tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
             ))?;
     }
+    let (keepalive_interval, keepalive_timeout) = config.grpc_keepalive;
+    let grpc_incoming = grpc::limit::incoming(
+        listen::BoundedListener::new(listeners.grpc, config.grpc_conn, "grpc"),
+        config.grpc_concurrency_limit,
+    );
     let grpc_server = grpc_builder
         .trace_fn(telemetry::grpc_span)
         .timeout(config.grpc_timeout)
-        .concurrency_limit_per_connection(config.grpc_concurrency_limit)
-        .load_shed(true)
+        .http2_keepalive_interval(Some(keepalive_interval))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
+        // A backstop only: calls past the concurrency limit get RESOURCE_EXHAUSTED from
+        // CallLimitLayer, which a client can see, rather than waiting for a stream credit.
+        .max_concurrent_streams(
+            u32::try_from(config.grpc_concurrency_limit.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
+        .layer(grpc::limit::CallLimitLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentsService::new(sidecar.clone(), stop_rx.clone()).into_server(auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
+        .add_service(
+            PaymentsService::new(sidecar.clone(), stop_rx.clone(), config.grpc_max_streams)
+                .into_server(auth),
+        )
+        .serve_with_incoming_shutdown(grpc_incoming, stopped());
 
     let readiness = admin::Readiness::new(store.clone()).with_secret_key(config.secret_key.clone());
     // The admin listener stops last, so that /ready says "draining" and /metrics can be
     // scraped for as long as the drain lasts.
     let (admin_stop_tx, mut admin_stop_rx) = tokio::sync::watch::channel(false);
-    let admin_server = axum::serve(listeners.admin, admin::router(readiness.clone()))
-        .with_graceful_shutdown(async move {
+    let admin_router =
+        admin::router(readiness.clone()).layer(axum::middleware::from_fn_with_state(
+            listen::BodyLimits {
+                timeout: config.admin_limits.body_timeout,
+                max_bytes: ADMIN_MAX_BODY_BYTES,
+            },
+            listen::bounded_body,
+        ));
+    let admin_server = listen::serve_http(
+        listen::BoundedListener::new(listeners.admin, config.admin_limits.conn, "admin"),
+        admin_router,
+        config.admin_limits.header_timeout,
+        async move {
             let _ = admin_stop_rx.wait_for(|s| *s).await;
-        });
+        },
+    );
     let ingress = notify::Ingress {
         sidecar: sidecar.clone(),
         client_id: config.doku_client_id.clone(),
@@ -212,24 +243,34 @@ pub async fn run(
         skew_tolerance: config.notification_skew_tolerance,
         reject_skewed: config.notification_reject_skewed,
     };
-    let notify_router = notify::router(ingress);
-    let http_server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-        match &config.tls {
-            Some(identity) => Box::pin(
-                axum::serve(
-                    tls::TlsListener::new(listeners.http, identity)
-                        .map_err(|e| anyhow::anyhow!("--tls-cert-file: {e}"))?,
-                    notify_router,
-                )
-                .with_graceful_shutdown(stopped())
-                .into_future(),
-            ),
-            None => Box::pin(
-                axum::serve(listeners.http, notify_router)
-                    .with_graceful_shutdown(stopped())
-                    .into_future(),
-            ),
-        };
+    let notify_router = notify::router(ingress).layer(axum::middleware::from_fn_with_state(
+        listen::BodyLimits {
+            timeout: config.notification_limits.body_timeout,
+            max_bytes: config.max_notification_bytes,
+        },
+        listen::bounded_body,
+    ));
+    let http_listener = listen::BoundedListener::new(
+        listeners.http,
+        config.notification_limits.conn,
+        "notifications",
+    );
+    let header_timeout = config.notification_limits.header_timeout;
+    let http_server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &config.tls {
+        Some(identity) => Box::pin(listen::serve_http(
+            tls::TlsListener::new(http_listener, identity)
+                .map_err(|e| anyhow::anyhow!("--tls-cert-file: {e}"))?,
+            notify_router,
+            header_timeout,
+            stopped(),
+        )),
+        None => Box::pin(listen::serve_http(
+            http_listener,
+            notify_router,
+            header_timeout,
+            stopped(),
+        )),
+    };
 
     config
         .secret_key
@@ -270,8 +311,11 @@ pub async fn run(
         "o2o-sidecar serving"
     );
     let grpc_task = tokio::spawn(async move { grpc_server.await.context("gRPC server") });
-    let http_task = tokio::spawn(async move { http_server.await.context("notification server") });
-    let admin_task = tokio::spawn(async move { admin_server.await.context("admin server") });
+    let http_task = tokio::spawn(async move {
+        http_server.await;
+        Ok(())
+    });
+    let admin_task = tokio::spawn(admin_server);
 
     shutdown.await;
     tracing::info!(
@@ -298,7 +342,7 @@ pub async fn run(
         let _ = t.await;
     }
     drained?;
-    admin??;
+    admin?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -76,63 +76,67 @@ impl TlsIdentity {
     }
 }
 
-/// A TCP listener that hands out TLS streams. Handshakes run concurrently, each bounded by a
-/// timeout, so a slow client never holds up the others.
-pub struct TlsListener {
-    tcp: TcpListener,
+/// A listener that hands out TLS streams over the connections of another listener (a
+/// [`crate::listen::BoundedListener`], so the connection cap counts handshakes too).
+/// Handshakes run concurrently, each bounded by a timeout, so a slow client never holds up
+/// the others.
+pub struct TlsListener<L: axum::serve::Listener> {
+    inner: L,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<tokio::net::TcpStream>, SocketAddr)>>,
+    handshakes: JoinSet<Option<Handshaken<L>>>,
 }
 
-impl std::fmt::Debug for TlsListener {
+/// A connection whose TLS handshake completed, with its peer's address.
+type Handshaken<L> = (
+    TlsStream<<L as axum::serve::Listener>::Io>,
+    <L as axum::serve::Listener>::Addr,
+);
+
+impl<L: axum::serve::Listener> std::fmt::Debug for TlsListener<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListener")
-            .field("tcp", &self.tcp)
             .field("handshakes", &self.handshakes.len())
             .finish_non_exhaustive()
     }
 }
 
-impl TlsListener {
-    /// TLS over `tcp` with `identity`.
-    pub fn new(tcp: TcpListener, identity: &TlsIdentity) -> Result<Self, String> {
+impl<L: axum::serve::Listener> TlsListener<L> {
+    /// TLS over `inner` with `identity`.
+    pub fn new(inner: L, identity: &TlsIdentity) -> Result<Self, String> {
         Ok(Self {
-            tcp,
+            inner,
             acceptor: TlsAcceptor::from(Arc::new(identity.server_config()?)),
             handshakes: JoinSet::new(),
         })
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<tokio::net::TcpStream>;
+impl<L> axum::serve::Listener for TlsListener<L>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    type Io = TlsStream<L::Io>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((stream, addr)) => {
-                        let acceptor = self.acceptor.clone();
-                        self.handshakes.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => Some((tls, addr)),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                                    None
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%addr, "TLS handshake timed out");
-                                    None
-                                }
+                (stream, addr) = self.inner.accept() => {
+                    let acceptor = self.acceptor.clone();
+                    self.handshakes.spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => Some((tls, addr)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                                None
                             }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                            Err(_) => {
+                                tracing::debug!(%addr, "TLS handshake timed out");
+                                None
+                            }
+                        }
+                    });
+                }
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     if let Ok(Some(ready)) = done {
                         return ready;
@@ -143,6 +147,6 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        self.inner.local_addr()
     }
 }

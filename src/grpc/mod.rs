@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod limit;
 pub mod service;
 pub mod status;
 pub mod stream;

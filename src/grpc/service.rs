@@ -1,9 +1,9 @@
 //! The `o2o.v1.O2OPayments` service: decodes requests, calls [`Sidecar`], encodes answers.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -21,12 +21,21 @@ pub struct PaymentsService {
     sidecar: Sidecar,
     /// Becomes `true` when the sidecar drains: open streams end with UNAVAILABLE.
     shutdown: watch::Receiver<bool>,
+    /// Room for open `StreamNotifications`, across all connections.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
 }
 
 impl PaymentsService {
-    /// A service over `sidecar`; streams end when `shutdown` becomes `true`.
-    pub fn new(sidecar: Sidecar, shutdown: watch::Receiver<bool>) -> Self {
-        Self { sidecar, shutdown }
+    /// A service over `sidecar` with room for `max_streams` open `StreamNotifications`;
+    /// streams end when `shutdown` becomes `true`.
+    pub fn new(sidecar: Sidecar, shutdown: watch::Receiver<bool>, max_streams: usize) -> Self {
+        Self {
+            sidecar,
+            shutdown,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+        }
     }
 
     /// The tonic server for this service, behind the bearer-token check.
@@ -86,10 +95,18 @@ impl O2oPayments for PaymentsService {
         &self,
         request: Request<pb::StreamNotificationsRequest>,
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        let Ok(slot) = self.streams.clone().try_acquire_owned() else {
+            metrics::counter!("o2o_grpc_calls_refused_total", "reason" => "stream_limit")
+                .increment(1);
+            return Err(to_status(crate::error::Error::TooManyStreams {
+                limit: self.max_streams,
+            }));
+        };
         let rx = stream::start(
             self.sidecar.clone(),
             request.into_inner(),
             self.shutdown.clone(),
+            slot,
         )
         .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

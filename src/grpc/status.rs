@@ -86,6 +86,13 @@ pub fn to_status(err: Error) -> Status {
             meta([("oldest_event_id", oldest.to_string())]),
         ),
         Error::SlowSubscriber => (Code::ResourceExhausted, HashMap::new()),
+        Error::TooManyCalls { limit } | Error::TooManyStreams { limit } => {
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            (
+                Code::ResourceExhausted,
+                meta([("limit", limit.to_string())]),
+            )
+        }
         Error::StoreUnavailable => {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             (Code::Unavailable, HashMap::new())

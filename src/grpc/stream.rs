@@ -14,7 +14,7 @@
 //! read as well: when a hint passes the cursor, it reads the missing events from the store.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tonic::Status;
 
 use super::{convert, pb, status::to_status};
@@ -25,6 +25,8 @@ const REPLAY_BATCH: u32 = 500;
 /// Responses buffered per stream before the producer waits for the client.
 pub const STREAM_BUFFER: usize = 64;
 const TOKEN_PREFIX: &str = "o2o.v1:";
+/// Most invoice numbers one stream may filter on (each event is compared with every one).
+pub const MAX_FILTER: usize = 1000;
 
 /// The opaque resume token of an event.
 pub fn resume_token(seq: u64) -> String {
@@ -42,12 +44,22 @@ pub fn parse_resume_token(token: &str) -> Result<u64, Error> {
 
 type Item = Result<pb::StreamNotificationsResponse, Status>;
 
-/// Starts a stream; returns the receiving end for tonic.
+/// Starts a stream that holds `slot` (its place under the open-streams bound) while it
+/// lasts; returns the receiving end for tonic.
 pub async fn start(
     sidecar: Sidecar,
     request: pb::StreamNotificationsRequest,
     shutdown: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
 ) -> Result<mpsc::Receiver<Item>, Status> {
+    if request.invoice_numbers.len() > MAX_FILTER {
+        return Err(to_status(Error::InvalidArgument(vec![
+            crate::payment::FieldViolation::new(
+                "invoice_numbers",
+                format!("at most {MAX_FILTER} invoice numbers per stream"),
+            ),
+        ])));
+    }
     // Subscribe first: anything committed from here on is either in the store read below or
     // arrives on `live` (this replica) or as a hint (any replica).
     let live = sidecar.subscribe();
@@ -77,7 +89,10 @@ pub async fn start(
     };
     let filter: Vec<String> = request.invoice_numbers;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed(sidecar, cursor, filter, live, hints, tx, shutdown));
+    tokio::spawn(async move {
+        feed(sidecar, cursor, filter, live, hints, tx, shutdown).await;
+        drop(slot);
+    });
     Ok(rx)
 }
 
