@@ -1,11 +1,11 @@
 //! The baseline for P1: a no-op `o2o.v1.O2OPayments` server on the same tonic stack as the
 //! sidecar, answering `GetStatus` with a constant payment of the same shape the sidecar sends.
-//! It runs as its own process (`o2o-bench noop-server`), like the sidecar, and logs
+//! Its handler awaits once, like a real one. It runs as its own process (`o2o-bench noop-server`), like the sidecar, and logs
 //! `o2o-bench noop-server listening addr=IP:PORT`.
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt as _};
 use o2o_sidecar::grpc::pb::{
     self,
     o2o_payments_server::{O2oPayments, O2oPaymentsServer},
@@ -56,6 +56,10 @@ impl O2oPayments for Noop {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        // Await once, as every real handler does (the sidecar awaits its store): an answer
+        // that is ready at once leaves in one write, which would hide a per-write delay such
+        // as Nagle's algorithm holding the second write for the caller's delayed ACK.
+        tokio::task::yield_now().await;
         Ok(Response::new(self.answer.clone()))
     }
 
@@ -78,9 +82,16 @@ pub(crate) async fn serve() -> anyhow::Result<()> {
     );
     tonic::transport::Server::builder()
         .add_service(O2oPaymentsServer::new(Noop { answer: answer() }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        // TCP_NODELAY on every accepted socket, as the sidecar sets it.
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener).map_ok(|tcp| {
+                let _ = tcp.set_nodelay(true);
+                tcp
+            }),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
         .await?;
     Ok(())
 }

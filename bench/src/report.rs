@@ -165,6 +165,38 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
     let mb = 1e6;
     vec![
         row(
+            "P0",
+            "GetStatus p50, one caller, one call at a time".into(),
+            Unit::Ms,
+            col(&|r| r.p0_status_sidecar.latency.p50_ms),
+            Some(col(&|r| r.p0_status_baseline.latency.p50_ms)),
+            Some(Target::AddedAtMost(0.3)),
+        ),
+        row(
+            "P0",
+            "GetStatus p99, one caller, one call at a time".into(),
+            Unit::Ms,
+            col(&|r| r.p0_status_sidecar.latency.p99_ms),
+            Some(col(&|r| r.p0_status_baseline.latency.p99_ms)),
+            None,
+        ),
+        row(
+            "P0",
+            "GeneratePaymentCode p50, one caller, one call at a time".into(),
+            Unit::Ms,
+            col(&|r| r.p0_generate_sidecar.latency.p50_ms),
+            Some(col(&|r| r.p0_generate_direct.latency.p50_ms)),
+            None,
+        ),
+        row(
+            "P0",
+            "GeneratePaymentCode p99, one caller, one call at a time".into(),
+            Unit::Ms,
+            col(&|r| r.p0_generate_sidecar.latency.p99_ms),
+            Some(col(&|r| r.p0_generate_direct.latency.p99_ms)),
+            None,
+        ),
+        row(
             "P1",
             format!("GetStatus p50 at {p1} rps"),
             Unit::Ms,
@@ -380,7 +412,20 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
 pub(crate) fn problems(runs: &[RunResult]) -> Vec<String> {
     let mut out = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let phases: [(&str, &PhaseReport); 8] = [
+        let phases: [(&str, &PhaseReport); 12] = [
+            (
+                "P0 GetStatus one at a time, baseline",
+                &r.p0_status_baseline,
+            ),
+            ("P0 GetStatus one at a time, sidecar", &r.p0_status_sidecar),
+            (
+                "P0 GeneratePaymentCode one at a time, direct",
+                &r.p0_generate_direct,
+            ),
+            (
+                "P0 GeneratePaymentCode one at a time, sidecar",
+                &r.p0_generate_sidecar,
+            ),
             ("P1 fixed rate, baseline", &r.p1_fixed_baseline),
             ("P1 fixed rate, sidecar", &r.p1_fixed_sidecar),
             ("P1 saturation, baseline", &r.p1_saturation_baseline),

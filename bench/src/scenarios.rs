@@ -57,6 +57,8 @@ pub(crate) struct Plan {
     pub(crate) smoke: bool,
     /// Repetitions of every measurement.
     pub(crate) runs: usize,
+    /// P0 (one caller, one call at a time) phase length, s.
+    pub(crate) p0_s: f64,
     /// P1 fixed rate, requests/s.
     pub(crate) p1_rate: f64,
     /// P1 fixed-rate phase length, s.
@@ -92,6 +94,7 @@ impl Plan {
         Self {
             smoke,
             runs,
+            p0_s: 5.0 * scale,
             p1_rate: 1000.0,
             p1_fixed_s: 10.0 * scale,
             p1_saturation_s: 5.0 * scale,
@@ -116,6 +119,14 @@ fn secs(s: f64) -> Duration {
 /// Everything measured in one run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RunResult {
+    /// P0: one caller, one GetStatus at a time, no-op server (its handler awaits once).
+    pub(crate) p0_status_baseline: PhaseReport,
+    /// P0: one caller, one GetStatus at a time, sidecar.
+    pub(crate) p0_status_sidecar: PhaseReport,
+    /// P0: one caller, one signed request at a time, straight to the simulator.
+    pub(crate) p0_generate_direct: PhaseReport,
+    /// P0: one caller, one GeneratePaymentCode at a time, through the sidecar.
+    pub(crate) p0_generate_sidecar: PhaseReport,
     /// P1 at the fixed rate, no-op server.
     pub(crate) p1_fixed_baseline: PhaseReport,
     /// P1 at the fixed rate, sidecar.
@@ -495,6 +506,17 @@ async fn clients(
     Ok(Arc::new(v))
 }
 
+/// P0: one caller on one connection making one GetStatus at a time (how most services call a
+/// sidecar): every answer is awaited before the next call, so a delay per answer (Nagle's
+/// algorithm waiting for a delayed ACK) shows in full.
+async fn get_status_sequential(addr: SocketAddr, plan: &Plan) -> anyhow::Result<PhaseReport> {
+    let clients = clients(addr, 1).await?;
+    warm_up(&clients, plan).await;
+    let client = clients[0].clone();
+    let out = closed_loop(1, secs(plan.p0_s), move |_| get_status(client.clone())).await;
+    Ok(out.report())
+}
+
 /// P1 at the fixed rate, on one connection (as an application would call its sidecar).
 async fn get_status_fixed(addr: SocketAddr, plan: &Plan) -> anyhow::Result<PhaseReport> {
     let clients = clients(addr, 1).await?;
@@ -672,6 +694,11 @@ impl Rig {
         let plan = &self.plan;
         let say = |what: &str| eprintln!("o2o-bench: run {}/{}: {what}", r + 1, plan.runs);
 
+        say("P0 one caller, one call at a time (GetStatus, GeneratePaymentCode)");
+        let p0_status_baseline = get_status_sequential(self.noop_addr, plan).await?;
+        let p0_status_sidecar = get_status_sequential(self.grpc, plan).await?;
+        let (p0_generate_direct, p0_generate_sidecar) = self.generate_sequential(r).await?;
+
         say("P1 GetStatus at a fixed rate (baseline, sidecar)");
         let p1_fixed_baseline = get_status_fixed(self.noop_addr, plan).await?;
         let p1_fixed_sidecar = get_status_fixed(self.grpc, plan).await?;
@@ -696,6 +723,10 @@ impl Rig {
         let f = self.fresh(r).await?;
 
         Ok(RunResult {
+            p0_status_baseline,
+            p0_status_sidecar,
+            p0_generate_direct,
+            p0_generate_sidecar,
             p1_fixed_baseline,
             p1_fixed_sidecar,
             p1_saturation_baseline,
@@ -720,14 +751,37 @@ impl Rig {
         })
     }
 
-    async fn generate_direct(&self, r: usize) -> anyhow::Result<PhaseReport> {
-        let direct = Arc::new(Direct {
+    /// P2's baseline client: the sidecar's signed request, sent straight to the simulator.
+    fn direct(&self) -> Arc<Direct> {
+        Arc::new(Direct {
             doku: self.doku.clone(),
             http: self.http.clone(),
             url: format!("{}{PAYMENT_CODE_PATH}", self.sim_url),
             client_id: self.client_id.clone(),
             secret: self.secret.clone(),
-        });
+        })
+    }
+
+    /// P0 for GeneratePaymentCode: one signed request at a time straight to the simulator,
+    /// then one call at a time through the sidecar (a new invoice each).
+    async fn generate_sequential(&self, r: usize) -> anyhow::Result<(PhaseReport, PhaseReport)> {
+        let direct = self.direct();
+        let out = closed_loop(1, secs(self.plan.p0_s), move |i| {
+            let direct = direct.clone();
+            async move { direct.send(&format!("P0-D{r}-{i}")).await }
+        })
+        .await;
+        let client = O2oPaymentsClient::new(connect(self.grpc).await?);
+        let _ = generate(client.clone(), format!("P0-SW{r}")).await;
+        let via = closed_loop(1, secs(self.plan.p0_s), move |i| {
+            generate(client.clone(), format!("P0-S{r}-{i}"))
+        })
+        .await;
+        Ok((out.report(), via.report()))
+    }
+
+    async fn generate_direct(&self, r: usize) -> anyhow::Result<PhaseReport> {
+        let direct = self.direct();
         for i in 0..5 {
             direct
                 .send(&format!("P2-DW{r}-{i}"))
