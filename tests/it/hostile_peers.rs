@@ -3,10 +3,7 @@
 //! Each test runs the real binary with small bounds and tries the attack; it fails if the
 //! attack works. See `docs/reliability.md`, "Hostile peers".
 
-use std::{
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use o2o_sidecar::grpc::pb::{self, o2o_payments_client::O2oPaymentsClient};
 use tokio::{
