@@ -170,6 +170,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         format!("  DOKU notifications         http://{http}{path}"),
         format!("  admin                      http://{admin}/ready  /metrics"),
         format!("  DOKU simulator             {sim_url}   (GET /_sim/payments)"),
+        format!(
+            "  simulator page             {sim_url}/   (pay codes at its counter; API: /_sim/openapi.json)"
+        ),
         format!("  store                      {store}"),
         String::new(),
         "Try it (grpcurl uses the sidecar's reflection, no .proto needed):".into(),

@@ -1,6 +1,7 @@
 //! `doku-sim`: the standalone DOKU simulator. Parses its flags (each with a `DOKU_SIM_` env
 //! twin), reads the secret key from a file, binds, logs `doku-sim listening addr=IP:PORT` and
-//! serves DOKU's endpoints and the `/_sim` control API until Ctrl-C or SIGTERM.
+//! serves DOKU's endpoints, the `/_sim` control API and its web page (`/`) until Ctrl-C or
+//! SIGTERM.
 //!
 //! Bad configuration prints one line naming the flag on stderr and exits 64 (`EX_USAGE`).
 
@@ -156,6 +157,11 @@ async fn run((addr, cfg): (SocketAddr, SimConfig)) -> ExitCode {
         "doku-sim starting"
     );
     tracing::info!(addr = %bound, "doku-sim listening");
+    tracing::info!(
+        page = %format!("http://{}/", reachable(bound)),
+        openapi = %format!("http://{}/_sim/openapi.json", reachable(bound)),
+        "doku-sim page and control API"
+    );
     match Simulator::new(cfg).serve(listener, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("doku-sim stopped");
@@ -166,6 +172,14 @@ async fn run((addr, cfg): (SocketAddr, SimConfig)) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loopback form of a bound address, for the URLs logged.
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
 }
 
 /// Completes on Ctrl-C or SIGTERM.

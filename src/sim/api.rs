@@ -5,7 +5,7 @@
 use axum::{
     extract::{ConnectInfo, Path, State},
     http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -13,10 +13,10 @@ use rand::Rng as _;
 use time::OffsetDateTime;
 
 use crate::sim::{
-    FaultKind, FaultTarget, ReceivedRequest, Simulator, Verdict,
+    FaultKind, FaultTarget, ReceivedRequest, SimChannel, Simulator, Verdict,
     auth::{self, Rejection},
     conn::{ConnKill, drop_connection},
-    lock,
+    lock, page,
     state::{PaymentRecord, Replay},
     wire,
 };
@@ -231,6 +231,8 @@ impl Simulator {
         let minutes = i64::try_from(req.expired_minutes).unwrap_or(i64::MAX);
         let expires = now + time::Duration::minutes(minutes);
         let base = self.public_base(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let how_to_pay_page =
+            format!("{base}/how-to-pay/v2/indomaret-online-to-offline/{payment_code}/{token}");
         let response_body: Bytes = wire::generate_response(&wire::Issued {
             invoice_number: &req.invoice_number,
             amount: req.amount,
@@ -238,9 +240,7 @@ impl Simulator {
             info: req.info.as_deref(),
             created: now,
             expires,
-            how_to_pay_page: format!(
-                "{base}/how-to-pay/v2/indomaret-online-to-offline/{payment_code}/{token}"
-            ),
+            how_to_pay_page: how_to_pay_page.clone(),
             how_to_pay_api: format!(
                 "{base}/indomaret-online-to-offline/v2/how-to-pay-api/{payment_code}/{token}"
             ),
@@ -249,7 +249,10 @@ impl Simulator {
         st.insert(PaymentRecord {
             invoice_number: req.invoice_number.clone(),
             amount: req.amount,
+            channel: SimChannel::Indomaret,
             payment_code,
+            customer_name: req.customer_name,
+            how_to_pay_url: how_to_pay_page,
             token,
             request_id: request_id.clone(),
             reusable: req.reusable,
@@ -439,40 +442,15 @@ fn linked(sim: &Simulator, code: &str, token: &str) -> Option<PaymentRecord> {
         .cloned()
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-const STEPS: [&str; 4] = [
-    "Go to the nearest Indomaret store.",
-    "Tell the cashier you want to pay a DOKU payment.",
-    "Give the cashier the payment code below.",
-    "Pay the amount and keep the receipt.",
-];
-
 /// `GET /how-to-pay/v2/indomaret-online-to-offline/{code}/{token}`: a page for the customer.
 pub(crate) async fn how_to_pay_page(
     State(sim): State<Simulator>,
     Path((code, token)): Path<(String, String)>,
 ) -> Response {
-    let Some(p) = linked(&sim, &code, &token) else {
-        return (StatusCode::NOT_FOUND, Html("<h1>Not found</h1>")).into_response();
-    };
-    let steps: String = STEPS.iter().map(|s| format!("<li>{s}</li>")).collect();
-    Html(format!(
-        "<!doctype html><html><head><title>How to pay at Indomaret</title></head><body>\
-         <h1>How to pay at Indomaret (DOKU simulator)</h1>\
-         <p>Payment code: <b>{}</b></p><p>Amount: IDR {}</p><p>{}</p><p>Pay before {} UTC</p>\
-         <ol>{steps}</ol></body></html>",
-        p.payment_code,
-        p.amount,
-        html_escape(p.info.as_deref().unwrap_or("")),
-        wire::iso_utc(p.expires_at),
-    ))
-    .into_response()
+    match linked(&sim, &code, &token) {
+        Some(p) => page::how_to_pay(&p),
+        None => page::how_to_pay_not_found(),
+    }
 }
 
 /// `GET /indomaret-online-to-offline/v2/how-to-pay-api/{code}/{token}`: the same as JSON.
@@ -494,9 +472,9 @@ pub(crate) async fn how_to_pay_api(
         "info": p.info,
         "expired_date_utc": wire::iso_utc(p.expires_at),
         "payment_instruction": [{
-            "channel": "INDOMARET",
+            "channel": p.channel.instruction_channel(),
             "language": "en",
-            "step": STEPS,
+            "step": p.channel.steps(),
         }],
     }))
     .into_response()

@@ -27,17 +27,33 @@
 //!
 //! # Control API
 //!
+//! Described by the OpenAPI document `openapi.json` beside this file (served at
+//! `GET /_sim/openapi.json`), and with examples in `docs/simulator.md`. A test checks that
+//! every route of `control::table()` is in the document and nothing else is.
+//!
 //! | request | effect |
 //! |---|---|
 //! | `POST /_sim/payments/{invoice}/pay` | `SUCCESS` + signed notification; answers [`PayOutcome`] |
 //! | `POST /_sim/payments/{invoice}/fail` | `FAILED` + signed `FAILED` notification |
 //! | `POST /_sim/payments/{invoice}/expire` | `EXPIRED`, no notification |
+//! | `POST /_sim/payments/{invoice}/resend` | the latest notification again (same `Request-Id`) |
 //! | `GET /_sim/payments`, `GET /_sim/payments/{invoice}` | [`SimPayment`]s |
-//! | `GET /_sim/notifications` | [`NotificationDelivery`]s |
+//! | `GET /_sim/codes/{payment_code}` | [`Inquiry`]: what a till shows for a typed code |
+//! | `GET /_sim/notifications` | [`NotificationDelivery`]s, each attempt with status and timing |
 //! | `GET /_sim/requests` | [`ReceivedRequest`]s (DOKU endpoints only) |
 //! | `POST /_sim/faults` (one [`Fault`] or an array; appended), `GET`, `DELETE` | faults |
+//! | `GET /_sim/state` | settings (retry schedule), payments, deliveries and faults at once |
+//! | `GET /_sim/openapi.json` | the OpenAPI document |
 //!
 //! Unknown invoices answer `404`, a payment whose state forbids the action `409`.
+//!
+//! # Pages
+//!
+//! `GET /` is a page for people (`page`): every payment with **Pay**, **Expire** and **Fail**
+//! buttons, a counter where a payment code is typed and paid, the notification deliveries with
+//! **Resend**, and the faults. It polls `GET /_sim/state` every second and acts only through
+//! the control API. The how-to-pay links of DOKU's answers lead to a customer's page with the
+//! code shown large.
 
 mod api;
 mod auth;
@@ -45,6 +61,7 @@ mod conn;
 mod control;
 mod fault;
 mod notify;
+mod page;
 mod state;
 mod wire;
 
@@ -67,7 +84,8 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 pub use fault::{Fault, FaultKind, FaultTarget};
 pub use state::{
-    NotificationDelivery, PayOutcome, ReceivedRequest, SimPayment, SimStatus, Verdict,
+    DeliveryAttempt, Inquiry, NotificationDelivery, PayOutcome, ReceivedRequest, SimAction,
+    SimChannel, SimPayment, SimStatus, Verdict,
 };
 
 use crate::sim::{fault::FaultBook, state::State};
@@ -224,7 +242,7 @@ impl Simulator {
         &self.inner.cfg
     }
 
-    /// DOKU's endpoints, the how-to-pay pages and the `/_sim` control API.
+    /// DOKU's endpoints, the how-to-pay pages, the `/_sim` control API and the page at `/`.
     ///
     /// A `drop` fault needs [`Simulator::serve`] to cut the TCP connection; behind another
     /// server it answers with a body that breaks off instead.
@@ -247,6 +265,7 @@ impl Simulator {
                 get(api::how_to_pay_api),
             )
             .merge(control::routes())
+            .merge(page::routes())
             .fallback(api::not_found)
             .with_state(self.clone())
     }
@@ -357,21 +376,90 @@ impl Simulator {
                 _ => p.pay(now)?,
             }
             let p = p.clone();
-            let faults = self.inner.faults.take_notification(invoice);
-            notify::plan(&mut st, &p, status, now, &faults)
+            notify::build(&mut st, &p, status, now).map(|sent| {
+                let faults = self.inner.faults.take_notification(invoice);
+                notify::plan(&mut st, &sent, &faults, false)
+            })
         };
         let outcome = PayOutcome {
             invoice_number: invoice.to_owned(),
             status,
             notification_request_id: plan.as_ref().map(|p| p.request_id.clone()),
         };
-        if let Some(plan) = plan.filter(|p| !p.suppressed) {
-            let weak = Arc::downgrade(&self.inner);
-            let mut tasks = lock(&self.inner.tasks);
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn(notify::deliver(weak, plan));
+        if let Some(plan) = plan {
+            self.start_delivery(plan);
         }
         Ok(outcome)
+    }
+
+    fn start_delivery(&self, plan: notify::Plan) {
+        if plan.suppressed {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let mut tasks = lock(&self.inner.tasks);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(notify::deliver(weak, plan));
+    }
+
+    /// Sends the invoice's latest notification again, as DOKU's Back Office can: same
+    /// `Request-Id` and body, freshly timestamped and signed, with DOKU's retry schedule. The
+    /// notification faults active now apply to it (so a resend can be late, duplicated or
+    /// badly signed too). The original deliveries are left as they are.
+    pub fn resend(&self, invoice: &str) -> Result<PayOutcome, SimError> {
+        let (plan, status) = {
+            let mut st = lock(&self.inner.state);
+            if st.get(invoice).is_none() {
+                return Err(SimError::NotFound(invoice.to_owned()));
+            }
+            let last = st
+                .deliveries
+                .iter()
+                .rev()
+                .find(|d| d.invoice_number == invoice)
+                .and_then(|d| st.sent.get(&d.request_id))
+                .cloned()
+                .ok_or_else(|| {
+                    SimError::Conflict(format!(
+                        "invoice {invoice} has no notification to resend (not paid or failed \
+                         yet, or no notification URL)"
+                    ))
+                })?;
+            let faults = self.inner.faults.take_notification(invoice);
+            (notify::plan(&mut st, &last, &faults, true), last.status)
+        };
+        let outcome = PayOutcome {
+            invoice_number: invoice.to_owned(),
+            status,
+            notification_request_id: Some(plan.request_id.clone()),
+        };
+        self.start_delivery(plan);
+        Ok(outcome)
+    }
+
+    /// What a till shows when the cashier types `payment_code`; `None` for a code never
+    /// issued.
+    pub fn inquiry(&self, payment_code: &str) -> Option<Inquiry> {
+        let now = wire::now();
+        let st = lock(&self.inner.state);
+        let p = st.by_code(payment_code)?;
+        let refusal = p.pay_refusal(now);
+        Some(Inquiry {
+            merchant: self.inner.cfg.client_id.clone(),
+            payment: p.snapshot(now),
+            payable: refusal.is_none(),
+            reason: refusal.map(|e| e.to_string()),
+        })
+    }
+
+    /// When DOKU tries a notification, counted from its first attempt, as configured
+    /// (DOKU's 0, 30 min, 6 h, 12 h times `notification_retry_scale`). `None` for an
+    /// attempt scaled beyond what can be waited for (it never happens).
+    pub fn retry_schedule(&self) -> Vec<Option<Duration>> {
+        notify::SCHEDULE
+            .iter()
+            .map(|&o| notify::scaled(o, self.inner.cfg.notification_retry_scale))
+            .collect()
     }
 
     /// Base for how-to-pay links: configured, else the bound address, else the request's Host.

@@ -37,6 +37,44 @@ impl SimStatus {
     }
 }
 
+/// Where the customer pays. Only Indomaret's endpoint is simulated so far; the page, the
+/// how-to-pay pages and the JSON already carry the channel so that another one (Alfa Group) is
+/// one more variant here and one more route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimChannel {
+    /// Indomaret stores (DOKU channel `ONLINE_TO_OFFLINE_INDOMARET`).
+    Indomaret,
+}
+
+impl SimChannel {
+    /// The store chain's name, as a customer knows it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::Indomaret => "Indomaret",
+        }
+    }
+
+    /// What the customer does, step by step (the how-to-pay page and API).
+    pub(crate) fn steps(self) -> &'static [&'static str] {
+        match self {
+            Self::Indomaret => &[
+                "Go to the nearest Indomaret store.",
+                "Tell the cashier you want to pay a DOKU payment.",
+                "Give the cashier your payment code.",
+                "Pay the amount and keep the receipt.",
+            ],
+        }
+    }
+
+    /// DOKU's `payment_instruction[].channel`.
+    pub(crate) fn instruction_channel(self) -> &'static str {
+        match self {
+            Self::Indomaret => "INDOMARET",
+        }
+    }
+}
+
 /// A payment code as the simulator holds it (`GET /_sim/payments`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SimPayment {
@@ -44,8 +82,16 @@ pub struct SimPayment {
     pub invoice_number: String,
     /// `order.amount`, whole rupiah.
     pub amount: u64,
+    /// Where it is paid.
+    pub channel: SimChannel,
     /// The digits the customer tells the cashier.
     pub payment_code: String,
+    /// `customer.name`: the till shows it on inquiry.
+    pub customer_name: String,
+    /// `online_to_offline_info.info`: shown at the counter on inquiry.
+    pub info: Option<String>,
+    /// The how-to-pay page DOKU's answer linked to.
+    pub how_to_pay_url: String,
     /// As Check Status reads it now (a pending code past its deadline reads `EXPIRED`).
     pub status: SimStatus,
     /// `Request-Id` of the generate call (DOKU's `original_request_id`).
@@ -71,6 +117,20 @@ pub struct SimPayment {
     pub failed_at: Option<OffsetDateTime>,
     /// Where its notifications go: the override URL, else the configured one.
     pub notification_url: Option<String>,
+    /// The control actions its state allows now (`pay`, `expire`, `fail`).
+    pub actions: Vec<SimAction>,
+}
+
+/// A control action on a payment (`POST /_sim/payments/{invoice}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimAction {
+    /// The customer pays at the counter.
+    Pay,
+    /// The code expires now.
+    Expire,
+    /// The payment fails at the acquirer.
+    Fail,
 }
 
 /// Answer of `pay` / `fail` (and of `POST /_sim/payments/{invoice}/pay`).
@@ -127,12 +187,29 @@ pub struct ReceivedRequest {
     pub fault: Option<String>,
 }
 
+/// One HTTP attempt of a notification delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryAttempt {
+    /// When the `POST` was sent.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// HTTP status answered; `None` when there was no HTTP answer.
+    pub status: Option<u16>,
+    /// Transport error (refused, timed out, …), if any.
+    pub error: Option<String>,
+    /// From sending to the answer (or the error), in milliseconds.
+    pub duration_ms: u64,
+}
+
 /// One notification delivery and its attempts (`GET /_sim/notifications`). A `duplicate`
-/// fault makes two deliveries with the same `request_id`.
+/// fault makes two deliveries with the same `request_id`; a resend makes another one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NotificationDelivery {
     /// The notification's `Request-Id`.
     pub request_id: String,
+    /// When it was planned (the payment, or the resend).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
     /// The invoice paid.
     pub invoice_number: String,
     /// `transaction.status` sent (`SUCCESS` or `FAILED`).
@@ -153,6 +230,30 @@ pub struct NotificationDelivery {
     pub bad_signature: bool,
     /// A `suppress` fault kept it from being sent.
     pub suppressed: bool,
+    /// Made by `POST /_sim/payments/{invoice}/resend` (same `Request-Id` and body as the
+    /// original).
+    pub resend: bool,
+    /// Every attempt so far, oldest first.
+    pub history: Vec<DeliveryAttempt>,
+    /// When the next attempt is due (DOKU's schedule, scaled); `None` once it was delivered,
+    /// suppressed, or DOKU's retries are used up.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+/// The answer to `GET /_sim/codes/{payment_code}`: what a till shows after the cashier types
+/// the code, and whether it can be paid now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inquiry {
+    /// The merchant the money goes to (its DOKU Client-Id; the simulator knows no name).
+    pub merchant: String,
+    /// The payment as it stands.
+    #[serde(flatten)]
+    pub payment: SimPayment,
+    /// Whether `pay` would succeed now.
+    pub payable: bool,
+    /// Why not, in words a cashier would say, when it is not payable.
+    pub reason: Option<String>,
 }
 
 /// One issued payment code.
@@ -160,7 +261,10 @@ pub struct NotificationDelivery {
 pub(crate) struct PaymentRecord {
     pub(crate) invoice_number: String,
     pub(crate) amount: u64,
+    pub(crate) channel: SimChannel,
     pub(crate) payment_code: String,
+    pub(crate) customer_name: String,
+    pub(crate) how_to_pay_url: String,
     /// Secret part of the how-to-pay links.
     pub(crate) token: String,
     pub(crate) request_id: String,
@@ -202,19 +306,27 @@ impl PaymentRecord {
         self.expired_at.is_some() || self.failed_at.is_some() || now >= self.expires_at
     }
 
-    pub(crate) fn pay(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+    /// Why `pay` would be refused now, or `None` when it would succeed.
+    pub(crate) fn pay_refusal(&self, now: OffsetDateTime) -> Option<SimError> {
         if !self.reusable && !self.paid.is_empty() {
-            return Err(SimError::Conflict(format!(
+            return Some(SimError::Conflict(format!(
                 "invoice {} is already paid and its code is not reusable",
                 self.invoice_number
             )));
         }
         if self.closed(now) {
-            return Err(SimError::Conflict(format!(
+            return Some(SimError::Conflict(format!(
                 "invoice {} is {} and cannot be paid",
                 self.invoice_number,
                 self.closed_word(now)
             )));
+        }
+        None
+    }
+
+    pub(crate) fn pay(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+        if let Some(e) = self.pay_refusal(now) {
+            return Err(e);
         }
         self.paid.push(now);
         Ok(())
@@ -232,19 +344,27 @@ impl PaymentRecord {
         Ok(())
     }
 
-    pub(crate) fn expire(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+    /// Why `expire` would be refused now, or `None` when it would succeed.
+    fn expire_refusal(&self, now: OffsetDateTime) -> Option<SimError> {
         if self.closed(now) {
-            return Err(SimError::Conflict(format!(
+            return Some(SimError::Conflict(format!(
                 "invoice {} is already {}",
                 self.invoice_number,
                 self.closed_word(now)
             )));
         }
         if !self.reusable && !self.paid.is_empty() {
-            return Err(SimError::Conflict(format!(
+            return Some(SimError::Conflict(format!(
                 "invoice {} is already paid",
                 self.invoice_number
             )));
+        }
+        None
+    }
+
+    pub(crate) fn expire(&mut self, now: OffsetDateTime) -> Result<(), SimError> {
+        if let Some(e) = self.expire_refusal(now) {
+            return Err(e);
         }
         self.expired_at = Some(now);
         Ok(())
@@ -278,7 +398,27 @@ impl PaymentRecord {
                 .or((status == SimStatus::Expired).then_some(self.expires_at)),
             failed_at: self.failed_at,
             notification_url: self.notification_url.clone(),
+            channel: self.channel,
+            customer_name: self.customer_name.clone(),
+            info: self.info.clone(),
+            how_to_pay_url: self.how_to_pay_url.clone(),
+            actions: self.actions(now),
         }
+    }
+
+    /// The control actions its state allows now, in the order the page shows them.
+    fn actions(&self, now: OffsetDateTime) -> Vec<SimAction> {
+        let mut a = Vec::new();
+        if self.pay_refusal(now).is_none() {
+            a.push(SimAction::Pay);
+        }
+        if self.expire_refusal(now).is_none() {
+            a.push(SimAction::Expire);
+        }
+        if self.status(now) == SimStatus::Pending {
+            a.push(SimAction::Fail);
+        }
+        a
     }
 }
 
@@ -299,6 +439,18 @@ pub(crate) struct State {
     pub(crate) replays: HashMap<String, Replay>,
     pub(crate) requests: Vec<ReceivedRequest>,
     pub(crate) deliveries: Vec<NotificationDelivery>,
+    /// Every notification planned, by `Request-Id`, so that it can be resent as it was.
+    pub(crate) sent: HashMap<String, Sent>,
+}
+
+/// A notification as it was built when the payment happened: what a resend sends again.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    pub(crate) request_id: String,
+    pub(crate) invoice_number: String,
+    pub(crate) status: SimStatus,
+    pub(crate) url: String,
+    pub(crate) body: Bytes,
 }
 
 impl State {

@@ -739,6 +739,10 @@ async fn failing_receiver_gets_dokus_retries() {
     until(&r.sim, |s| s.notifications()[0].delivered).await;
     let d = &r.sim.notifications()[0];
     assert_eq!((d.attempts, d.last_status), (3, Some(200)));
+    let statuses: Vec<_> = d.history.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(500), Some(503), Some(200)]);
+    assert!(d.history.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(d.next_attempt_at, None, "delivered: nothing more is due");
 
     // A receiver that never answers 2xx gets exactly DOKU's 1 + 3 attempts.
     let mut down = receiver(vec![500; 10]).await;
@@ -748,10 +752,15 @@ async fn failing_receiver_gets_dokus_retries() {
     for _ in 0..4 {
         down.next().await;
     }
-    until(&r.sim, |s| s.notifications()[0].attempts == 4).await;
+    until(&r.sim, |s| {
+        let d = &s.notifications()[0];
+        d.attempts == 4 && d.next_attempt_at.is_none()
+    })
+    .await;
     let d = &r.sim.notifications()[0];
     assert!(!d.delivered);
     assert_eq!(d.last_status, Some(500));
+    assert_eq!(d.history.len(), 4);
 }
 
 #[tokio::test]
@@ -1087,4 +1096,348 @@ fn config_debug_hides_the_secret_and_validate_names_fields() {
             .unwrap_err()
             .starts_with("notification_retry_scale")
     );
+}
+
+// ---- The page, the counter, resends, `/_sim/state` and the OpenAPI document ----
+
+async fn get_json(r: &Running, path: &str) -> (u16, Value) {
+    let res = r
+        .http
+        .get(format!("{}{path}", r.base))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, json_of(&res.bytes().await.unwrap()))
+}
+
+async fn post_json(r: &Running, path: &str) -> (u16, Value) {
+    let res = r
+        .http
+        .post(format!("{}{path}", r.base))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, json_of(&res.bytes().await.unwrap()))
+}
+
+#[test]
+fn openapi_documents_exactly_the_control_routes() {
+    let doc: Value = serde_json::from_str(super::control::OPENAPI_JSON).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let table = super::control::table();
+    let served: std::collections::BTreeSet<(String, String)> = table
+        .routes()
+        .iter()
+        .map(|(m, p)| (m.as_str().to_ascii_lowercase(), (*p).to_owned()))
+        .collect();
+    assert!(served.len() >= 14, "the table lists the routes: {served:?}");
+    for (method, path) in &served {
+        assert!(
+            path.starts_with("/_sim/"),
+            "control route outside /_sim: {path}"
+        );
+        let op = &doc["paths"][path][method];
+        assert!(
+            op.is_object(),
+            "{} {path} is served but not in src/sim/openapi.json",
+            method.to_uppercase()
+        );
+        assert!(
+            op["responses"].is_object(),
+            "{method} {path} has no responses"
+        );
+    }
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    ["get", "put", "post", "delete", "patch", "head", "options"]
+                        .contains(&k.as_str())
+                })
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let stale: Vec<_> = documented.difference(&served).collect();
+    assert!(stale.is_empty(), "documented but not served: {stale:?}");
+    // Every `$ref` points at something that exists.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        let pointer = r.strip_prefix('#').unwrap();
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
+}
+
+/// The route table is the only place `/_sim` routes are added: a route added to the router
+/// anywhere else would be served without the test above seeing it.
+#[test]
+fn no_control_route_is_added_outside_the_table() {
+    let sources = [
+        ("mod.rs", include_str!("mod.rs")),
+        ("api.rs", include_str!("api.rs")),
+        ("page.rs", include_str!("page.rs")),
+        ("control.rs", include_str!("control.rs")),
+    ];
+    for (name, src) in sources {
+        for (i, _) in src.match_indices(".route(") {
+            let arg = src[i + ".route(".len()..].trim_start();
+            assert!(
+                !arg.starts_with("\"/_sim"),
+                "{name} adds a /_sim route with .route(): add it to control::table() instead"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_from_the_binary() {
+    let r = start(cfg()).await;
+    let res = r.http.get(format!("{}/", r.base)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/ui/sim.js" defer></script>"#));
+    assert!(html.contains(r#"<label for="counter-code">Payment code</label>"#));
+    // Nothing from elsewhere: no absolute URLs in the page, script or stylesheet.
+    for path in ["/", "/ui/sim.js", "/ui/sim.css"] {
+        let res = r
+            .http
+            .get(format!("{}{path}", r.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let body = res.text().await.unwrap();
+        for needle in ["http://", "https://", "//fonts", "@import"] {
+            assert!(!body.contains(needle), "{path} refers to {needle}");
+        }
+    }
+    let js = r
+        .http
+        .get(format!("{}/ui/sim.js", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let js = js.text().await.unwrap();
+    for label in [
+        "label: 'Pay'",
+        "label: 'Expire'",
+        "label: 'Fail'",
+        "text: 'Resend'",
+    ] {
+        assert!(js.contains(label), "the page script has {label}");
+    }
+    // The page's own requests are not DOKU requests.
+    assert!(r.sim.requests().is_empty());
+
+    let (status, doc) = get_json(&r, "/_sim/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        doc,
+        serde_json::from_str::<Value>(super::control::OPENAPI_JSON).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn how_to_pay_page_shows_the_code_large_and_links_to_the_counter() {
+    let r = start(cfg()).await;
+    let (_, v) = generate(&r, "rid-1", body("INV-H<1>")).await;
+    let url = v["online_to_offline_info"]["how_to_pay_page"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let code = r.sim.payment("INV-H<1>").unwrap().payment_code;
+    let res = r.http.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["referrer-policy"], "no-referrer");
+    let html = res.text().await.unwrap();
+    assert!(html.contains("<h1>Pay at Indomaret</h1>"));
+    assert!(html.contains(&format!(
+        r#"<p class="htp-code"><span>{}</span>"#,
+        &code[..4]
+    )));
+    assert!(html.contains("Rp\u{a0}150.000"));
+    assert!(html.contains("INV-H&lt;1&gt;"), "the invoice is escaped");
+    assert!(html.contains(&format!(r#"href="/?code={code}#counter""#)));
+    assert!(html.contains("Tell the cashier"));
+    assert!(!html.contains("{{"));
+    r.sim.expire("INV-H<1>").unwrap();
+    let html = r.http.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("has expired"));
+
+    let wrong = format!("{url}x");
+    let res = r.http.get(&wrong).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(res.text().await.unwrap().contains("does not match"));
+}
+
+#[tokio::test]
+async fn the_counter_looks_codes_up_as_a_till_does() {
+    let r = start(cfg()).await;
+    generate(&r, "rid-1", body("INV-C1")).await;
+    generate(&r, "rid-2", body("INV-C2")).await;
+    let code1 = r.sim.payment("INV-C1").unwrap().payment_code;
+    let code2 = r.sim.payment("INV-C2").unwrap().payment_code;
+
+    let (status, q) = get_json(&r, &format!("/_sim/codes/{code1}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(q["invoice_number"], "INV-C1");
+    assert_eq!(q["merchant"], CLIENT);
+    assert_eq!(q["amount"], 150000);
+    assert_eq!(q["customer_name"], "Taufik Ismail");
+    assert_eq!(q["info"], "Thanks");
+    assert_eq!(q["channel"], "INDOMARET");
+    assert_eq!(q["payable"], true);
+    assert_eq!(q["reason"], Value::Null);
+    assert_eq!(q["actions"], json!(["pay", "expire", "fail"]));
+
+    let (status, v) = get_json(&r, "/_sim/codes/7731099999999999").await;
+    assert_eq!(status, 404);
+    assert!(v["error"].as_str().unwrap().contains("7731099999999999"));
+
+    assert_eq!(post_json(&r, "/_sim/payments/INV-C2/expire").await.0, 200);
+    let (status, q) = get_json(&r, &format!("/_sim/codes/{code2}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(q["status"], "EXPIRED");
+    assert_eq!(q["payable"], false);
+    assert!(q["reason"].as_str().unwrap().contains("EXPIRED"));
+    assert_eq!(q["actions"], json!([]));
+
+    assert_eq!(post_json(&r, "/_sim/payments/INV-C1/pay").await.0, 200);
+    let (_, q) = get_json(&r, &format!("/_sim/codes/{code1}")).await;
+    assert_eq!(
+        (q["status"].as_str(), q["payable"].as_bool()),
+        (Some("SUCCESS"), Some(false))
+    );
+    assert!(q["reason"].as_str().unwrap().contains("already paid"));
+}
+
+#[tokio::test]
+async fn state_holds_settings_payments_deliveries_and_faults() {
+    let mut rx = receiver(vec![]).await;
+    let r = start(notifying(&rx.url)).await;
+    generate(&r, "rid-1", body("INV-S1")).await;
+    r.sim.add_faults(vec![Fault::new(
+        FaultTarget::CheckStatus,
+        FaultKind::Status { status: 503 },
+    )]);
+    r.sim.pay("INV-S1").await.unwrap();
+    rx.next().await;
+    until(&r.sim, |s| s.notifications()[0].delivered).await;
+
+    let (status, st) = get_json(&r, "/_sim/state").await;
+    assert_eq!(status, 200);
+    assert_eq!(st["config"]["client_id"], CLIENT);
+    assert_eq!(st["config"]["notification_url"], json!(rx.url));
+    // DOKU's 0, 30 min, 6 h, 12 h scaled by 1e-6.
+    assert_eq!(
+        st["config"]["notification_retry_schedule_ms"],
+        json!([0, 1, 21, 43])
+    );
+    let p = &st["payments"][0];
+    assert_eq!(p["invoice_number"], "INV-S1");
+    assert_eq!(p["status"], "SUCCESS");
+    assert_eq!(p["actions"], json!([]));
+    assert!(p["how_to_pay_url"].as_str().unwrap().starts_with(&r.base));
+    let d = &st["notifications"][0];
+    assert_eq!(d["delivered"], true);
+    assert_eq!(d["resend"], false);
+    assert_eq!(d["history"][0]["status"], 200);
+    assert!(d["history"][0]["duration_ms"].is_u64());
+    assert!(d["history"][0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(d["next_attempt_at"], Value::Null);
+    assert_eq!(st["faults"][0]["kind"], "status");
+
+    // DOKU's real schedule: after a failed first attempt the next is due 30 min later.
+    let mut down = receiver(vec![500]).await;
+    let r = start(SimConfig {
+        notification_url: Some(down.url.clone()),
+        ..cfg()
+    })
+    .await;
+    generate(&r, "rid-1", body("INV-S2")).await;
+    r.sim.pay("INV-S2").await.unwrap();
+    down.next().await;
+    until(&r.sim, |s| {
+        let d = &s.notifications()[0];
+        d.attempts == 1 && d.next_attempt_at.is_some()
+    })
+    .await;
+    let d = &r.sim.notifications()[0];
+    let gap = d.next_attempt_at.unwrap() - d.history[0].at;
+    assert!(
+        (gap - time::Duration::minutes(30)).abs() < time::Duration::seconds(5),
+        "second attempt due {gap} after the first"
+    );
+    let (_, st) = get_json(&r, "/_sim/state").await;
+    assert_eq!(
+        st["config"]["notification_retry_schedule_ms"],
+        json!([0, 1_800_000, 21_600_000, 43_200_000])
+    );
+}
+
+#[tokio::test]
+async fn resend_sends_the_same_notification_again_with_the_faults_active_now() {
+    let mut rx = receiver(vec![]).await;
+    let r = start(notifying(&rx.url)).await;
+    generate(&r, "rid-1", body("INV-R1")).await;
+
+    let (status, v) = post_json(&r, "/_sim/payments/INV-R1/resend").await;
+    assert_eq!(status, 409, "nothing to resend before a payment: {v}");
+    assert_eq!(post_json(&r, "/_sim/payments/NOPE/resend").await.0, 404);
+
+    let out = r.sim.pay("INV-R1").await.unwrap();
+    let first = rx.next().await;
+    let (status, v) = post_json(&r, "/_sim/payments/INV-R1/resend").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["notification_request_id"],
+        json!(out.notification_request_id)
+    );
+    assert_eq!(v["status"], "SUCCESS");
+    let again = rx.next().await;
+    assert_eq!(again.header("request-id"), first.header("request-id"));
+    assert_eq!(again.body, first.body);
+    assert!(again.verifies(NOTIFY_PATH));
+    until(&r.sim, |s| s.notifications().iter().all(|d| d.delivered)).await;
+    let ds = r.sim.notifications();
+    assert_eq!(ds.len(), 2);
+    assert_eq!((ds[0].resend, ds[1].resend), (false, true));
+
+    // A fault active at the resend applies to it.
+    r.sim.add_faults(vec![
+        Fault::new(FaultTarget::Notification, FaultKind::BadSignature).times(1),
+    ]);
+    r.sim.resend("INV-R1").unwrap();
+    let bad = rx.next().await;
+    assert_eq!(bad.body, first.body);
+    assert!(!bad.verifies(NOTIFY_PATH));
+    assert!(r.sim.faults().is_empty(), "the fault was used up");
+    assert!(r.sim.notifications()[2].bad_signature);
 }
