@@ -102,7 +102,8 @@ pub fn notification(data: &[u8]) {
     let well_formed = [&client_id, &request_id, &timestamp]
         .iter()
         .all(|v| !v.trim().is_empty())
-        && client_id == CLIENT;
+        && client_id == CLIENT
+        && request_id.chars().count() <= notification::REQUEST_ID_MAX_LEN;
 
     // A fuzzed signature verifies only as the exact MAC of one of the keys.
     let h = NotificationHeaders {

@@ -8,8 +8,11 @@
 //!    counts which one verified); a missing header or a bad signature is `401`, nothing
 //!    stored;
 //! 3. parse leniently and check the notification against the stored payment (invoice, amount,
-//!    payment code); a mismatch is stored for audit, logged loudly, answered `200` (DOKU must
-//!    not retry forever) and never emitted;
+//!    payment code: [`check_report`], the rule Check Status answers pass too); a mismatch is
+//!    stored for audit, logged loudly, answered `200` (DOKU must not retry forever) and never
+//!    emitted. For an invoice this sidecar never created: PAID, EXPIRED and FAILED create the
+//!    payment from DOKU's data (DOKU knows the invoice, so it is reserved) and are emitted; a
+//!    PENDING is stored for audit only: no payment, no event, the invoice stays free;
 //! 4. record it (dedupe on DOKU's Request-Id) together with the status change and its event in
 //!    one transaction, then answer `200`; a store failure is `503`, so DOKU retries and nothing
 //!    unstored is ever acknowledged;
@@ -34,7 +37,10 @@ use crate::{
         parse_doku_time,
         types::ReportedStatus,
     },
-    payment::{Amount, Channel, EventSource, InvoiceNumber, Payment, PaymentCode, StatusChange},
+    payment::{
+        Amount, AmountRule, Channel, EventSource, InvoiceNumber, Payment, PaymentCode,
+        PaymentStatus, ReportedIdentity, StatusChange, check_report,
+    },
     secret::{KeyRole, SecretKeySource},
     sidecar::Sidecar,
     store::{InboundNotification, Recorded, Verdict},
@@ -195,11 +201,22 @@ async fn ingest(
             tracing::info!("duplicate DOKU notification; already recorded");
             StatusCode::OK
         }
+        Ok(Recorded::UndatedRepeat) => {
+            metrics::counter!("o2o_notifications_total", "verdict" => "undated_repeat")
+                .increment(1);
+            tracing::error!(
+                "DOKU PAID NOTIFICATION WITHOUT transaction.date FOR A REUSABLE CODE ALREADY PAID: \
+                 stored for audit, NOT emitted; it cannot be told from a redelivery under a new \
+                 Request-Id. Check the payment in DOKU's Back Office"
+            );
+            StatusCode::OK
+        }
         Ok(Recorded::Stored { event }) => {
             let label = match &verdict {
                 Verdict::Accepted => "accepted",
                 Verdict::Mismatch(_) => "mismatch",
                 Verdict::UnknownStatus(_) => "unknown_status",
+                Verdict::UndatedRepeat => "undated_repeat",
             };
             metrics::counter!("o2o_notifications_total", "verdict" => label).increment(1);
             if let Some(event) = event {
@@ -260,26 +277,18 @@ pub fn assess(
         }
     };
     if let Some(p) = stored {
-        if p.invoice != invoice {
-            return mismatch(format!(
-                "invoice {invoice} differs from the stored {}",
-                p.invoice
-            ));
+        // The same rule as for Check Status answers: this notification must describe the
+        // stored payment (invoice, amount, and a code equal to the stored one).
+        let reported = ReportedIdentity {
+            invoice_number: Some(&report.invoice_number),
+            amount: Some(report.amount),
+            payment_code: report.payment_code.as_deref(),
+        };
+        if let Err(why) = check_report(p.identity(), reported, AmountRule::Required) {
+            return mismatch(why.to_string());
         }
-        if p.amount != amount {
-            return mismatch(format!(
-                "amount {} differs from the stored {}",
-                amount.rupiah(),
-                p.amount.rupiah()
-            ));
-        }
-        if let (Some(stored_code), Some(code)) = (&p.payment_code, &code)
-            && stored_code != code
-        {
-            return mismatch(format!(
-                "payment code {code} differs from the stored {stored_code}"
-            ));
-        }
+    } else if status == PaymentStatus::Pending {
+        tracing::warn!(%invoice, "DOKU PENDING notification for an invoice this sidecar did not create: stored for audit only (no payment, no event)");
     } else {
         tracing::warn!(%invoice, "DOKU notification for an invoice this sidecar did not create: stored and emitted as DOKU sent it");
     }
@@ -288,7 +297,8 @@ pub fn assess(
         status,
         amount,
         payment_code: code,
-        occur_time: report.occur_time.unwrap_or_else(OffsetDateTime::now_utc),
+        // Absent stays absent: the store decides what an undated payment means.
+        occur_time: report.occur_time,
         source: EventSource::DokuNotification,
         doku_request_id: None,
     };

@@ -344,7 +344,14 @@ fn check_email(violations: &mut Vec<FieldViolation>, value: &str) {
     }
 }
 
-/// Checks a per-request notification URL: absolute http(s), same path as the configured one.
+/// Longest per-request notification URL.
+const NOTIFICATION_URL_MAX_LEN: usize = 2048;
+
+/// Checks a per-request notification URL: a plain absolute `http`/`https` URL with a host, an
+/// optional port and exactly the configured path; no user info, query, fragment,
+/// percent-encoding, backslash, whitespace or dot segments. DOKU requires the override to keep
+/// the configured path, and anything a URL parser might read differently from DOKU's (`?`
+/// before the path, `#`, `user@host`) would be accepted here and then refused by DOKU.
 fn check_notification_url(
     violations: &mut Vec<FieldViolation>,
     value: &str,
@@ -353,28 +360,49 @@ fn check_notification_url(
     if value.is_empty() {
         return;
     }
-    let rest = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"));
-    let Some(rest) = rest else {
+    let field = "notification_url";
+    let plain = "must be a plain absolute http:// or https:// URL (host, optional port, path; \
+                 no user info, query, fragment or escapes)";
+    if value.len() > NOTIFICATION_URL_MAX_LEN {
         violations.push(FieldViolation::new(
-            "notification_url",
-            "must be an absolute http:// or https:// URL",
+            field,
+            format!("must be at most {NOTIFICATION_URL_MAX_LEN} characters"),
         ));
         return;
+    }
+    let Some((scheme, rest)) = value
+        .strip_prefix("https://")
+        .map(|r| ("https", r))
+        .or_else(|| value.strip_prefix("http://").map(|r| ("http", r)))
+    else {
+        violations.push(FieldViolation::new(field, plain));
+        return;
     };
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if host.is_empty() || value.len() > 2048 || value.chars().any(|c| c.is_whitespace()) {
-        violations.push(FieldViolation::new(
-            "notification_url",
-            "must be an absolute URL with a host",
-        ));
+    // The authority ends at the first `/`; everything after it is the path, verbatim.
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let authority_ok = !authority.is_empty()
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    let path_ok = path
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '?' | '#' | '%' | '\\' | '@'));
+    // The `url` crate (through reqwest) confirms that the authority is a valid host and port
+    // and that the path is read exactly as written (no dot segments or normalisation).
+    let parsed = reqwest::Url::parse(value).ok().filter(|u| {
+        u.scheme() == scheme
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && (u.path() == path || path.is_empty())
+    });
+    if !authority_ok || !path_ok || parsed.is_none() {
+        violations.push(FieldViolation::new(field, plain));
     } else if path != configured_path {
         violations.push(FieldViolation::new(
-            "notification_url",
+            field,
             format!(
                 "DOKU requires the same path as the configured notification URL ({configured_path})"
             ),
@@ -560,12 +588,173 @@ pub struct StatusChange {
     pub amount: Amount,
     /// Code DOKU reported, if any.
     pub payment_code: Option<PaymentCode>,
-    /// When it happened according to DOKU (or when the sidecar learned it).
-    pub occur_time: OffsetDateTime,
+    /// When it happened according to DOKU (`transaction.date`); `None` when DOKU did not say.
+    /// Kept absent rather than defaulted: whether DOKU dated a payment decides whether a
+    /// repeated PAID of a reusable code can be told from a redelivery (see [`crate::store`]).
+    /// The store records an undated change at the time it learned it.
+    pub occur_time: Option<OffsetDateTime>,
     /// How the sidecar learned it.
     pub source: EventSource,
     /// DOKU's notification Request-Id, for notifications.
     pub doku_request_id: Option<String>,
+}
+
+/// What a DOKU message (notification, Check Status answer, Generate answer) says identifies
+/// the payment it is about, as DOKU sent it. `None`: the field was absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedIdentity<'a> {
+    /// `order.invoice_number`.
+    pub invoice_number: Option<&'a str>,
+    /// `order.amount` in rupiah.
+    pub amount: Option<i64>,
+    /// `online_to_offline_info.payment_code`.
+    pub payment_code: Option<&'a str>,
+}
+
+/// What the sidecar knows identifies one of its payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentIdentity<'a> {
+    /// The invoice.
+    pub invoice: &'a InvoiceNumber,
+    /// The amount requested.
+    pub amount: Amount,
+    /// The code DOKU issued, once known.
+    pub payment_code: Option<&'a PaymentCode>,
+}
+
+impl Payment {
+    /// The fields a DOKU report must match to be about this payment.
+    pub fn identity(&self) -> PaymentIdentity<'_> {
+        PaymentIdentity {
+            invoice: &self.invoice,
+            amount: self.amount,
+            payment_code: self.payment_code.as_ref(),
+        }
+    }
+}
+
+/// Whether a report without `order.amount` can still describe a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountRule {
+    /// The amount must be present and equal: notifications and Check Status answers, which
+    /// move money-relevant state.
+    Required,
+    /// A present amount must be equal; an absent one is tolerated: DOKU's Generate answer,
+    /// whose documented shape (`order: { invoice_number }`) carries no amount.
+    IfPresent,
+}
+
+/// Why a DOKU report is not about the payment it was compared with. Each has a
+/// low-cardinality [`ReportMismatch::reason`] for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportMismatch {
+    /// No `order.invoice_number`.
+    #[error("order.invoice_number is missing (expected {expected})")]
+    InvoiceMissing {
+        /// Ours.
+        expected: InvoiceNumber,
+    },
+    /// Another invoice.
+    #[error("invoice {reported:?} differs from {expected}")]
+    InvoiceMismatch {
+        /// DOKU's, as sent.
+        reported: String,
+        /// Ours.
+        expected: InvoiceNumber,
+    },
+    /// No `order.amount` where one is required.
+    #[error("order.amount is missing (expected {})", expected.rupiah())]
+    AmountMissing {
+        /// Ours.
+        expected: Amount,
+    },
+    /// Another amount.
+    #[error("amount {reported} differs from {}", expected.rupiah())]
+    AmountMismatch {
+        /// DOKU's.
+        reported: i64,
+        /// Ours.
+        expected: Amount,
+    },
+    /// A payment code that is not a code at all.
+    #[error("{0}")]
+    CodeInvalid(String),
+    /// Another payment code than the one DOKU issued for this payment.
+    #[error("payment code {reported} differs from the stored {expected}")]
+    CodeMismatch {
+        /// DOKU's.
+        reported: PaymentCode,
+        /// Ours.
+        expected: PaymentCode,
+    },
+}
+
+impl ReportMismatch {
+    /// The `reason` label of `o2o_doku_answers_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvoiceMissing { .. } => "invoice_missing",
+            Self::InvoiceMismatch { .. } => "invoice_mismatch",
+            Self::AmountMissing { .. } => "amount_missing",
+            Self::AmountMismatch { .. } => "amount_mismatch",
+            Self::CodeInvalid(_) => "code_invalid",
+            Self::CodeMismatch { .. } => "code_mismatch",
+        }
+    }
+}
+
+/// The one rule for "this DOKU report describes this payment", used for notifications,
+/// Check Status answers (GetStatus refresh and the sweeper) and Generate answers: the same
+/// invoice (a missing one is not the same), the same amount (missing is not the same unless
+/// `amount_rule` is [`AmountRule::IfPresent`]), and, where DOKU sends a payment code, a valid
+/// one equal to the stored code if one is stored. Returns DOKU's code, if it sent one.
+pub fn check_report(
+    ours: PaymentIdentity<'_>,
+    reported: ReportedIdentity<'_>,
+    amount_rule: AmountRule,
+) -> Result<Option<PaymentCode>, ReportMismatch> {
+    match reported.invoice_number {
+        None => {
+            return Err(ReportMismatch::InvoiceMissing {
+                expected: ours.invoice.clone(),
+            });
+        }
+        Some(theirs) if theirs != ours.invoice.as_str() => {
+            return Err(ReportMismatch::InvoiceMismatch {
+                reported: theirs.to_owned(),
+                expected: ours.invoice.clone(),
+            });
+        }
+        Some(_) => {}
+    }
+    match (reported.amount, amount_rule) {
+        (None, AmountRule::Required) => {
+            return Err(ReportMismatch::AmountMissing {
+                expected: ours.amount,
+            });
+        }
+        (Some(theirs), _) if theirs != ours.amount.rupiah() => {
+            return Err(ReportMismatch::AmountMismatch {
+                reported: theirs,
+                expected: ours.amount,
+            });
+        }
+        _ => {}
+    }
+    let code = reported
+        .payment_code
+        .map(PaymentCode::parse)
+        .transpose()
+        .map_err(ReportMismatch::CodeInvalid)?;
+    if let (Some(stored), Some(theirs)) = (ours.payment_code, &code)
+        && stored != theirs
+    {
+        return Err(ReportMismatch::CodeMismatch {
+            reported: theirs.clone(),
+            expected: stored.clone(),
+        });
+    }
+    Ok(code)
 }
 
 /// An event of the log: a committed change of a payment's status.
@@ -670,6 +859,169 @@ mod tests {
         assert!(i.validate("/payments/notifications").is_err());
         i.notification_url = "https:///payments/notifications".into();
         assert!(i.validate("/payments/notifications").is_err());
+    }
+
+    #[test]
+    fn notification_url_must_be_plain() {
+        let path = "/payments/notifications";
+        let mut i = valid();
+        for ok in [
+            "http://h/payments/notifications",
+            "https://shop.example.com:8443/payments/notifications",
+            "http://[::1]:8080/payments/notifications",
+        ] {
+            i.notification_url = ok.into();
+            assert!(i.validate(path).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://h?/payments/notifications",
+            "http://h#/payments/notifications",
+            "http://h/payments/notifications?x=1",
+            "http://h/payments/notifications#top",
+            "http://user@h/payments/notifications",
+            "http://user:pw@h/payments/notifications",
+            "http://h@evil.example/payments/notifications",
+            "http://h/payments/%6Eotifications",
+            "http://h/payments/./notifications",
+            "http://h/x/../payments/notifications",
+            "http://h\\/payments/notifications",
+            "http://h /payments/notifications",
+            "http:/h/payments/notifications",
+            "HTTP://h/payments/notifications",
+            "javascript://h/payments/notifications",
+            "http:///payments/notifications",
+            "http://h",
+            "http://h/",
+            "http://h:99999/payments/notifications",
+        ] {
+            i.notification_url = bad.into();
+            let v = i.validate(path).unwrap_err();
+            assert_eq!(v.len(), 1, "{bad}");
+            assert_eq!(v[0].field, "notification_url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_report_must_name_this_payment() {
+        let invoice = InvoiceNumber::parse("INV-1").unwrap();
+        let code = PaymentCode::parse("123456").unwrap();
+        let ours = PaymentIdentity {
+            invoice: &invoice,
+            amount: Amount::new(10_000).unwrap(),
+            payment_code: Some(&code),
+        };
+        let good = ReportedIdentity {
+            invoice_number: Some("INV-1"),
+            amount: Some(10_000),
+            payment_code: Some("123456"),
+        };
+        assert_eq!(
+            check_report(ours, good, AmountRule::Required),
+            Ok(Some(code.clone()))
+        );
+        let reason =
+            |r: ReportedIdentity<'_>, rule| check_report(ours, r, rule).err().map(|e| e.reason());
+        use AmountRule::{IfPresent, Required};
+        let cases = [
+            (
+                ReportedIdentity {
+                    invoice_number: None,
+                    ..good
+                },
+                Required,
+                "invoice_missing",
+            ),
+            (
+                ReportedIdentity {
+                    invoice_number: Some("INV-2"),
+                    ..good
+                },
+                IfPresent,
+                "invoice_mismatch",
+            ),
+            (
+                ReportedIdentity {
+                    invoice_number: Some("inv-1"),
+                    ..good
+                },
+                Required,
+                "invoice_mismatch",
+            ),
+            (
+                ReportedIdentity {
+                    amount: None,
+                    ..good
+                },
+                Required,
+                "amount_missing",
+            ),
+            (
+                ReportedIdentity {
+                    amount: Some(10_001),
+                    ..good
+                },
+                IfPresent,
+                "amount_mismatch",
+            ),
+            (
+                ReportedIdentity {
+                    payment_code: Some("654321"),
+                    ..good
+                },
+                Required,
+                "code_mismatch",
+            ),
+            (
+                ReportedIdentity {
+                    payment_code: Some("12a"),
+                    ..good
+                },
+                Required,
+                "code_invalid",
+            ),
+        ];
+        for (r, rule, want) in cases {
+            assert_eq!(reason(r, rule), Some(want), "{r:?}");
+        }
+        // Tolerated: no amount in a Generate answer; no code in a report; any code when none
+        // is stored yet.
+        assert!(
+            check_report(
+                ours,
+                ReportedIdentity {
+                    amount: None,
+                    ..good
+                },
+                IfPresent
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check_report(
+                ours,
+                ReportedIdentity {
+                    payment_code: None,
+                    ..good
+                },
+                Required
+            ),
+            Ok(None)
+        );
+        let fresh = PaymentIdentity {
+            payment_code: None,
+            ..ours
+        };
+        assert!(
+            check_report(
+                fresh,
+                ReportedIdentity {
+                    payment_code: Some("999"),
+                    ..good
+                },
+                Required
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -217,6 +217,13 @@ async fn check_one_inner(sidecar: &Sidecar, config: &SweeperConfig, rec: Payment
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not recover the payment code yet"),
         }
+        // A request DOKU definitively rejected is never replayed: its check stays cleared.
+        if let Ok(Some(now)) = sidecar.store().get_payment(&invoice).await
+            && now.rejected_draft().is_some()
+        {
+            tracing::info!("DOKU rejected the stored request; the sweeper stops checking it");
+            return;
+        }
         reschedule(sidecar, config, &rec).await;
         return;
     }

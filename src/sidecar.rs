@@ -7,6 +7,10 @@
 //!   lost on the way back is recovered by replaying the same Request-Id and body (DOKU answers
 //!   a replay with the original code), never by a second request;
 //! - only one caller at a time may talk to DOKU about one payment (a lease in the store);
+//! - a DOKU answer is applied only if it describes this payment ([`check_report`]);
+//! - a definitive DOKU rejection frees the invoice for a corrected request, unless any attempt
+//!   of the payment ever had an unknown outcome (then the invoice stays bound to its
+//!   Request-Id, so that a code DOKU may hold is never joined by a second one);
 //! - statuses only move forward.
 
 use std::{sync::Arc, time::Duration};
@@ -18,10 +22,12 @@ use crate::{
     doku::{DokuClient, DokuError, PreparedRequest, StatusReport, types::ReportedStatus},
     error::Error,
     payment::{
-        Event, EventSource, InvoiceNumber, Payment, PaymentCode, PaymentCodeInput, PaymentStatus,
-        StatusChange,
+        AmountRule, Event, EventSource, InvoiceNumber, Payment, PaymentCodeInput, PaymentStatus,
+        ReportedIdentity, StatusChange, check_report,
     },
-    store::{Created, PaymentDraft, PaymentRecord, Store, StoreError, StoredRequest},
+    store::{
+        AttemptRejection, Created, PaymentDraft, PaymentRecord, Store, StoreError, StoredRequest,
+    },
 };
 
 /// How long a caller waits before retrying after DOKU was unavailable.
@@ -62,6 +68,15 @@ pub(crate) fn store_error(e: StoreError) -> Error {
             Error::Internal
         }
     }
+}
+
+/// Whether DOKU's 4xx means "not processed" for sure: every 4xx but the credentials (401,
+/// 403, reported as `AuthRejected` anyway), 404 (a wrong path or a proxy: says nothing about
+/// DOKU), 408 (a timeout at some hop), 409 (a Request-Id DOKU has seen: it holds state for
+/// it), 425 and 429 (try later).
+fn definitive_rejection(http_status: u16) -> bool {
+    (400..500).contains(&http_status)
+        && !matches!(http_status, 401 | 403 | 404 | 408 | 409 | 425 | 429)
 }
 
 fn to_time(d: Duration) -> time::Duration {
@@ -128,12 +143,18 @@ impl Sidecar {
                 .await
                 .map_err(store_error)?
         {
-            if rec.fingerprint != fingerprint {
+            if rec.fingerprint == fingerprint {
+                return self.ensure_issued(rec).await;
+            }
+            // The key of a request DOKU rejected may carry the corrected request for the same
+            // invoice (no code exists); anything else is a reused key.
+            let replaces_rejected =
+                rec.rejected_draft().is_some() && rec.payment.invoice == request.invoice;
+            if !replaces_rejected {
                 return Err(Error::IdempotencyKeyReused {
                     invoice: rec.payment.invoice,
                 });
             }
-            return self.ensure_issued(rec).await;
         }
 
         let prepared = self.doku.prepare_payment_code(&request);
@@ -175,11 +196,18 @@ impl Sidecar {
         self.ensure_issued(rec).await
     }
 
-    /// Returns the payment if it has a code; otherwise sends (or replays) its stored DOKU
+    /// Returns the payment if it has a code; DOKU's rejection again, without calling DOKU, if
+    /// its request was definitively rejected; otherwise sends (or replays) its stored DOKU
     /// request under the attempt lease.
     async fn ensure_issued(&self, rec: PaymentRecord) -> Result<Payment, Error> {
         if rec.payment.payment_code.is_some() {
             return Ok(rec.payment);
+        }
+        if let Some(rejection) = rec.rejected_draft() {
+            return Err(Error::DokuRejected {
+                http_status: rejection.http_status,
+                message: rejection.message.clone(),
+            });
         }
         let invoice = rec.payment.invoice.clone();
         let Some(stored) = rec.doku_request else {
@@ -193,11 +221,25 @@ impl Sidecar {
             .await
             .map_err(store_error)?;
         if !claimed {
+            // Rejected meanwhile by the caller that held the lease: the same answer.
+            if let Some(now) = self
+                .store
+                .get_payment(&invoice)
+                .await
+                .map_err(store_error)?
+                && let Some(rejection) = now.rejected_draft()
+            {
+                return Err(Error::DokuRejected {
+                    http_status: rejection.http_status,
+                    message: rejection.message.clone(),
+                });
+            }
             return Err(Error::InFlight {
                 invoice,
                 retry_after: RETRY_AFTER_DOKU,
             });
         }
+        let request_id = stored.request_id.clone();
         let request = PreparedRequest {
             request_id: stored.request_id,
             body: stored.body,
@@ -219,10 +261,47 @@ impl Sidecar {
                 Ok(rec.payment)
             }
             Err(e) => {
-                self.store
-                    .release_attempt(&invoice)
-                    .await
-                    .map_err(store_error)?;
+                match &e {
+                    // DOKU may hold a code for this Request-Id: bound to it for good.
+                    DokuError::OutcomeUnknown { .. } => self
+                        .store
+                        .record_outcome_unknown(&invoice)
+                        .await
+                        .map_err(store_error)?,
+                    DokuError::Rejected {
+                        http_status,
+                        message,
+                        ..
+                    } if definitive_rejection(*http_status) => {
+                        let rejection = AttemptRejection {
+                            http_status: *http_status,
+                            message: message.clone(),
+                        };
+                        let freed = self
+                            .store
+                            .record_rejected(&invoice, &request_id, &rejection)
+                            .await
+                            .map_err(store_error)?;
+                        if freed {
+                            tracing::info!(
+                                %request_id,
+                                http_status,
+                                "DOKU rejected the request: the invoice is free for a corrected request"
+                            );
+                        } else {
+                            tracing::warn!(
+                                %request_id,
+                                http_status,
+                                "DOKU rejected the request, but an earlier attempt's outcome is unknown: the invoice stays bound to this request"
+                            );
+                        }
+                    }
+                    _ => self
+                        .store
+                        .release_attempt(&invoice)
+                        .await
+                        .map_err(store_error)?,
+                }
                 if matches!(
                     e,
                     DokuError::OutcomeUnknown { .. } | DokuError::Unavailable { .. }
@@ -314,6 +393,10 @@ impl Sidecar {
             .ok_or_else(|| Error::PaymentNotFound {
                 invoice: invoice.clone(),
             })?;
+        // Its only request was rejected: no payment exists at DOKU.
+        if rec.rejected_draft().is_some() {
+            return Err(Error::PaymentNotFound { invoice });
+        }
         if !refresh {
             return Ok(rec.payment);
         }
@@ -332,42 +415,57 @@ impl Sidecar {
     }
 
     /// Applies what Check Status said to a stored payment. Returns the updated payment, or
-    /// `None` when nothing changed.
+    /// `None` when nothing changed. An answer that does not describe this payment (another
+    /// invoice, no or another amount, another code) changes nothing, is logged with DOKU's
+    /// body and counted, and is [`Error::DokuOutcomeUnknown`]: what DOKU knows is unknown.
     pub async fn reconcile(
         &self,
         rec: &PaymentRecord,
         report: &StatusReport,
     ) -> Result<Option<Payment>, Error> {
+        let invoice = &rec.payment.invoice;
+        let reported = ReportedIdentity {
+            invoice_number: report.invoice_number.as_deref(),
+            amount: report.amount,
+            payment_code: report.payment_code.as_deref(),
+        };
+        let reported_code =
+            match check_report(rec.payment.identity(), reported, AmountRule::Required) {
+                Ok(code) => code,
+                Err(why) => {
+                    metrics::counter!(
+                        "o2o_doku_answers_rejected_total",
+                        "endpoint" => "check_status",
+                        "reason" => why.reason()
+                    )
+                    .increment(1);
+                    tracing::error!(
+                        %invoice,
+                        reason = why.reason(),
+                        %why,
+                        body = %report.raw_body,
+                        "DOKU CHECK STATUS ANSWER IS NOT ABOUT THIS PAYMENT: not applied"
+                    );
+                    return Err(Error::DokuOutcomeUnknown {
+                        invoice: invoice.clone(),
+                        retry_after: RETRY_AFTER_DOKU,
+                    });
+                }
+            };
         let status = match &report.status {
             ReportedStatus::Known(PaymentStatus::Pending) => return Ok(None),
             ReportedStatus::Known(s) => *s,
             ReportedStatus::Unrecognized(raw) => {
-                tracing::warn!(invoice = %rec.payment.invoice, status = %raw, "DOKU reported a status this sidecar does not know; ignored");
+                tracing::warn!(%invoice, status = %raw, "DOKU reported a status this sidecar does not know; ignored");
                 return Ok(None);
             }
         };
-        if let Some(amount) = report.amount
-            && amount != rec.payment.amount.rupiah()
-        {
-            tracing::error!(invoice = %rec.payment.invoice, stored = rec.payment.amount.rupiah(), reported = amount, "DOKU CHECK STATUS AMOUNT MISMATCH: not applied");
-            return Ok(None);
-        }
-        let reported_code = report
-            .payment_code
-            .as_deref()
-            .and_then(|c| PaymentCode::parse(c).ok());
-        if let (Some(stored), Some(reported)) = (&rec.payment.payment_code, &reported_code)
-            && stored != reported
-        {
-            tracing::error!(invoice = %rec.payment.invoice, %stored, %reported, "DOKU CHECK STATUS PAYMENT CODE MISMATCH: not applied");
-            return Ok(None);
-        }
         let change = StatusChange {
             invoice: rec.payment.invoice.clone(),
             status,
             amount: rec.payment.amount,
             payment_code: reported_code.or_else(|| rec.payment.payment_code.clone()),
-            occur_time: report.occur_time.unwrap_or_else(OffsetDateTime::now_utc),
+            occur_time: report.occur_time,
             source: EventSource::Reconciliation,
             doku_request_id: None,
         };

@@ -28,7 +28,10 @@ use super::{
     },
 };
 use crate::{
-    payment::{InvoiceNumber, IssuedCode, NewPayment},
+    payment::{
+        Amount, AmountRule, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity, ReportMismatch,
+        ReportedIdentity, check_report,
+    },
     secret::SecretKeySource,
 };
 
@@ -110,6 +113,8 @@ pub struct StatusReport {
     pub occur_time: Option<OffsetDateTime>,
     /// `transaction.original_request_id`: the Request-Id of the request that created it.
     pub original_request_id: Option<String>,
+    /// DOKU's raw answer, truncated for the log: whoever rejects the answer logs it.
+    pub raw_body: String,
 }
 
 /// The DOKU API client. Cloning is cheap and shares the connection pool and the key source.
@@ -171,6 +176,9 @@ pub fn signed_headers(
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
+    /// An earlier attempt of the same call may have reached DOKU (timeout, connection lost
+    /// after sending): a refusal now does not prove that DOKU never processed the request.
+    after_unknown: bool,
 }
 
 /// One request of a logical call, identical on every attempt except for its timestamp.
@@ -271,34 +279,19 @@ impl DokuClient {
             .await?;
         let status = answer.status;
         if !(status.is_success() || status == StatusCode::CONFLICT) {
-            return Err(refusal(answer));
+            return Err(refusal_of_call(answer));
         }
-        let issued = DokuPaymentCodeResponse::parse(&answer.body).and_then(|r| {
-            // The prepared body carries no typed invoice, but its `order` object has the same
-            // shape as the answer's, so the same parser reads it back.
-            let ours = DokuPaymentCodeResponse::parse(&req.body)
-                .ok()
-                .and_then(|b| b.invoice_number().map(str::to_owned));
-            match (r.invoice_number(), ours.as_deref()) {
-                (Some(theirs), Some(ours)) if theirs != ours => Err(format!(
-                    "DOKU answered for invoice {theirs:?}, the request was for {ours:?}"
-                )),
-                _ => r.into_issued(),
-            }
-        });
-        match issued {
-            Ok(code) => {
-                if status == StatusCode::CONFLICT {
-                    tracing::info!(
-                        request_id = %req.request_id,
-                        "DOKU replayed its answer to an earlier attempt (409)"
-                    );
-                }
-                Ok(code)
-            }
+        let parsed = DokuPaymentCodeResponse::parse(&answer.body);
+        // An answer without a code: unreadable success (a code may exist), or a 409 that is
+        // not a replay.
+        let (response, issued) = match parsed.and_then(|r| {
+            let issued = r.issued()?;
+            Ok((r, issued))
+        }) {
+            Ok(found) => found,
             Err(why) if status == StatusCode::CONFLICT => {
                 tracing::debug!(%why, "409 is not a replayed success");
-                Err(refusal(answer))
+                return Err(refusal_of_call(answer));
             }
             Err(why) => {
                 tracing::warn!(
@@ -308,11 +301,42 @@ impl DokuClient {
                     %why,
                     "DOKU's success answer is unreadable; a payment code may exist"
                 );
-                Err(DokuError::OutcomeUnknown {
+                return Err(DokuError::OutcomeUnknown {
                     detail: format!("HTTP {} answer unreadable: {why}", status.as_u16()),
-                })
+                });
             }
+        };
+        // A code is this payment's only if the answer names this request's invoice (and, if
+        // it says, its amount): the rule every DOKU report passes, with the request we sent
+        // as the reference. Otherwise it is not our code, and whether DOKU issued ours is
+        // unknown: the stored request is replayed later.
+        if let Err(why) = answer_is_for(&req.body, &response) {
+            metrics::counter!(
+                "o2o_doku_answers_rejected_total",
+                "endpoint" => "payment_code",
+                "reason" => why.reason()
+            )
+            .increment(1);
+            tracing::error!(
+                request_id = %req.request_id,
+                http_status = status.as_u16(),
+                body = %for_log(&answer.body),
+                reason = why.reason(),
+                %why,
+                "DOKU GENERATE ANSWER IS NOT ABOUT THIS PAYMENT: its code is not used; the stored request will be replayed"
+            );
+            return Err(DokuError::OutcomeUnknown {
+                detail: format!("answer not about this payment: {why}"),
+            });
         }
+        let issued = web_urls_only(issued, &req.request_id);
+        if status == StatusCode::CONFLICT {
+            tracing::info!(
+                request_id = %req.request_id,
+                "DOKU replayed its answer to an earlier attempt (409)"
+            );
+        }
+        Ok(issued)
     }
 
     /// Asks DOKU's Check Status about `invoice` (GET, signed without Digest).
@@ -338,6 +362,7 @@ impl DokuClient {
         if !answer.status.is_success() {
             return Err(refusal(answer));
         }
+        let raw_body = for_log(&answer.body);
         let report = DokuTransactionReport::parse(&answer.body).and_then(|r| match r.status() {
             Some(raw) => Ok(StatusReport {
                 status: ReportedStatus::from_doku(raw),
@@ -346,6 +371,7 @@ impl DokuClient {
                 payment_code: r.payment_code().map(str::to_owned),
                 occur_time: r.occur_time(),
                 original_request_id: r.original_request_id().map(str::to_owned),
+                raw_body: raw_body.clone(),
             }),
             None => Err("transaction.status is missing".to_owned()),
         });
@@ -379,7 +405,12 @@ impl DokuClient {
                 elapsed_ms = field::Empty,
             );
             let retry_after = match self.attempt(call).instrument(span).await {
-                Attempt::Answer(answer) => return Ok(answer),
+                Attempt::Answer(answer) => {
+                    return Ok(Answer {
+                        after_unknown: maybe_reached,
+                        ..answer
+                    });
+                }
                 Attempt::Retryable {
                     detail,
                     retry_after,
@@ -503,7 +534,11 @@ impl DokuClient {
         } else {
             tracing::warn!(body = %for_log(&body), "DOKU refused the request");
         }
-        Attempt::Answer(Answer { status, body })
+        Attempt::Answer(Answer {
+            status,
+            body,
+            after_unknown: false,
+        })
     }
 
     /// Checks DOKU's response signature when it sends one. How DOKU computes it is not
@@ -577,6 +612,108 @@ fn response_signature(
             signature::verify(key, &sts, signature_header)
         })
         .map(|(name, _)| name)
+}
+
+/// Whether a Generate answer with a code is about the request `ours` (the exact bytes sent):
+/// [`check_report`] with the request's invoice and amount as the reference. DOKU's documented
+/// answer shape carries `order.invoice_number` but no amount, so a missing amount is
+/// tolerated, a different one is not.
+fn answer_is_for(ours: &[u8], answer: &DokuPaymentCodeResponse) -> Result<(), ReportMismatch> {
+    // The prepared body's `order` has the same shape as the answer's, so the same parser
+    // reads it back; it is our own serialization, so it always has both fields.
+    let request = DokuPaymentCodeResponse::parse(ours).ok();
+    let invoice = request
+        .as_ref()
+        .and_then(|r| r.invoice_number())
+        .and_then(|i| InvoiceNumber::parse(i).ok());
+    let amount = request
+        .as_ref()
+        .and_then(DokuPaymentCodeResponse::amount)
+        .and_then(|a| Amount::new(a).ok());
+    let (Some(invoice), Some(amount)) = (invoice, amount) else {
+        // Cannot happen for a request this client prepared; refuse rather than trust.
+        return Err(ReportMismatch::CodeInvalid(
+            "the request sent has no readable order to compare the answer with".into(),
+        ));
+    };
+    let reported = ReportedIdentity {
+        invoice_number: answer.invoice_number(),
+        amount: answer.amount(),
+        // The code is new: nothing stored to compare it with.
+        payment_code: None,
+    };
+    let ours = PaymentIdentity {
+        invoice: &invoice,
+        amount,
+        payment_code: None,
+    };
+    check_report(ours, reported, AmountRule::IfPresent).map(drop)
+}
+
+/// Only absolute `http`/`https` URLs with a host reach callers: DOKU's how-to-pay links are
+/// shown to customers, so anything else (`javascript:`, `data:`, relative) is dropped, logged
+/// and counted.
+fn web_urls_only(mut issued: IssuedCode, request_id: &str) -> IssuedCode {
+    for (field, url) in [
+        ("how_to_pay_page", &mut issued.how_to_pay_url),
+        ("how_to_pay_api", &mut issued.how_to_pay_api_url),
+    ] {
+        let Some(value) = url.as_deref() else {
+            continue;
+        };
+        if is_web_url(value) {
+            continue;
+        }
+        metrics::counter!(
+            "o2o_doku_answers_rejected_total",
+            "endpoint" => "payment_code",
+            "reason" => "url_scheme"
+        )
+        .increment(1);
+        tracing::error!(
+            %request_id,
+            field,
+            value = %for_log(value.as_bytes()),
+            "DOKU sent a how-to-pay URL that is not an absolute http(s) URL: dropped"
+        );
+        *url = None;
+    }
+    issued
+}
+
+/// An absolute `http`/`https` URL with a host and no user info.
+pub(crate) fn is_web_url(value: &str) -> bool {
+    Url::parse(value).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+    })
+}
+
+/// The error for a refused Generate answer. A refusal after an earlier attempt of the same
+/// call may have reached DOKU proves nothing about that attempt: the outcome is unknown.
+fn refusal_of_call(answer: Answer) -> DokuError {
+    let after_unknown = answer.after_unknown;
+    match refusal(answer) {
+        DokuError::Rejected {
+            http_status,
+            message,
+            body,
+        } if after_unknown => {
+            tracing::warn!(
+                http_status,
+                body = %for_log(body.as_bytes()),
+                "DOKU refused a retry of a request an earlier attempt may have delivered: outcome unknown"
+            );
+            DokuError::OutcomeUnknown {
+                detail: format!(
+                    "HTTP {http_status} ({message}) after an earlier attempt may have reached DOKU"
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The error for an answer DOKU refused (not 2xx, not retried).
@@ -1193,6 +1330,92 @@ mod server_tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_code_that_does_not_name_this_request_is_not_ours() {
+        let no_invoice = r#"{"online_to_offline_info":{"payment_code":"222222"}}"#.to_owned();
+        let no_order_invoice = SUCCESS.replace(r#""invoice_number":"INV-2021002-0001","#, "");
+        let other_amount = SUCCESS.replace("150000", "150001");
+        for (status, body) in [
+            (200, no_invoice.as_str()),
+            (200, no_order_invoice.as_str()),
+            (200, other_amount.as_str()),
+            (409, no_invoice.as_str()),
+            (409, other_amount.as_str()),
+        ] {
+            let server = MockServer::start().await;
+            mount(&server, status, body, None).await;
+            let c = client(&server, 3);
+            let err = c
+                .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, DokuError::OutcomeUnknown { .. }),
+                "{status} {body}: {err:?}"
+            );
+        }
+        // DOKU's documented answer shape has no amount: tolerated.
+        let server = MockServer::start().await;
+        let no_amount = SUCCESS.replace(r#","amount":150000"#, "");
+        mount(&server, 200, &no_amount, None).await;
+        let c = client(&server, 3);
+        assert!(
+            c.generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_web_urls_reach_callers() {
+        let server = MockServer::start().await;
+        let body = SUCCESS
+            .replace(
+                "https://sandbox.doku.com/how-to-pay/x",
+                "javascript:alert(1)",
+            )
+            .replace(
+                "https://api-sandbox.doku.com/how-to-pay-api/x",
+                "/relative/path",
+            );
+        mount(&server, 200, &body, None).await;
+        let c = client(&server, 3);
+        let issued = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap();
+        assert_eq!(issued.payment_code.as_str(), "8880123456789012");
+        assert_eq!(issued.how_to_pay_url, None);
+        assert_eq!(issued.how_to_pay_api_url, None);
+        for (url, ok) in [
+            ("https://doku.com/x", true),
+            ("http://doku.com", true),
+            ("javascript:alert(1)", false),
+            ("data:text/html,x", false),
+            ("https://user:pw@doku.com/x", false),
+            ("ftp://doku.com/x", false),
+        ] {
+            assert_eq!(is_web_url(url), ok, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejection_after_an_attempt_that_may_have_reached_doku_is_unknown() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(600)))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        mount(&server, 400, r#"{"message":"bad"}"#, None).await;
+        let c = client_for(server.uri(), 3, 100);
+        let err = c
+            .generate_payment_code(&c.prepare_payment_code(&v1_payment()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DokuError::OutcomeUnknown { .. }), "{err:?}");
+    }
+
     fn status_body(status: &str) -> String {
         format!(
             r#"{{"service":{{"id":"ONLINE_TO_OFFLINE"}},"acquirer":{{"id":"INDOMARET"}},"channel":{{"id":"ONLINE_TO_OFFLINE_INDOMARET"}},"transaction":{{"status":"{status}","date":"2021-08-12T07:06:28Z","original_request_id":"5b8e438f-fac1-4103-9e0e-ebfdc38b5acb"}},"order":{{"invoice_number":"INV-1","amount":150000}},"online_to_offline_info":{{"payment_code":"8880123456789012"}}}}"#
@@ -1219,6 +1442,7 @@ mod server_tests {
                 payment_code: Some("8880123456789012".into()),
                 occur_time: Some(datetime!(2021-08-12 07:06:28 UTC)),
                 original_request_id: Some("5b8e438f-fac1-4103-9e0e-ebfdc38b5acb".into()),
+                raw_body: status_body("SUCCESS"),
             }
         );
         let sent = received(&server).await;

@@ -16,6 +16,10 @@ use super::{
     types::{DokuTransactionReport, ReportedStatus},
 };
 
+/// Longest `Request-Id` DOKU sends ("max 128 characters"). A longer one is refused before
+/// anything is stored: it is the deduplication key and the audit table's primary key.
+pub const REQUEST_ID_MAX_LEN: usize = 128;
+
 /// The notification headers the signature covers, as received (`None` when absent).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NotificationHeaders<'a> {
@@ -35,6 +39,9 @@ pub enum Rejection {
     /// A header the signature needs is missing or empty.
     #[error("missing header {0}")]
     MissingHeader(&'static str),
+    /// A header is longer than DOKU documents it.
+    #[error("header {0} is too long")]
+    HeaderTooLong(&'static str),
     /// The notification is for another merchant's Client-Id.
     #[error("Client-Id does not match ours")]
     ClientIdMismatch,
@@ -65,6 +72,9 @@ pub fn verify(
     let request_id = required(h.request_id, "Request-Id")?;
     let request_timestamp = required(h.request_timestamp, "Request-Timestamp")?;
     let signature_header = required(h.signature, "Signature")?;
+    if request_id.chars().count() > REQUEST_ID_MAX_LEN {
+        return Err(Rejection::HeaderTooLong("Request-Id"));
+    }
     // The Client-Id is public; comparing it first only saves the MAC work.
     if client_id != expected_client_id {
         return Err(Rejection::ClientIdMismatch);
@@ -247,6 +257,40 @@ mod tests {
         assert_eq!(
             verify(&v3_headers(), body, "MCH-0001-other", &[KEY], TARGET),
             Err(Rejection::ClientIdMismatch)
+        );
+    }
+
+    #[test]
+    fn a_request_id_longer_than_doku_documents_is_refused() {
+        let body = V3_BODY.as_bytes();
+        let sign = |request_id: &str| {
+            let digest = signature::digest(body);
+            let sts = signature::string_to_sign(&Components {
+                client_id: CLIENT,
+                request_id,
+                timestamp: "2021-08-12T07:06:29Z",
+                timestamp_kind: TimestampKind::Request,
+                request_target: TARGET,
+                digest: Some(&digest),
+            });
+            signature::sign(KEY, &sts)
+        };
+        let longest = "r".repeat(REQUEST_ID_MAX_LEN);
+        let too_long = "r".repeat(REQUEST_ID_MAX_LEN + 1);
+        let (ok_sig, long_sig) = (sign(&longest), sign(&too_long));
+        let h = |request_id, signature| NotificationHeaders {
+            request_id: Some(request_id),
+            signature: Some(signature),
+            ..v3_headers()
+        };
+        assert_eq!(
+            verify(&h(&longest, &ok_sig), body, CLIENT, &[KEY], TARGET),
+            Ok(0)
+        );
+        assert_eq!(
+            verify(&h(&too_long, &long_sig), body, CLIENT, &[KEY], TARGET),
+            Err(Rejection::HeaderTooLong("Request-Id")),
+            "correctly signed, still refused"
         );
     }
 

@@ -211,7 +211,7 @@ pub(crate) struct DokuPaymentCodeResponse {
     online_to_offline_info: Option<DokuO2oIssuedInfo>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 struct DokuO2oIssuedInfo {
     #[serde(default, deserialize_with = "lenient_string")]
     payment_code: Option<String>,
@@ -246,9 +246,23 @@ impl DokuPaymentCodeResponse {
         self.order.as_ref()?.invoice_number.as_deref()
     }
 
+    /// The amount DOKU says it answered for, if it said.
+    pub(crate) fn amount(&self) -> Option<i64> {
+        self.order.as_ref()?.amount
+    }
+
     /// The issued code; `Err` when the body has no valid payment code.
     pub(crate) fn into_issued(self) -> Result<IssuedCode, String> {
-        let info = self.online_to_offline_info.unwrap_or_default();
+        self.issued()
+    }
+
+    /// [`Self::into_issued`] without consuming the answer.
+    pub(crate) fn issued(&self) -> Result<IssuedCode, String> {
+        let info = self
+            .online_to_offline_info
+            .as_ref()
+            .cloned()
+            .unwrap_or_default();
         let raw = info
             .payment_code
             .as_deref()

@@ -14,8 +14,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use time::OffsetDateTime;
 
 use super::{
-    Applied, Created, InboundNotification, PaymentDraft, Recorded, Store, StoreError,
-    StoredRequest, Verdict,
+    Applied, AttemptRejection, Created, InboundNotification, PaymentDraft, Recorded, Store,
+    StoreError, StoredRequest, Verdict,
 };
 use crate::payment::{
     Amount, Channel, Event, EventSource, InvoiceNumber, IssuedCode, NewPayment, PaymentCode,
@@ -46,6 +46,10 @@ macro_rules! conformance_tests {
             duplicate_request_id_changes_nothing,
             rejected_notifications_are_stored_without_effect,
             unknown_invoice_is_created_from_notification,
+            a_rejected_draft_is_replaced_only_by_a_different_request,
+            an_unknown_outcome_keeps_the_invoice_bound,
+            racing_replacements_of_a_rejected_draft_have_one_winner,
+            an_undated_repeat_paid_is_stored_not_emitted,
             events_after_orders_and_limits,
             prune_keeps_the_resume_position,
             due_for_check_is_oldest_first,
@@ -119,7 +123,7 @@ fn reconciled(invoice: &str, status: PaymentStatus, occur: i64) -> StatusChange 
         status,
         amount: amount(),
         payment_code: None,
-        occur_time: t(occur),
+        occur_time: Some(t(occur)),
         source: EventSource::Reconciliation,
         doku_request_id: None,
     }
@@ -175,6 +179,7 @@ async fn record(store: &dyn Store, n: &InboundNotification) -> Option<Event> {
     match store.record_notification(n).await.unwrap() {
         Recorded::Stored { event } => event,
         Recorded::Duplicate => panic!("{} reported as duplicate", n.doku_request_id),
+        Recorded::UndatedRepeat => panic!("{} reported as an undated repeat", n.doku_request_id),
     }
 }
 
@@ -757,6 +762,316 @@ pub(crate) async fn unknown_invoice_is_created_from_notification(store: Arc<dyn 
             .unwrap(),
         Created::Existing(_)
     ));
+
+    // A PENDING for an unknown invoice is stored for audit only: no payment, no event, and
+    // the invoice stays free for a request.
+    let pending = accepted(notified("INV-PHANTOM", PaymentStatus::Pending, 100, "p1"));
+    assert_eq!(self::record(store, &pending).await, None);
+    assert_eq!(
+        store.record_notification(&pending).await.unwrap(),
+        Recorded::Duplicate,
+        "stored"
+    );
+    assert_eq!(store.get_payment(&inv("INV-PHANTOM")).await.unwrap(), None);
+    create(store, &draft("INV-PHANTOM", None, false)).await;
+    assert_eq!(all_events(store).await.len(), 1);
+}
+
+/// `draft` for the same invoice with another amount (another fingerprint) and Request-Id.
+fn corrected(invoice: &str, key: Option<&str>, rupiah: i64, request_id: &str) -> PaymentDraft {
+    let mut d = draft(invoice, key, false);
+    d.request.amount = Amount::new(rupiah).unwrap();
+    d.fingerprint = d.request.fingerprint();
+    d.doku_request.request_id = request_id.into();
+    d.create_time = t(50);
+    d.expire_time = t(3650);
+    d
+}
+
+fn rejection_400() -> AttemptRejection {
+    AttemptRejection {
+        http_status: 400,
+        message: "Invalid Override Notification URL".into(),
+    }
+}
+
+/// A definitive rejection frees the invoice: audited, never swept or leased, the same request
+/// gets the rejected draft back, a different one replaces it under its own Request-Id, and
+/// then the invoice is bound again.
+pub(crate) async fn a_rejected_draft_is_replaced_only_by_a_different_request(
+    store: Arc<dyn Store>,
+) {
+    let store = &*store;
+    let i = inv("INV-REJ");
+    let first = draft("INV-REJ", Some("key-rej"), false);
+    create(store, &first).await;
+    create(store, &draft("INV-OTHER", Some("key-other"), false)).await;
+    store.schedule_check(&i, Some(t(10))).await.unwrap();
+    assert!(store.claim_attempt(&i, t(0), t(30)).await.unwrap());
+
+    // A stale Request-Id (not the draft's) changes nothing.
+    assert!(
+        !store
+            .record_rejected(&i, "req-someone-else", &rejection_400())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_payment(&i).await.unwrap().unwrap().rejection,
+        None
+    );
+
+    assert!(
+        store
+            .record_rejected(&i, "req-INV-REJ", &rejection_400())
+            .await
+            .unwrap()
+    );
+    let rejected = store.get_payment(&i).await.unwrap().unwrap();
+    assert_eq!(rejected.rejected_draft(), Some(&rejection_400()));
+    assert_eq!(rejected.attempt_lease_until, None);
+    assert_eq!(rejected.next_check_at, None);
+    let audit = store.rejected_attempts(&i).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].request_id, "req-INV-REJ");
+    assert_eq!(audit[0].fingerprint, first.fingerprint);
+    assert_eq!(audit[0].idempotency_key.as_deref(), Some("key-rej"));
+    assert_eq!(audit[0].body, first.doku_request.body);
+    assert_eq!(audit[0].rejection, rejection_400());
+
+    // Never swept, never leased (nobody replays a rejected request).
+    store.schedule_check(&i, Some(t(20))).await.unwrap();
+    assert!(
+        store
+            .due_for_check(t(100_000), 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.payment.invoice != i)
+    );
+    assert!(!store.claim_attempt(&i, t(1000), t(1030)).await.unwrap());
+
+    // The identical request: the rejected draft, unchanged.
+    match store.create_payment(&first).await.unwrap() {
+        Created::Existing(r) => assert_eq!(r.rejected_draft(), Some(&rejection_400())),
+        other => panic!("expected the rejected draft, got {other:?}"),
+    }
+    // A corrected request whose key belongs to another invoice: refused, nothing changed.
+    assert!(matches!(
+        store
+            .create_payment(&corrected("INV-REJ", Some("key-other"), 20_000, "req-x"))
+            .await
+            .unwrap(),
+        Created::IdempotencyKeyTaken(r) if r.payment.invoice == inv("INV-OTHER")
+    ));
+    assert!(
+        store
+            .get_payment(&i)
+            .await
+            .unwrap()
+            .unwrap()
+            .rejected_draft()
+            .is_some()
+    );
+
+    // A corrected request (reusing the rejected request's key) replaces the draft.
+    let second = corrected("INV-REJ", Some("key-rej"), 20_000, "req-INV-REJ-2");
+    let Created::New(replaced) = store.create_payment(&second).await.unwrap() else {
+        panic!("a different request replaces a rejected draft");
+    };
+    assert_eq!(replaced.payment.amount, Amount::new(20_000).unwrap());
+    assert_eq!(replaced.fingerprint, second.fingerprint);
+    assert_eq!(replaced.doku_request, Some(second.doku_request.clone()));
+    assert_eq!(
+        (replaced.payment.create_time, replaced.payment.expire_time),
+        (t(50), t(3650))
+    );
+    assert_eq!(
+        (
+            &replaced.rejection,
+            replaced.attempt_lease_until,
+            replaced.next_check_at,
+            replaced.check_count,
+            replaced.outcome_unknown
+        ),
+        (&None, None, None, 0, false)
+    );
+    assert_eq!(
+        store.find_by_idempotency_key("key-rej").await.unwrap(),
+        Some(replaced.clone())
+    );
+    // Bound again: a third request is Existing, and the new draft can be leased.
+    assert!(matches!(
+        store
+            .create_payment(&corrected("INV-REJ", None, 30_000, "req-3"))
+            .await
+            .unwrap(),
+        Created::Existing(r) if r == replaced
+    ));
+    assert!(store.claim_attempt(&i, t(60), t(90)).await.unwrap());
+    store
+        .record_issued(&i, &issued("4242", None, None))
+        .await
+        .unwrap();
+    // A rejection can no longer free an invoice with a code.
+    assert!(
+        !store
+            .record_rejected(&i, "req-INV-REJ-2", &rejection_400())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.rejected_attempts(&i).await.unwrap().len(), 1);
+    assert!(matches!(
+        store
+            .record_rejected(&inv("NOPE"), "r", &rejection_400())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// After any attempt with an unknown outcome, reported or an abandoned lease taken over, a
+/// rejection does not free the invoice.
+pub(crate) async fn an_unknown_outcome_keeps_the_invoice_bound(store: Arc<dyn Store>) {
+    let store = &*store;
+    for (invoice, abandoned) in [("INV-UNK-1", false), ("INV-UNK-2", true)] {
+        let i = inv(invoice);
+        create(store, &draft(invoice, None, false)).await;
+        assert!(store.claim_attempt(&i, t(0), t(30)).await.unwrap());
+        if abandoned {
+            // The holder vanished; the next caller takes the lease over after it expired.
+            assert!(store.claim_attempt(&i, t(31), t(60)).await.unwrap());
+        } else {
+            store.record_outcome_unknown(&i).await.unwrap();
+            let after = store.get_payment(&i).await.unwrap().unwrap();
+            assert_eq!(after.attempt_lease_until, None, "the lease is given back");
+            assert!(store.claim_attempt(&i, t(31), t(60)).await.unwrap());
+        }
+        assert!(
+            store
+                .get_payment(&i)
+                .await
+                .unwrap()
+                .unwrap()
+                .outcome_unknown
+        );
+        let freed = store
+            .record_rejected(&i, &format!("req-{invoice}"), &rejection_400())
+            .await
+            .unwrap();
+        assert!(!freed, "{invoice}");
+        let after = store.get_payment(&i).await.unwrap().unwrap();
+        assert_eq!(after.rejected_draft(), None);
+        assert_eq!(after.attempt_lease_until, None, "the lease is still ended");
+        assert!(matches!(
+            store
+                .create_payment(&corrected(invoice, None, 20_000, "req-y"))
+                .await
+                .unwrap(),
+            Created::Existing(r) if r.doku_request.as_ref().unwrap().request_id == format!("req-{invoice}")
+        ));
+        assert_eq!(store.rejected_attempts(&i).await.unwrap(), []);
+    }
+    // A released lease is not an unknown outcome.
+    let i = inv("INV-UNK-3");
+    create(store, &draft("INV-UNK-3", None, false)).await;
+    assert!(store.claim_attempt(&i, t(0), t(30)).await.unwrap());
+    store.release_attempt(&i).await.unwrap();
+    assert!(store.claim_attempt(&i, t(1), t(31)).await.unwrap());
+    assert!(
+        !store
+            .get_payment(&i)
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome_unknown
+    );
+    assert!(matches!(
+        store.record_outcome_unknown(&inv("NOPE")).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Many different corrected requests racing for one rejected invoice: exactly one replaces
+/// the draft; every other sees the winner.
+pub(crate) async fn racing_replacements_of_a_rejected_draft_have_one_winner(
+    shared: Arc<dyn Store>,
+) {
+    const TASKS: i64 = 16;
+    let i = inv("INV-RACE-REJ");
+    create(&*shared, &draft("INV-RACE-REJ", None, false)).await;
+    assert!(
+        shared
+            .record_rejected(&i, "req-INV-RACE-REJ", &rejection_400())
+            .await
+            .unwrap()
+    );
+    let mut tasks = Vec::new();
+    for n in 0..TASKS {
+        let s = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            let d = corrected("INV-RACE-REJ", None, 1_000 + n, &format!("req-race-{n}"));
+            s.create_payment(&d).await
+        }));
+    }
+    let (mut new, mut existing) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Created::New(r) => new.push(r),
+            Created::Existing(r) => existing.push(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(new.len(), 1, "exactly one replacement wins");
+    assert_eq!(existing.len(), (TASKS - 1) as usize);
+    assert!(existing.iter().all(|r| *r == new[0]));
+    assert_eq!(store_payment(&*shared, &i).await, new[0]);
+}
+
+async fn store_payment(store: &dyn Store, invoice: &InvoiceNumber) -> super::PaymentRecord {
+    store.get_payment(invoice).await.unwrap().unwrap()
+}
+
+/// A reusable code: a first PAID without a date is emitted at its receive time; a repeat
+/// PAID without a date is stored with verdict UNDATED_REPEAT and not emitted; dated repeats
+/// count once per date.
+pub(crate) async fn an_undated_repeat_paid_is_stored_not_emitted(store: Arc<dyn Store>) {
+    let store = &*store;
+    create(store, &draft("INV-U", None, true)).await;
+    let undated = |id: &str| {
+        let mut c = notified("INV-U", PaymentStatus::Paid, 0, id);
+        c.occur_time = None;
+        accepted(c)
+    };
+    let first = record(store, &undated("u1")).await.unwrap();
+    assert_eq!(first.occur_time, t(10_000), "the receive time");
+    for id in ["u2", "u3"] {
+        assert_eq!(
+            store.record_notification(&undated(id)).await.unwrap(),
+            Recorded::UndatedRepeat
+        );
+        assert_eq!(
+            store.record_notification(&undated(id)).await.unwrap(),
+            Recorded::Duplicate,
+            "stored for audit"
+        );
+    }
+    let dated = |occur, id: &str| accepted(notified("INV-U", PaymentStatus::Paid, occur, id));
+    assert!(record(store, &dated(200, "d1")).await.is_some());
+    assert_eq!(record(store, &dated(200, "d2")).await, None, "redelivered");
+    assert!(record(store, &dated(300, "d3")).await.is_some());
+    let ids: Vec<_> = all_events(store)
+        .await
+        .into_iter()
+        .filter_map(|e| e.doku_request_id)
+        .collect();
+    assert_eq!(ids, ["u1", "d1", "d3"]);
+    // Not reusable: an undated second PAID is simply not forward.
+    create(store, &draft("INV-UN", None, false)).await;
+    let mut c = notified("INV-UN", PaymentStatus::Paid, 0, "n1");
+    c.occur_time = None;
+    assert!(record(store, &accepted(c.clone())).await.is_some());
+    c.doku_request_id = Some("n2".into());
+    assert_eq!(record(store, &accepted(c)).await, None);
 }
 
 /// events_after: ascending seq, `> after`, at most `limit`; last_seq follows.
@@ -980,11 +1295,16 @@ enum Op {
     Notify {
         inv: usize,
         status: PaymentStatus,
-        occur: i64,
+        /// `None`: DOKU sent no `transaction.date`.
+        occur: Option<i64>,
         request: u8,
         accepted: bool,
     },
 }
+
+/// When the model's notifications are received (`notification()` sets it): the time of an
+/// undated notification's event.
+const RECEIVED: i64 = 10_000;
 
 fn status_strategy() -> impl Strategy<Value = PaymentStatus> {
     prop_oneof![
@@ -1007,7 +1327,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         (
             0..3usize,
             status_strategy(),
-            0..3i64,
+            proptest::option::weighted(0.8, 0..3i64),
             0..8u8,
             proptest::bool::weighted(0.8)
         )
@@ -1034,36 +1354,43 @@ struct Model {
 }
 
 impl Model {
-    /// The event the model emits for `change` on `inv`, if any (and records it).
+    /// The event the model emits for `change` on `inv`, if any (and records it), and whether
+    /// the change is withheld as an undated repeat PAID. `occur: None` is an undated
+    /// notification, whose event happens at [`RECEIVED`].
     fn change(
         &mut self,
         inv: usize,
         status: PaymentStatus,
-        occur: i64,
+        occur: Option<i64>,
         source: EventSource,
         request: Option<String>,
-    ) -> Option<ModelEvent> {
+    ) -> (Option<ModelEvent>, bool) {
+        let repeat = |current: PaymentStatus| {
+            source == EventSource::DokuNotification
+                && self.reusable[inv]
+                && current == PaymentStatus::Paid
+                && status == PaymentStatus::Paid
+        };
         let emit = match self.status[inv] {
-            None => true,
+            // A PENDING for an unknown invoice creates nothing.
+            None => status != PaymentStatus::Pending,
             Some(current) if status.rank() > current.rank() => true,
-            Some(current) => {
-                source == EventSource::DokuNotification
-                    && self.reusable[inv]
-                    && current == PaymentStatus::Paid
-                    && status == PaymentStatus::Paid
-                    && !self
-                        .events
-                        .iter()
-                        .any(|e| e.0 == inv && e.1 == PaymentStatus::Paid && e.2 == occur)
-            }
+            Some(current) if repeat(current) => match occur {
+                None => return (None, true),
+                Some(occur) => !self
+                    .events
+                    .iter()
+                    .any(|e| e.0 == inv && e.1 == PaymentStatus::Paid && e.2 == occur),
+            },
+            Some(_) => false,
         };
         if !emit {
-            return None;
+            return (None, false);
         }
         self.status[inv] = Some(status);
-        let event = (inv, status, occur, source, request);
+        let event = (inv, status, occur.unwrap_or(RECEIVED), source, request);
         self.events.push(event.clone());
-        Some(event)
+        (Some(event), false)
     }
 }
 
@@ -1104,7 +1431,8 @@ async fn model_case(store: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError
                     continue;
                 }
                 let applied = result.map_err(fail)?;
-                let expected = model.change(inv, status, occur, EventSource::Reconciliation, None);
+                let (expected, _) =
+                    model.change(inv, status, Some(occur), EventSource::Reconciliation, None);
                 prop_assert_eq!(applied.event.as_ref().map(as_model), expected);
                 prop_assert_eq!(Some(applied.record.payment.status), model.status[inv]);
             }
@@ -1116,7 +1444,8 @@ async fn model_case(store: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError
                 accepted,
             } => {
                 let id = request_id(request);
-                let change = notified(&invoice(inv), status, occur, &id);
+                let mut change = notified(&invoice(inv), status, 0, &id);
+                change.occur_time = occur.map(t);
                 let verdict = if accepted {
                     Verdict::Accepted
                 } else {
@@ -1130,11 +1459,15 @@ async fn model_case(store: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError
                     prop_assert_eq!(recorded, Recorded::Duplicate);
                     continue;
                 }
-                let expected = if accepted {
+                let (expected, withheld) = if accepted {
                     model.change(inv, status, occur, EventSource::DokuNotification, Some(id))
                 } else {
-                    None
+                    (None, false)
                 };
+                if withheld {
+                    prop_assert_eq!(recorded, Recorded::UndatedRepeat);
+                    continue;
+                }
                 let Recorded::Stored { event } = recorded else {
                     return Err(TestCaseError::fail(
                         "a new Request-Id reported as duplicate",

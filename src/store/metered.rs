@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::{
-    Applied, Created, Election, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
-    StoreError,
+    Applied, AttemptRejection, Created, Election, InboundNotification, PaymentDraft, PaymentRecord,
+    Recorded, RejectedAttempt, Store, StoreError,
 };
 use crate::payment::{Event, InvoiceNumber, IssuedCode, StatusChange};
 
@@ -85,6 +85,34 @@ impl Store for Metered {
 
     async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
         measured("release_attempt", self.inner.release_attempt(invoice)).await
+    }
+
+    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
+        measured(
+            "record_outcome_unknown",
+            self.inner.record_outcome_unknown(invoice),
+        )
+        .await
+    }
+
+    async fn record_rejected(
+        &self,
+        invoice: &InvoiceNumber,
+        request_id: &str,
+        rejection: &AttemptRejection,
+    ) -> Result<bool, StoreError> {
+        measured(
+            "record_rejected",
+            self.inner.record_rejected(invoice, request_id, rejection),
+        )
+        .await
+    }
+
+    async fn rejected_attempts(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Vec<RejectedAttempt>, StoreError> {
+        measured("rejected_attempts", self.inner.rejected_attempts(invoice)).await
     }
 
     async fn record_issued(

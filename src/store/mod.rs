@@ -9,8 +9,9 @@
 //! - One row per invoice in `payments`. A payment's `payment_code` is set at most once: a
 //!   different code for the same invoice is refused ([`StoreError::CodeConflict`]), so one
 //!   invoice can never carry two codes.
-//! - Every payment keeps the exact DOKU request (Request-Id and body bytes) of its first
-//!   attempt; every retry sends those same bytes with that same Request-Id.
+//! - Every payment keeps the exact DOKU request (Request-Id and body bytes) of its draft;
+//!   every retry sends those same bytes with that same Request-Id. Only a draft DOKU
+//!   definitively rejected is ever replaced (see below).
 //! - A payment's status only moves forward by
 //!   [`PaymentStatus::rank`](crate::payment::PaymentStatus::rank). Each forward move is
 //!   appended to `events` in the same transaction. A reusable code that is paid again appends
@@ -19,16 +20,36 @@
 //!   seen `seq = n` will never later see an event with `seq < n` appear.
 //! - A DOKU notification Request-Id is recorded at most once (`notifications`); a repeat
 //!   changes nothing.
+//! - **A definitive rejection frees the invoice, nothing else does.** [`Store::record_rejected`]
+//!   marks the draft rejected only if it is still the draft of that Request-Id, has no code,
+//!   is PENDING and no attempt of it ever had an unknown outcome ([`Store::record_outcome_unknown`],
+//!   or a lease that expired unreleased, which [`Store::claim_attempt`] records when it takes
+//!   the lease over). The rejected attempt is copied to `payment_attempts` for audit; the
+//!   sweeper never checks a rejected draft and a lease is never granted on one.
+//!   [`Store::create_payment`] with a *different* fingerprint replaces a rejected draft (new
+//!   Request-Id, body, key and times; atomically, so of racing replacements exactly one wins);
+//!   with the same fingerprint it returns the rejected draft unchanged.
 //! - Migrations are versioned and run at start-up.
 //!
 //! # Details every implementation shares
 //!
 //! - Times are kept as whole seconds (DOKU's are); a sub-second part is dropped, and records
 //!   and events are returned as stored.
-//! - A repeated PAID on a reusable code is an event only from an accepted notification with a
-//!   new Request-Id, and only if no PAID event of that invoice has the same `occur_time` (that
-//!   would be the same payment, seen first by reconciliation). Reconciliation never repeats a
-//!   PAID: Check Status cannot tell one payment of a reusable code from the next.
+//! - **Repeat payments of a reusable code are counted once each, and only once.** A PAID on a
+//!   reusable code whose payment is already PAID is a new payment (a new event) only if it
+//!   comes from an accepted notification with a new Request-Id that carries
+//!   `transaction.date` ([`StatusChange::occur_time`] is `Some`), and no PAID event of that
+//!   invoice has that `occur_time` (that would be the same payment, redelivered under a new
+//!   Request-Id or seen first by reconciliation). Such a PAID *without* a date cannot be told
+//!   from a redelivery: it is stored for audit with verdict `UNDATED_REPEAT`
+//!   ([`Recorded::UndatedRepeat`]) and not emitted. Reconciliation never repeats a PAID: Check
+//!   Status cannot tell one payment of a reusable code from the next.
+//! - An undated change that *is* emitted (a first PAID, an EXPIRED) gets the time the sidecar
+//!   learned it: the notification's receive time, or the time of the Check Status answer.
+//! - An accepted notification for an invoice the store does not know creates the payment from
+//!   DOKU's data and emits it when it is PAID, EXPIRED or FAILED (DOKU knows the invoice, so it
+//!   is reserved); a PENDING one is only stored in `notifications`: no payment row, no event,
+//!   and the invoice stays free for a request.
 //! - [`Store::record_issued`] with the code already stored fills in how-to-pay URLs still
 //!   missing and ends the lease; it keeps the stored times.
 //! - [`Store::prune_events`] removes a prefix of the log: every event up to the newest one
@@ -169,6 +190,50 @@ pub struct PaymentRecord {
     pub next_check_at: Option<OffsetDateTime>,
     /// How many times the sweeper has asked DOKU about this payment.
     pub check_count: u32,
+    /// DOKU's definitive rejection of the draft's request, if it was rejected.
+    pub rejection: Option<AttemptRejection>,
+    /// Whether any attempt of this payment ended with an unknown outcome: the invoice then
+    /// stays bound to the draft's Request-Id, whatever DOKU answers later.
+    pub outcome_unknown: bool,
+}
+
+impl PaymentRecord {
+    /// The rejection, if this record is a draft DOKU definitively rejected and that nothing
+    /// has bound since: no code, PENDING, no unknown outcome. Such a draft holds no payment at
+    /// DOKU; a different request may replace it.
+    pub fn rejected_draft(&self) -> Option<&AttemptRejection> {
+        self.rejection.as_ref().filter(|_| {
+            self.payment.payment_code.is_none()
+                && self.payment.status == crate::payment::PaymentStatus::Pending
+                && !self.outcome_unknown
+        })
+    }
+}
+
+/// DOKU's definitive refusal of a request (a 4xx meaning "not processed").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRejection {
+    /// DOKU's HTTP status.
+    pub http_status: u16,
+    /// DOKU's message, as extracted from its body.
+    pub message: String,
+}
+
+/// A rejected attempt kept for audit ([`Store::rejected_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedAttempt {
+    /// The attempt's DOKU Request-Id.
+    pub request_id: String,
+    /// Fingerprint of the request.
+    pub fingerprint: String,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The exact body sent.
+    pub body: Vec<u8>,
+    /// What DOKU said.
+    pub rejection: AttemptRejection,
+    /// When the sidecar recorded the rejection.
+    pub rejected_at: OffsetDateTime,
 }
 
 /// An outbound DOKU request, kept opaque: the store does not know what the bytes mean.
@@ -215,6 +280,9 @@ pub enum Verdict {
     Mismatch(String),
     /// Verified, but its status is one the sidecar does not know: stored raw, not emitted.
     UnknownStatus(String),
+    /// Set by the store, never passed in: an accepted PAID without `transaction.date` on a
+    /// reusable code already PAID (see the module doc); stored, not emitted.
+    UndatedRepeat,
 }
 
 impl Verdict {
@@ -224,6 +292,7 @@ impl Verdict {
             Self::Accepted => "ACCEPTED",
             Self::Mismatch(_) => "MISMATCH",
             Self::UnknownStatus(_) => "UNKNOWN_STATUS",
+            Self::UndatedRepeat => "UNDATED_REPEAT",
         }
     }
 }
@@ -258,6 +327,9 @@ pub enum Recorded {
         /// The event appended in the same transaction, if any.
         event: Option<Event>,
     },
+    /// Recorded with verdict `UNDATED_REPEAT`: a PAID without `transaction.date` on a reusable
+    /// code already PAID, which cannot be told from a redelivery; nothing emitted.
+    UndatedRepeat,
 }
 
 /// Result of [`Store::apply_status`].
@@ -304,7 +376,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a new PENDING payment without a code, unless the invoice exists
     /// ([`Created::Existing`]) or the draft's idempotency key belongs to another invoice
     /// ([`Created::IdempotencyKeyTaken`]). Atomic: two concurrent calls for one invoice
-    /// create one row.
+    /// create one row. An existing [`PaymentRecord::rejected_draft`] with another fingerprint
+    /// is replaced by this draft ([`Created::New`]); the key check then ignores the rejected
+    /// draft's own key. Of concurrent replacements exactly one wins; the others see it as
+    /// [`Created::Existing`].
     async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError>;
 
     /// The payment whose request carried this idempotency key.
@@ -328,6 +403,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Gives the lease back (after a failed attempt) so that a retry can go at once.
     async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError>;
+
+    /// Gives the lease back after an attempt whose outcome is unknown (DOKU may have issued a
+    /// code), and records that: the invoice stays bound to its draft's Request-Id for good.
+    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError>;
+
+    /// Records DOKU's definitive rejection of the attempt with Request-Id `request_id` and
+    /// gives the lease back. Returns `true` when the draft is now rejected (freed, see the
+    /// module doc): the attempt is copied to the audit trail and the sweeper's check cleared.
+    /// Returns `false` and only ends the lease when the invoice must stay bound: an earlier
+    /// attempt had an unknown outcome, or the draft has a code, moved on, or is no longer the
+    /// draft of `request_id`.
+    async fn record_rejected(
+        &self,
+        invoice: &InvoiceNumber,
+        request_id: &str,
+        rejection: &AttemptRejection,
+    ) -> Result<bool, StoreError>;
+
+    /// The rejected attempts of an invoice, oldest first (audit).
+    async fn rejected_attempts(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Vec<RejectedAttempt>, StoreError>;
 
     /// Records the code DOKU issued, with DOKU's times and how-to-pay URLs, and clears the
     /// lease. Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
@@ -365,7 +463,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// doc); returns how many were removed.
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
-    /// PENDING payments whose `next_check_at` is due, oldest first, at most `limit`.
+    /// PENDING payments whose `next_check_at` is due, oldest first, at most `limit`; never a
+    /// rejected draft.
     async fn due_for_check(
         &self,
         now: OffsetDateTime,

@@ -53,12 +53,13 @@ use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
 use super::rows::{
-    EventRow, PaymentRow, Transition, decode_all, event_columns, payment_columns, signed,
-    transition, unix, unix_now, unsigned,
+    AttemptRow, EventRow, PaymentRow, Transition, UNDATED_REPEAT_DETAIL, attempt_columns,
+    decode_all, event_columns, payment_columns, rejected_draft, signed, transition, unix, unix_now,
+    unsigned,
 };
 use super::{
-    Applied, Created, Election, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
-    StoreError, StoreOptions, Verdict,
+    Applied, AttemptRejection, Created, Election, InboundNotification, PaymentDraft, PaymentRecord,
+    Recorded, RejectedAttempt, Store, StoreError, StoreOptions, Verdict,
 };
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, PaymentCode, PaymentStatus, StatusChange,
@@ -240,10 +241,12 @@ async fn payment_by_key(
     .transpose()
 }
 
-/// Appends an event for `change` on a payment of `channel`, after taking the append lock.
+/// Appends an event for `change` on a payment of `channel` at `occur` (DOKU's time, or when
+/// the sidecar learned an undated change), after taking the append lock.
 async fn append_event(
     conn: &mut PgConnection,
     change: &StatusChange,
+    occur: OffsetDateTime,
     code: Option<&PaymentCode>,
     channel: Channel,
     doku_request_id: Option<&str>,
@@ -264,7 +267,7 @@ async fn append_event(
     .bind(change.amount.rupiah())
     .bind(code.map(PaymentCode::as_str))
     .bind(channel.as_str())
-    .bind(unix(change.occur_time))
+    .bind(unix(occur))
     .bind(change.source.as_str())
     .bind(doku_request_id)
     .bind(unix_now())
@@ -275,21 +278,29 @@ async fn append_event(
 }
 
 /// Applies `change` to the locked payment `record` (inside the caller's transaction), by the
-/// rule of [`transition`]. Returns the payment afterwards and the event, if any.
+/// rule of [`transition`]; an undated change happens at `learned_at`. Returns the payment
+/// afterwards, the event, if any, and whether it was an undated repeat PAID (withheld).
 async fn apply_change(
     conn: &mut PgConnection,
     record: PaymentRecord,
     change: &StatusChange,
     repeat_allowed: bool,
     doku_request_id: Option<&str>,
-) -> Result<(PaymentRecord, Option<Event>), StoreError> {
+    learned_at: OffsetDateTime,
+) -> Result<(PaymentRecord, Option<Event>, bool), StoreError> {
     let p = &record.payment;
     let code = p
         .payment_code
         .clone()
         .or_else(|| change.payment_code.clone());
+    let mut withheld = false;
     let emit = match transition(p.status, p.reusable, change.status, repeat_allowed) {
         Transition::Forward => true,
+        Transition::RepeatPaid if change.occur_time.is_none() => {
+            // Not distinguishable from a redelivery under a new Request-Id.
+            withheld = true;
+            false
+        }
         Transition::RepeatPaid => {
             // The row lock held since payment_for_update serializes this check with every
             // other change of the payment.
@@ -298,7 +309,7 @@ async fn apply_change(
                  WHERE invoice = $1 AND status = 'PAID' AND occur_time = $2)",
             )
             .bind(p.invoice.as_str())
-            .bind(unix(change.occur_time))
+            .bind(change.occur_time.map(unix))
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -308,7 +319,7 @@ async fn apply_change(
     };
     if !emit {
         if code == p.payment_code {
-            return Ok((record, None));
+            return Ok((record, None, withheld));
         }
         let row = sqlx::query_as::<_, PaymentRow>(concat!(
             "UPDATE payments SET payment_code = $2, updated_at = $3 WHERE invoice = $1 \
@@ -321,9 +332,10 @@ async fn apply_change(
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
-        return Ok((PaymentRecord::try_from(row)?, None));
+        return Ok((PaymentRecord::try_from(row)?, None, withheld));
     }
-    let occur = unix(change.occur_time);
+    let occur_time = change.occur_time.unwrap_or(learned_at);
+    let occur = unix(occur_time);
     let pay_time = match change.status {
         // The latest payment of a reusable code; out-of-order notifications do not move it back.
         PaymentStatus::Paid => Some(p.pay_time.map_or(occur, |t| unix(t).max(occur))),
@@ -347,12 +359,13 @@ async fn apply_change(
     let event = append_event(
         conn,
         change,
+        occur_time,
         event_code,
         updated.payment.channel,
         doku_request_id,
     )
     .await?;
-    Ok((updated, Some(event)))
+    Ok((updated, Some(event), false))
 }
 
 /// Creates the payment of an accepted notification for an invoice the store did not know,
@@ -363,8 +376,10 @@ async fn create_from_notification(
     change: &StatusChange,
     channel: Channel,
     doku_request_id: &str,
+    received_at: OffsetDateTime,
 ) -> Result<Option<Event>, StoreError> {
-    let occur = unix(change.occur_time);
+    let occur_time = change.occur_time.unwrap_or(received_at);
+    let occur = unix(occur_time);
     let inserted = sqlx::query(
         "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
          expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
@@ -389,12 +404,61 @@ async fn create_from_notification(
     let event = append_event(
         conn,
         change,
+        occur_time,
         change.payment_code.as_ref(),
         channel,
         Some(doku_request_id),
     )
     .await?;
     Ok(Some(event))
+}
+
+/// After an insert that conflicted: replaces the invoice's rejected draft with `draft` if
+/// there is one and the request differs (one transaction, the row locked: of racing
+/// replacements exactly one finds it still rejected), else reports what is there.
+async fn create_over_existing(
+    tx: &mut PgConnection,
+    draft: &PaymentDraft,
+) -> Result<Option<Created>, StoreError> {
+    let request = &draft.request;
+    let Some(record) = payment_for_update(tx, request.invoice.as_str()).await? else {
+        return Ok(None);
+    };
+    if record.rejected_draft().is_none() || record.fingerprint == draft.fingerprint {
+        return Ok(Some(Created::Existing(record)));
+    }
+    if let Some(key) = &request.idempotency_key
+        && let Some(owner) = payment_by_key(tx, key).await?
+        && owner.payment.invoice != request.invoice
+    {
+        return Ok(Some(Created::IdempotencyKeyTaken(owner)));
+    }
+    let row = sqlx::query_as::<_, PaymentRow>(concat!(
+        "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
+         reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
+         doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
+         how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
+         check_count = 0, rejected_http_status = NULL, rejected_message = NULL \
+         WHERE invoice = $1 AND ",
+        rejected_draft!(),
+        " RETURNING ",
+        payment_columns!()
+    ))
+    .bind(request.invoice.as_str())
+    .bind(request.amount.rupiah())
+    .bind(request.channel.as_str())
+    .bind(unix(draft.create_time))
+    .bind(unix(draft.expire_time))
+    .bind(request.reusable)
+    .bind(&draft.fingerprint)
+    .bind(request.idempotency_key.as_deref())
+    .bind(&draft.doku_request.request_id)
+    .bind(&draft.doku_request.body)
+    .bind(unix_now())
+    .fetch_one(tx)
+    .await
+    .map_err(db_error)?;
+    Ok(Some(Created::New(PaymentRecord::try_from(row)?)))
 }
 
 #[async_trait]
@@ -439,11 +503,16 @@ impl Store for PostgresStore {
         if let Some(row) = row {
             return Ok(Created::New(PaymentRecord::try_from(row)?));
         }
+        drop(conn);
         // The conflicting row is committed (the insert waited for it): the invoice first, as
         // the trait orders the outcomes.
-        if let Some(record) = payment_in(&mut conn, request.invoice.as_str()).await? {
-            return Ok(Created::Existing(record));
+        let mut tx = self.begin().await?;
+        if let Some(created) = create_over_existing(&mut tx, draft).await? {
+            tx.commit().await.map_err(db_error)?;
+            return Ok(created);
         }
+        tx.commit().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
         if let Some(key) = &request.idempotency_key
             && let Some(record) = payment_by_key(&mut conn, key).await?
         {
@@ -479,10 +548,13 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         // One statement: PostgreSQL re-checks the WHERE clause on the latest row version
-        // after waiting for a concurrent claim, so only one succeeds.
+        // after waiting for a concurrent claim, so only one succeeds. A lease still set when
+        // it is taken over was never released: its holder vanished mid-call, so that
+        // attempt's outcome is unknown.
         let taken = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4 \
-             WHERE invoice = $1 AND payment_code IS NULL \
+            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4, \
+             outcome_unknown = outcome_unknown OR attempt_lease_until IS NOT NULL \
+             WHERE invoice = $1 AND payment_code IS NULL AND rejected_http_status IS NULL \
              AND (attempt_lease_until IS NULL OR attempt_lease_until <= $3)",
         )
         .bind(invoice.as_str())
@@ -514,6 +586,100 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(invoice.clone()));
         }
         Ok(())
+    }
+
+    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
+        let found = sqlx::query(
+            "UPDATE payments SET outcome_unknown = TRUE, attempt_lease_until = NULL, \
+             updated_at = $2 WHERE invoice = $1",
+        )
+        .bind(invoice.as_str())
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if found == 0 {
+            return Err(StoreError::NotFound(invoice.clone()));
+        }
+        Ok(())
+    }
+
+    async fn record_rejected(
+        &self,
+        invoice: &InvoiceNumber,
+        request_id: &str,
+        rejection: &AttemptRejection,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let record = payment_for_update(&mut tx, invoice.as_str())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(invoice.clone()))?;
+        let ours = record
+            .doku_request
+            .as_ref()
+            .is_some_and(|r| r.request_id == request_id);
+        if !ours {
+            // Another draft now: nothing of ours to end.
+            return Ok(false);
+        }
+        let freed = record.payment.payment_code.is_none()
+            && record.payment.status == PaymentStatus::Pending
+            && !record.outcome_unknown;
+        if freed {
+            let body = record.doku_request.as_ref().map(|r| r.body.clone());
+            sqlx::query(
+                "INSERT INTO payment_attempts (doku_request_id, invoice, fingerprint, \
+                 idempotency_key, request_body, outcome, http_status, message, created_at, \
+                 ended_at) VALUES ($1, $2, $3, $4, $5, 'REJECTED', $6, $7, $8, $9) \
+                 ON CONFLICT (doku_request_id) DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(invoice.as_str())
+            .bind(&record.fingerprint)
+            .bind(record.idempotency_key.as_deref())
+            .bind(body.unwrap_or_default())
+            .bind(i64::from(rejection.http_status))
+            .bind(&rejection.message)
+            .bind(unix(record.payment.create_time))
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        sqlx::query(
+            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2, \
+             rejected_http_status = CASE WHEN $3 THEN $4 ELSE rejected_http_status END, \
+             rejected_message = CASE WHEN $3 THEN $5 ELSE rejected_message END, \
+             next_check_at = CASE WHEN $3 THEN NULL ELSE next_check_at END \
+             WHERE invoice = $1",
+        )
+        .bind(invoice.as_str())
+        .bind(unix_now())
+        .bind(freed)
+        .bind(i64::from(rejection.http_status))
+        .bind(&rejection.message)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(freed)
+    }
+
+    async fn rejected_attempts(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Vec<RejectedAttempt>, StoreError> {
+        let rows = sqlx::query_as::<_, AttemptRow>(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, doku_request_id"
+        ))
+        .bind(invoice.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        decode_all(rows)
     }
 
     async fn record_issued(
@@ -575,12 +741,13 @@ impl Store for PostgresStore {
         let record = payment_for_update(&mut tx, change.invoice.as_str())
             .await?
             .ok_or_else(|| StoreError::NotFound(change.invoice.clone()))?;
-        let (record, event) = apply_change(
+        let (record, event, _) = apply_change(
             &mut tx,
             record,
             change,
             false,
             change.doku_request_id.as_deref(),
+            OffsetDateTime::now_utc(),
         )
         .await?;
         tx.commit().await.map_err(db_error)?;
@@ -592,6 +759,7 @@ impl Store for PostgresStore {
         let detail = match &n.verdict {
             Verdict::Accepted => None,
             Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
+            Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
         };
         // A concurrent insert of the same Request-Id makes this wait for it, then do nothing.
         let inserted = sqlx::query(
@@ -613,21 +781,27 @@ impl Store for PostgresStore {
         if inserted == 0 {
             return Ok(Recorded::Duplicate);
         }
+        let mut withheld = false;
         let event = match (&n.verdict, &n.change) {
             (Verdict::Accepted, Some(change)) => {
                 let request_id = Some(n.doku_request_id.as_str());
                 match payment_for_update(&mut tx, change.invoice.as_str()).await? {
                     Some(record) => {
-                        apply_change(&mut tx, record, change, true, request_id)
-                            .await?
-                            .1
+                        let (_, event, undated_repeat) =
+                            apply_change(&mut tx, record, change, true, request_id, n.received_at)
+                                .await?;
+                        withheld = undated_repeat;
+                        event
                     }
+                    // A PENDING for an unknown invoice reserves nothing: audit row only.
+                    None if change.status == PaymentStatus::Pending => None,
                     None => {
                         match create_from_notification(
                             &mut tx,
                             change,
                             n.channel,
                             &n.doku_request_id,
+                            n.received_at,
                         )
                         .await?
                         {
@@ -643,9 +817,17 @@ impl Store for PostgresStore {
                                             change.invoice
                                         ))
                                     })?;
-                                apply_change(&mut tx, record, change, true, request_id)
-                                    .await?
-                                    .1
+                                let (_, event, undated_repeat) = apply_change(
+                                    &mut tx,
+                                    record,
+                                    change,
+                                    true,
+                                    request_id,
+                                    n.received_at,
+                                )
+                                .await?;
+                                withheld = undated_repeat;
+                                event
                             }
                         }
                     }
@@ -653,6 +835,20 @@ impl Store for PostgresStore {
             }
             _ => None,
         };
+        if withheld {
+            sqlx::query(
+                "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
+                 WHERE doku_request_id = $1",
+            )
+            .bind(&n.doku_request_id)
+            .bind(Verdict::UndatedRepeat.as_str())
+            .bind(UNDATED_REPEAT_DETAIL)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(Recorded::UndatedRepeat);
+        }
         if let Some(event) = &event {
             sqlx::query("UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1")
                 .bind(&n.doku_request_id)
@@ -741,7 +937,8 @@ impl Store for PostgresStore {
             "SELECT ",
             payment_columns!(),
             " FROM payments WHERE status = 'PENDING' AND next_check_at IS NOT NULL \
-             AND next_check_at <= $1 ORDER BY next_check_at, invoice LIMIT $2"
+             AND next_check_at <= $1 AND rejected_http_status IS NULL \
+             ORDER BY next_check_at, invoice LIMIT $2"
         ))
         .bind(unix(now))
         .bind(i64::from(limit))
@@ -1130,7 +1327,7 @@ mod tests {
             status: PaymentStatus::Paid,
             amount: Amount::new(10_000).unwrap(),
             payment_code: None,
-            occur_time: OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+            occur_time: Some(OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap()),
             source: EventSource::DokuNotification,
             doku_request_id: Some(format!("req-h-{n}")),
         };

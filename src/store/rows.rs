@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{PaymentRecord, StoreError, StoredRequest};
+use super::{AttemptRejection, PaymentRecord, RejectedAttempt, StoreError, StoredRequest};
 use crate::payment::{
     Amount, Channel, Event, EventSource, InvoiceNumber, Payment, PaymentCode, PaymentStatus,
 };
@@ -14,7 +14,8 @@ macro_rules! payment_columns {
     () => {
         "invoice, amount, channel, payment_code, status, create_time, expire_time, pay_time, \
          how_to_pay_url, how_to_pay_api_url, reusable, fingerprint, idempotency_key, \
-         doku_request_id, doku_request_body, attempt_lease_until, next_check_at, check_count"
+         doku_request_id, doku_request_body, attempt_lease_until, next_check_at, check_count, \
+         rejected_http_status, rejected_message, outcome_unknown"
     };
 }
 pub(super) use payment_columns;
@@ -48,6 +49,9 @@ pub(super) struct PaymentRow {
     attempt_lease_until: Option<i64>,
     next_check_at: Option<i64>,
     check_count: i64,
+    rejected_http_status: Option<i64>,
+    rejected_message: Option<String>,
+    outcome_unknown: bool,
 }
 
 impl TryFrom<PaymentRow> for PaymentRecord {
@@ -97,7 +101,75 @@ impl TryFrom<PaymentRow> for PaymentRecord {
                 .transpose()?,
             check_count: u32::try_from(row.check_count)
                 .map_err(|_| corrupt(&invoice, "check_count out of range"))?,
+            rejection: match row.rejected_http_status {
+                None => None,
+                Some(status) => Some(AttemptRejection {
+                    http_status: u16::try_from(status)
+                        .map_err(|_| corrupt(&invoice, "rejected_http_status out of range"))?,
+                    message: row.rejected_message.unwrap_or_default(),
+                }),
+            },
+            outcome_unknown: row.outcome_unknown,
             payment,
+        })
+    }
+}
+
+/// Columns of `payment_attempts`, in the order of [`AttemptRow`].
+macro_rules! attempt_columns {
+    () => {
+        "doku_request_id, fingerprint, idempotency_key, request_body, http_status, message, \
+         ended_at"
+    };
+}
+pub(super) use attempt_columns;
+
+/// SQL condition (on `payments`) of [`PaymentRecord::rejected_draft`]; both backends use it
+/// so that the replacement statement and the Rust predicate agree. `outcome_unknown` is
+/// compared as `= FALSE`, which SQLite reads as `= 0`.
+macro_rules! rejected_draft {
+    () => {
+        "rejected_http_status IS NOT NULL AND payment_code IS NULL AND status = 'PENDING' \
+         AND outcome_unknown = FALSE"
+    };
+}
+pub(super) use rejected_draft;
+
+/// `verdict_detail` of a notification withheld as an undated repeat PAID.
+pub(super) const UNDATED_REPEAT_DETAIL: &str = "PAID without transaction.date on a reusable \
+     code already PAID: cannot be told from a redelivery under a new Request-Id; not emitted";
+
+/// A `payment_attempts` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    doku_request_id: String,
+    fingerprint: String,
+    idempotency_key: Option<String>,
+    request_body: Vec<u8>,
+    http_status: i64,
+    message: String,
+    ended_at: i64,
+}
+
+impl TryFrom<AttemptRow> for RejectedAttempt {
+    type Error = StoreError;
+
+    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+        let bad = |what: &str| {
+            StoreError::Corrupt(format!("payment_attempts {}: {what}", row.doku_request_id))
+        };
+        Ok(RejectedAttempt {
+            rejection: AttemptRejection {
+                http_status: u16::try_from(row.http_status)
+                    .map_err(|_| bad("http_status out of range"))?,
+                message: row.message.clone(),
+            },
+            rejected_at: OffsetDateTime::from_unix_timestamp(row.ended_at)
+                .map_err(|_| bad("ended_at is not a time"))?,
+            request_id: row.doku_request_id,
+            fingerprint: row.fingerprint,
+            idempotency_key: row.idempotency_key,
+            body: row.request_body,
         })
     }
 }

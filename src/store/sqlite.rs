@@ -8,14 +8,20 @@
 //!
 //! - `payments`: one row per invoice (primary key): amount, channel, `payment_code` (NULL until
 //!   DOKU issues it), status text (`PENDING`, `PAID`, …), create/expire/pay times, how-to-pay
-//!   URLs, reusable, request fingerprint, `idempotency_key` (unique), the first attempt's DOKU
+//!   URLs, reusable, request fingerprint, `idempotency_key` (unique), the draft's DOKU
 //!   Request-Id and body bytes, the attempt lease, the sweeper's `next_check_at` and
-//!   `check_count`, `updated_at`.
+//!   `check_count`, `updated_at`; since migration 2, `rejected_http_status` and
+//!   `rejected_message` (DOKU's definitive rejection of the draft) and `outcome_unknown`
+//!   (some attempt's outcome was unknown: the draft can never be replaced).
+//! - `payment_attempts` (migration 2): the audit trail of rejected attempts, keyed by their
+//!   DOKU Request-Id: invoice, fingerprint, idempotency key, body bytes, outcome
+//!   (`REJECTED`), DOKU's status and message, created/ended times.
 //! - `events`: the event log; `seq INTEGER PRIMARY KEY AUTOINCREMENT`, so a seq is never
 //!   reused even after pruning. A DOKU Request-Id appears at most once.
 //! - `notifications`: the audit trail of verified DOKU notifications, keyed by DOKU's
-//!   Request-Id: headers, body bytes, verdict (`ACCEPTED`, `MISMATCH`, `UNKNOWN_STATUS`) and
-//!   its detail, the invoice, and the seq of the event it produced, if any.
+//!   Request-Id: headers, body bytes, verdict (`ACCEPTED`, `MISMATCH`, `UNKNOWN_STATUS`,
+//!   `UNDATED_REPEAT`) and its detail, the invoice, and the seq of the event it produced, if
+//!   any.
 //! - `meta`: named integers; `pruned_through` is the highest seq removed by retention.
 //!
 //! Times are whole unix seconds, UTC (DOKU's times are whole seconds; a sub-second part is
@@ -44,12 +50,13 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 
 use super::rows::{
-    EventRow, PaymentRow, Transition, decode_all, event_columns, payment_columns, signed,
-    transition, unix, unix_now, unsigned,
+    AttemptRow, EventRow, PaymentRow, Transition, UNDATED_REPEAT_DETAIL, attempt_columns,
+    decode_all, event_columns, payment_columns, rejected_draft, signed, transition, unix, unix_now,
+    unsigned,
 };
 use super::{
-    Applied, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded, Store,
-    StoreError, Verdict,
+    Applied, AttemptRejection, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded,
+    RejectedAttempt, Store, StoreError, Verdict,
 };
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, PaymentCode, PaymentStatus, StatusChange,
@@ -204,10 +211,12 @@ async fn existing(
         .ok_or_else(|| StoreError::NotFound(invoice.clone()))
 }
 
-/// Appends an event for `change` on a payment of `channel`.
+/// Appends an event for `change` on a payment of `channel`, at `occur` (DOKU's time, or when
+/// the sidecar learned an undated change).
 async fn append_event(
     conn: &mut SqliteConnection,
     change: &StatusChange,
+    occur: OffsetDateTime,
     code: Option<&PaymentCode>,
     channel: Channel,
     doku_request_id: Option<&str>,
@@ -223,7 +232,7 @@ async fn append_event(
     .bind(change.amount.rupiah())
     .bind(code.map(PaymentCode::as_str))
     .bind(channel.as_str())
-    .bind(unix(change.occur_time))
+    .bind(unix(occur))
     .bind(change.source.as_str())
     .bind(doku_request_id)
     .bind(unix_now())
@@ -234,28 +243,36 @@ async fn append_event(
 }
 
 /// Applies `change` to the stored payment `record` (inside the caller's transaction), by
-/// the rule of [`transition`]. Returns the payment afterwards and the event, if any.
+/// the rule of [`transition`]; an undated change happens at `learned_at`. Returns the payment
+/// afterwards, the event, if any, and whether it was an undated repeat PAID (withheld).
 async fn apply_change(
     conn: &mut SqliteConnection,
     record: PaymentRecord,
     change: &StatusChange,
     repeat_allowed: bool,
     doku_request_id: Option<&str>,
-) -> Result<(PaymentRecord, Option<Event>), StoreError> {
+    learned_at: OffsetDateTime,
+) -> Result<(PaymentRecord, Option<Event>, bool), StoreError> {
     let p = &record.payment;
     let code = p
         .payment_code
         .clone()
         .or_else(|| change.payment_code.clone());
+    let mut withheld = false;
     let emit = match transition(p.status, p.reusable, change.status, repeat_allowed) {
         Transition::Forward => true,
+        Transition::RepeatPaid if change.occur_time.is_none() => {
+            // Not distinguishable from a redelivery under a new Request-Id.
+            withheld = true;
+            false
+        }
         Transition::RepeatPaid => {
             let same_payment_seen: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM events \
                  WHERE invoice = $1 AND status = 'PAID' AND occur_time = $2)",
             )
             .bind(p.invoice.as_str())
-            .bind(unix(change.occur_time))
+            .bind(change.occur_time.map(unix))
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -265,7 +282,7 @@ async fn apply_change(
     };
     if !emit {
         if code == p.payment_code {
-            return Ok((record, None));
+            return Ok((record, None, withheld));
         }
         let row = sqlx::query_as::<_, PaymentRow>(concat!(
             "UPDATE payments SET payment_code = $2, updated_at = $3 WHERE invoice = $1 \
@@ -278,9 +295,10 @@ async fn apply_change(
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
-        return Ok((PaymentRecord::try_from(row)?, None));
+        return Ok((PaymentRecord::try_from(row)?, None, withheld));
     }
-    let occur = unix(change.occur_time);
+    let occur_time = change.occur_time.unwrap_or(learned_at);
+    let occur = unix(occur_time);
     let pay_time = match change.status {
         // The latest payment of a reusable code; out-of-order notifications do not move it back.
         PaymentStatus::Paid => Some(p.pay_time.map_or(occur, |t| unix(t).max(occur))),
@@ -304,23 +322,26 @@ async fn apply_change(
     let event = append_event(
         conn,
         change,
+        occur_time,
         event_code,
         updated.payment.channel,
         doku_request_id,
     )
     .await?;
-    Ok((updated, Some(event)))
+    Ok((updated, Some(event), false))
 }
 
 /// Creates the payment of an accepted notification for an invoice the store did not know,
-/// from what DOKU sent, and appends its event.
+/// from what DOKU sent, and appends its event. The caller never passes a PENDING change.
 async fn create_from_notification(
     conn: &mut SqliteConnection,
     change: &StatusChange,
     channel: Channel,
     doku_request_id: &str,
+    received_at: OffsetDateTime,
 ) -> Result<Event, StoreError> {
-    let occur = unix(change.occur_time);
+    let occur_time = change.occur_time.unwrap_or(received_at);
+    let occur = unix(occur_time);
     sqlx::query(
         "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
          expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
@@ -340,11 +361,48 @@ async fn create_from_notification(
     append_event(
         conn,
         change,
+        occur_time,
         change.payment_code.as_ref(),
         channel,
         Some(doku_request_id),
     )
     .await
+}
+
+/// Replaces the rejected draft of the draft's invoice with `draft` (inside the caller's
+/// transaction, which holds the write lock): new request, Request-Id, key and times; the
+/// rejection, lease and schedule cleared.
+async fn replace_rejected(
+    conn: &mut SqliteConnection,
+    draft: &PaymentDraft,
+) -> Result<PaymentRecord, StoreError> {
+    let request = &draft.request;
+    let row = sqlx::query_as::<_, PaymentRow>(concat!(
+        "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
+         reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
+         doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
+         how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
+         check_count = 0, rejected_http_status = NULL, rejected_message = NULL \
+         WHERE invoice = $1 AND ",
+        rejected_draft!(),
+        " RETURNING ",
+        payment_columns!()
+    ))
+    .bind(request.invoice.as_str())
+    .bind(request.amount.rupiah())
+    .bind(request.channel.as_str())
+    .bind(unix(draft.create_time))
+    .bind(unix(draft.expire_time))
+    .bind(request.reusable)
+    .bind(&draft.fingerprint)
+    .bind(request.idempotency_key.as_deref())
+    .bind(&draft.doku_request.request_id)
+    .bind(&draft.doku_request.body)
+    .bind(unix_now())
+    .fetch_one(conn)
+    .await
+    .map_err(db_error)?;
+    PaymentRecord::try_from(row)
 }
 
 #[async_trait]
@@ -361,7 +419,20 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let request = &draft.request;
         if let Some(record) = payment_in(&mut tx, request.invoice.as_str()).await? {
-            return Ok(Created::Existing(record));
+            if record.rejected_draft().is_none() || record.fingerprint == draft.fingerprint {
+                return Ok(Created::Existing(record));
+            }
+            // A different request for an invoice DOKU never processed: it replaces the
+            // rejected draft, unless its key belongs to another invoice.
+            if let Some(key) = &request.idempotency_key
+                && let Some(owner) = payment_by_key(&mut tx, key).await?
+                && owner.payment.invoice != request.invoice
+            {
+                return Ok(Created::IdempotencyKeyTaken(owner));
+            }
+            let record = replace_rejected(&mut tx, draft).await?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(Created::New(record));
         }
         if let Some(key) = &request.idempotency_key
             && let Some(record) = payment_by_key(&mut tx, key).await?
@@ -417,9 +488,13 @@ impl Store for SqliteStore {
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // A lease still set when it is taken over was never released: its holder vanished
+        // mid-call, so that attempt's outcome is unknown.
         let taken = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4 \
-             WHERE invoice = $1 AND payment_code IS NULL \
+            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4, \
+             outcome_unknown = CASE WHEN attempt_lease_until IS NULL THEN outcome_unknown \
+             ELSE 1 END \
+             WHERE invoice = $1 AND payment_code IS NULL AND rejected_http_status IS NULL \
              AND (attempt_lease_until IS NULL OR attempt_lease_until <= $3)",
         )
         .bind(invoice.as_str())
@@ -452,6 +527,98 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(invoice.clone()));
         }
         Ok(())
+    }
+
+    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
+        let found = sqlx::query(
+            "UPDATE payments SET outcome_unknown = 1, attempt_lease_until = NULL, \
+             updated_at = $2 WHERE invoice = $1",
+        )
+        .bind(invoice.as_str())
+        .bind(unix_now())
+        .execute(&self.writer)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if found == 0 {
+            return Err(StoreError::NotFound(invoice.clone()));
+        }
+        Ok(())
+    }
+
+    async fn record_rejected(
+        &self,
+        invoice: &InvoiceNumber,
+        request_id: &str,
+        rejection: &AttemptRejection,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let record = existing(&mut tx, invoice).await?;
+        let ours = record
+            .doku_request
+            .as_ref()
+            .is_some_and(|r| r.request_id == request_id);
+        if !ours {
+            // Another draft now: nothing of ours to end.
+            return Ok(false);
+        }
+        let freed = record.payment.payment_code.is_none()
+            && record.payment.status == PaymentStatus::Pending
+            && !record.outcome_unknown;
+        if freed {
+            let body = record.doku_request.as_ref().map(|r| r.body.clone());
+            sqlx::query(
+                "INSERT INTO payment_attempts (doku_request_id, invoice, fingerprint, \
+                 idempotency_key, request_body, outcome, http_status, message, created_at, \
+                 ended_at) VALUES ($1, $2, $3, $4, $5, 'REJECTED', $6, $7, $8, $9) \
+                 ON CONFLICT (doku_request_id) DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(invoice.as_str())
+            .bind(&record.fingerprint)
+            .bind(record.idempotency_key.as_deref())
+            .bind(body.unwrap_or_default())
+            .bind(i64::from(rejection.http_status))
+            .bind(&rejection.message)
+            .bind(unix(record.payment.create_time))
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        sqlx::query(
+            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2, \
+             rejected_http_status = CASE WHEN $3 THEN $4 ELSE rejected_http_status END, \
+             rejected_message = CASE WHEN $3 THEN $5 ELSE rejected_message END, \
+             next_check_at = CASE WHEN $3 THEN NULL ELSE next_check_at END \
+             WHERE invoice = $1",
+        )
+        .bind(invoice.as_str())
+        .bind(unix_now())
+        .bind(freed)
+        .bind(i64::from(rejection.http_status))
+        .bind(&rejection.message)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(freed)
+    }
+
+    async fn rejected_attempts(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Vec<RejectedAttempt>, StoreError> {
+        let rows = sqlx::query_as::<_, AttemptRow>(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, rowid"
+        ))
+        .bind(invoice.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        decode_all(rows)
     }
 
     async fn record_issued(
@@ -509,12 +676,13 @@ impl Store for SqliteStore {
     async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
         let mut tx = self.begin().await?;
         let record = existing(&mut tx, &change.invoice).await?;
-        let (record, event) = apply_change(
+        let (record, event, _) = apply_change(
             &mut tx,
             record,
             change,
             false,
             change.doku_request_id.as_deref(),
+            OffsetDateTime::now_utc(),
         )
         .await?;
         tx.commit().await.map_err(db_error)?;
@@ -526,6 +694,7 @@ impl Store for SqliteStore {
         let detail = match &n.verdict {
             Verdict::Accepted => None,
             Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
+            Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
         };
         let inserted = sqlx::query(
             "INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict, \
@@ -546,22 +715,53 @@ impl Store for SqliteStore {
         if inserted == 0 {
             return Ok(Recorded::Duplicate);
         }
+        let mut withheld = false;
         let event = match (&n.verdict, &n.change) {
             (Verdict::Accepted, Some(change)) => {
                 match payment_in(&mut tx, change.invoice.as_str()).await? {
                     Some(record) => {
-                        apply_change(&mut tx, record, change, true, Some(&n.doku_request_id))
-                            .await?
-                            .1
+                        let (_, event, undated_repeat) = apply_change(
+                            &mut tx,
+                            record,
+                            change,
+                            true,
+                            Some(&n.doku_request_id),
+                            n.received_at,
+                        )
+                        .await?;
+                        withheld = undated_repeat;
+                        event
                     }
+                    // A PENDING for an unknown invoice reserves nothing: audit row only.
+                    None if change.status == PaymentStatus::Pending => None,
                     None => Some(
-                        create_from_notification(&mut tx, change, n.channel, &n.doku_request_id)
-                            .await?,
+                        create_from_notification(
+                            &mut tx,
+                            change,
+                            n.channel,
+                            &n.doku_request_id,
+                            n.received_at,
+                        )
+                        .await?,
                     ),
                 }
             }
             _ => None,
         };
+        if withheld {
+            sqlx::query(
+                "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
+                 WHERE doku_request_id = $1",
+            )
+            .bind(&n.doku_request_id)
+            .bind(Verdict::UndatedRepeat.as_str())
+            .bind(UNDATED_REPEAT_DETAIL)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(Recorded::UndatedRepeat);
+        }
         if let Some(event) = &event {
             sqlx::query("UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1")
                 .bind(&n.doku_request_id)
@@ -649,7 +849,8 @@ impl Store for SqliteStore {
             "SELECT ",
             payment_columns!(),
             " FROM payments WHERE status = 'PENDING' AND next_check_at IS NOT NULL \
-             AND next_check_at <= $1 ORDER BY next_check_at, invoice LIMIT $2"
+             AND next_check_at <= $1 AND rejected_http_status IS NULL \
+             ORDER BY next_check_at, invoice LIMIT $2"
         ))
         .bind(unix(now))
         .bind(i64::from(limit))
@@ -725,7 +926,7 @@ mod tests {
             status,
             amount: crate::payment::Amount::new(10_000).unwrap(),
             payment_code: Some(PaymentCode::parse("1234").unwrap()),
-            occur_time: t(5),
+            occur_time: Some(t(5)),
             source: crate::payment::EventSource::DokuNotification,
             doku_request_id: Some(request_id.into()),
         }

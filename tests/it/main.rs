@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod generate;
 mod grpc_ecosystem;
+mod hostile_doku;
 mod hostile_peers;
 mod idempotency;
 mod notifications;
