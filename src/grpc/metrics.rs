@@ -100,8 +100,9 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from_i32(value.trim().parse().ok()?))
 }
 
-/// Records one finished (or, for streams, started) call.
-fn record(method: &'static str, code: tonic::Code, started: Instant) {
+/// Records one finished (or, for streams, started) call, on the metrics and on its span.
+fn record(method: &'static str, code: tonic::Code, started: Instant, span: &tracing::Span) {
+    crate::telemetry::record_grpc_status(span, code);
     metrics::counter!(
         "o2o_grpc_server_requests_total",
         "method" => method,
@@ -164,22 +165,28 @@ where
         let (method, streaming) = method_of(request.uri().path());
         let response = self.inner.call(request);
         Box::pin(async move {
+            // Polled inside the call's span (tonic enters it around the response future).
+            let span = tracing::Span::current();
             let response = match response.await {
                 Ok(r) => r,
                 Err(e) => {
                     // The transport turns this into an error of its own; count it as such.
-                    record(method, tonic::Code::Unknown, started);
+                    record(method, tonic::Code::Unknown, started, &span);
                     return Err(e);
                 }
             };
             let pending = if let Some(code) = status_in(response.headers()) {
-                record(method, code, started);
+                record(method, code, started, &span);
                 None
             } else if streaming {
-                record(method, tonic::Code::Ok, started);
+                record(method, tonic::Code::Ok, started, &span);
                 None
             } else {
-                Some(Pending { method, started })
+                Some(Pending {
+                    method,
+                    started,
+                    span,
+                })
             };
             Ok(response.map(|body| {
                 let inner = tonic::body::Body::new(body);
@@ -200,6 +207,8 @@ where
 struct Pending {
     method: &'static str,
     started: Instant,
+    /// The call's span, kept open until the code is known.
+    span: tracing::Span,
 }
 
 /// A unary response body that records its call when the trailers pass (or, if the body ends
@@ -224,7 +233,7 @@ impl http_body::Body for MeteredBody {
             && let Some(pending) = this.pending.take()
         {
             let code = status_in(trailers).unwrap_or(tonic::Code::Unknown);
-            record(pending.method, code, pending.started);
+            record(pending.method, code, pending.started, &pending.span);
         }
         polled
     }
@@ -241,7 +250,12 @@ impl http_body::Body for MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         if let Some(pending) = self.pending.take() {
-            record(pending.method, tonic::Code::Cancelled, pending.started);
+            record(
+                pending.method,
+                tonic::Code::Cancelled,
+                pending.started,
+                &pending.span,
+            );
         }
     }
 }
