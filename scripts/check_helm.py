@@ -18,6 +18,11 @@ Checks, one summary line each (PASS/FAIL), then an `N passed, N failed` line:
 - the example app chart with its own values, native and plain;
 - the Dockerfile: hadolint, and the few lines Kubernetes and the chart rely on.
 
+Custom resources (Prometheus Operator's PodMonitor, ServiceMonitor, PrometheusRule) have no
+bundled schema: they get structural checks of their own (`check_monitoring`), as do the
+dashboard ConfigMap, the NetworkPolicy, the PodDisruptionBudget and the token/TLS/OpenTelemetry
+values.
+
 Rendered manifests are never printed: a failure names the object and the field, not its content.
 Exits 1 when any check failed.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import shutil
 import subprocess
 import sys
@@ -130,10 +136,16 @@ def objects(manifests: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+# Custom resources: no bundled schema; `check_monitoring` checks them.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+
+
 def kube_validate(objs: list[tuple[str, dict[str, Any]]]) -> None:
     errors = []
     for template, obj in objs:
         name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')} ({template})"
+        if str(obj.get("apiVersion", "")).startswith(CRD_GROUPS):
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kv.validate(obj, version, strict=True)
@@ -252,13 +264,22 @@ def check_invariants(
         errs.append("no pod runs the sidecar")
 
     for svc in by_kind.get("Service", []):
+        if svc["metadata"].get("labels", {}).get("o2o-sidecar/metrics") == "true":
+            # The ServiceMonitor's headless Service: the admin port and nothing else.
+            if svc["spec"].get("clusterIP") != "None" or [
+                    p.get("targetPort") for p in svc["spec"]["ports"]] != ["o2o-admin"]:
+                errs.append(f"Service/{svc['metadata']['name']}: the metrics Service must be "
+                            "headless and expose only o2o-admin")
+            continue
         for port in svc["spec"]["ports"]:
             if port.get("targetPort") in ("o2o-admin", grpc_port, sv["admin"]["port"]):
                 errs.append(f"Service/{svc['metadata']['name']}: exposes a port other than notifications")
         if standalone and [p.get("targetPort") for p in svc["spec"]["ports"]] != ["o2o-notify"]:
             errs.append(f"Service/{svc['metadata']['name']}: must expose only o2o-notify")
 
-    config = [cm for cm in by_kind.get("ConfigMap", [])]
+    # The sidecar's settings; the dashboard ConfigMap is checked by check_monitoring.
+    config = [cm for cm in by_kind.get("ConfigMap", [])
+              if not cm["metadata"]["name"].endswith("-dashboard")]
     if len(config) != 1:
         errs.append("exactly one ConfigMap (the sidecar's settings) expected")
     else:
@@ -271,6 +292,33 @@ def check_invariants(
             errs.append("ConfigMap: O2O_STORE belongs in the ConfigMap for SQLite only")
         if any(sv["doku"].get("secretKey") and sv["doku"]["secretKey"] in v for v in data.values()):
             errs.append("ConfigMap: holds the DOKU key")
+        if data.get("O2O_EVENT_RETENTION") != sv["events"]["retention"]:
+            errs.append("ConfigMap: O2O_EVENT_RETENTION must follow events.retention")
+        if bool(sv["apiToken"]["existingSecret"]) != ("O2O_API_TOKEN_FILE" in data):
+            errs.append("ConfigMap: O2O_API_TOKEN_FILE belongs with apiToken.existingSecret")
+        if sv["tls"]["enabled"] != ("O2O_TLS_CERT_FILE" in data and "O2O_TLS_KEY_FILE" in data):
+            errs.append("ConfigMap: O2O_TLS_CERT_FILE/KEY_FILE belong with tls.enabled")
+        otel = sv["opentelemetry"]
+        for key, env in (("endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+                         ("serviceName", "OTEL_SERVICE_NAME"),
+                         ("resourceAttributes", "OTEL_RESOURCE_ATTRIBUTES")):
+            if (otel[key] or None) != data.get(env):
+                errs.append(f"ConfigMap: {env} must follow opentelemetry.{key}")
+        if sv["store"]["type"] == "postgres" and data.get("O2O_STORE_POOL_SIZE") != str(
+                sv["store"]["postgres"]["poolSize"]):
+            errs.append("ConfigMap: O2O_STORE_POOL_SIZE must follow store.postgres.poolSize")
+    for name, spec, _ in pod_specs(objs):
+        found = find_sidecar(spec)
+        if found is None:
+            continue
+        mounts = {m["name"]: m for m in found[1].get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for wanted, vol in ((bool(sv["apiToken"]["existingSecret"]), "o2o-sidecar-api-token"),
+                            (sv["tls"]["enabled"], "o2o-sidecar-tls")):
+            has = vol in mounts and mounts[vol].get("readOnly") and "subPath" not in mounts[vol]
+            if wanted != bool(has) or wanted != (vol in volumes):
+                errs.append(f"{name}: {vol} must be mounted read-only (whole directory) exactly "
+                            "when configured")
     secrets = by_kind.get("Secret", [])
     if bool(secrets) == bool(sv["doku"]["existingSecret"]):
         errs.append("the chart must render its own Secret exactly when doku.existingSecret is empty")
@@ -323,6 +371,76 @@ def dockerfile_contract() -> None:
 # ---- the checks -----------------------------------------------------------------------------
 
 
+def check_monitoring(objs: list[tuple[str, dict[str, Any]]], sv: dict[str, Any], *,
+                     standalone: bool) -> None:
+    """The objects behind `monitoring.*`, `networkPolicy` and the PodDisruptionBudget: rendered
+    exactly when enabled, and shaped as their consumers need."""
+    errs: list[str] = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for _, obj in objs:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    mon = sv["monitoring"]
+    on_standalone = standalone and sv["standalone"]["enabled"]
+    expect = {
+        "PodMonitor": mon["podMonitor"]["enabled"],
+        "ServiceMonitor": on_standalone and mon["serviceMonitor"]["enabled"],
+        "PrometheusRule": mon["prometheusRule"]["enabled"],
+        "NetworkPolicy": on_standalone and sv["networkPolicy"]["enabled"],
+        "PodDisruptionBudget": on_standalone and sv["standalone"]["podDisruptionBudget"]["enabled"],
+    }
+    for kind, wanted in expect.items():
+        if len(by_kind.get(kind, [])) != (1 if wanted else 0):
+            errs.append(f"{kind}: {'one expected' if wanted else 'must not be rendered'}")
+    dashboards = [cm for cm in by_kind.get("ConfigMap", [])
+                  if cm["metadata"]["name"].endswith("-dashboard")]
+    if len(dashboards) != (1 if mon["grafanaDashboard"]["enabled"] else 0):
+        errs.append("dashboard ConfigMap: rendered exactly when monitoring.grafanaDashboard.enabled")
+    for cm in dashboards:
+        try:
+            dash = json.loads(cm["data"]["o2o-sidecar.json"])
+            if not dash.get("panels"):
+                errs.append("dashboard: no panels")
+        except (KeyError, ValueError) as e:
+            errs.append(f"dashboard: not JSON: {e}")
+        for k, v in mon["grafanaDashboard"]["labels"].items():
+            if cm["metadata"].get("labels", {}).get(k) != v:
+                errs.append(f"dashboard: label {k} missing")
+    for pm in by_kind.get("PodMonitor", []):
+        eps = pm["spec"].get("podMetricsEndpoints", [])
+        if [(e.get("port"), e.get("path")) for e in eps] != [("o2o-admin", "/metrics")]:
+            errs.append("PodMonitor: must scrape o2o-admin /metrics")
+        if not pm["spec"].get("selector", {}).get("matchLabels"):
+            errs.append("PodMonitor: needs a selector")
+    for sm in by_kind.get("ServiceMonitor", []):
+        sel = sm["spec"]["selector"]["matchLabels"]
+        svcs = [s for s in by_kind.get("Service", [])
+                if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+        if len(svcs) != 1 or [p["name"] for p in svcs[0]["spec"]["ports"]] != [
+                e["port"] for e in sm["spec"]["endpoints"]]:
+            errs.append("ServiceMonitor: must select exactly the metrics Service, by port name")
+    for rule in by_kind.get("PrometheusRule", []):
+        groups = rule["spec"].get("groups") or []
+        alerts = [r for g in groups for r in g.get("rules", [])]
+        if not alerts or any(not (r.get("alert") and r.get("expr")) for r in alerts):
+            errs.append("PrometheusRule: every rule needs alert and expr")
+        if any(r.get("labels", {}).get("severity") not in ("critical", "warning") for r in alerts):
+            errs.append("PrometheusRule: every alert needs a severity")
+    for np in by_kind.get("NetworkPolicy", []):
+        ingress = np["spec"].get("ingress", [])
+        notify = [r for r in ingress if any(p.get("port") == "o2o-notify" for p in r.get("ports", []))]
+        if np["spec"].get("policyTypes") != ["Ingress"] or len(notify) != 1:
+            errs.append("NetworkPolicy: one Ingress rule for o2o-notify expected")
+        elif len(notify[0].get("from", [])) != len(sv["networkPolicy"]["notificationsFrom"]) + 1:
+            errs.append("NetworkPolicy: o2o-notify must admit the configured peers and the test pod only")
+        if any(p.get("port") not in ("o2o-notify", "o2o-admin") for r in ingress
+               for p in r.get("ports", [])):
+            errs.append("NetworkPolicy: opens a port other than o2o-notify/o2o-admin")
+        if any(not r.get("from") for r in ingress):
+            errs.append("NetworkPolicy: a rule without `from` admits everyone")
+    if errs:
+        raise CheckFailed("\n".join(errs))
+
+
 def effective_values(chart_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
     with helm.Chart.load(chart_dir) as chart:
         return chart.merge_values(values)
@@ -339,6 +457,7 @@ def check_rendering(chart_dir: Path, values: dict[str, Any], *, standalone: bool
     sv = merged if standalone else merged[SIDECAR]
     check_invariants(objs, sv, expect_native=not standalone and bool(sv["nativeSidecar"]),
                      standalone=standalone)
+    check_monitoring(objs, sv, standalone=standalone)
     yamllint_rendered(manifests)
 
 
@@ -376,7 +495,8 @@ def main() -> int:
     with checks.check("ci values files present"):
         names = {p.name for p in ci_files}
         want = {"default-values.yaml", "native-sidecar-values.yaml",
-                "existing-secret-values.yaml", "postgres-values.yaml"}
+                "existing-secret-values.yaml", "postgres-values.yaml",
+                "monitoring-values.yaml"}
         if not want <= names:
             raise CheckFailed(f"missing {sorted(want - names)}")
 

@@ -18,13 +18,45 @@ pub const DEFAULT_NOTIFICATION_PATH: &str = "/payments/notifications";
 #[derive(Debug, Parser)]
 #[command(
     name = "o2o-sidecar",
-    version,
+    version = crate::LONG_VERSION,
     about = "gRPC sidecar for DOKU Indomaret payment codes"
 )]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first). For `dev`, the notification and admin
+    /// listeners move to loopback unless the user chose them (flag or env twin): `serve`'s
+    /// `0.0.0.0` defaults suit a pod, not a laptop on a café's network.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Dev(dev), Some(m)) = (&mut cli.command, matches.subcommand_matches("dev"))
+        {
+            let chosen = |id: &str| {
+                !matches!(
+                    m.value_source(id),
+                    None | Some(clap::parser::ValueSource::DefaultValue)
+                )
+            };
+            let loopback = |a: SocketAddr| SocketAddr::from(([127, 0, 0, 1], a.port()));
+            if !chosen("http_addr") {
+                dev.common.http_addr = loopback(dev.common.http_addr);
+            }
+            if !chosen("admin_addr") {
+                dev.common.admin_addr = loopback(dev.common.admin_addr);
+            }
+        }
+        Ok(cli)
+    }
 }
 
 /// Subcommands.
@@ -194,9 +226,12 @@ pub struct DevArgs {
     /// Listener of the in-process DOKU simulator.
     #[arg(long, env = "O2O_DEV_SIM_ADDR", default_value = "127.0.0.1:8181")]
     pub sim_addr: SocketAddr,
-    /// Store; default: a fresh SQLite file in a new temporary directory.
+    /// Store; default: a fresh SQLite file in a new temporary directory, removed on exit.
     #[arg(long, env = "O2O_STORE")]
     pub store: Option<String>,
+    /// Keep the temporary directory (and its SQLite file) on exit, to inspect it.
+    #[arg(long, env = "O2O_DEV_KEEP_DIR", default_value_t = false)]
+    pub keep_dir: bool,
 }
 
 /// Parses `500ms`, `10s`, `5m`, `1h` or a bare number of seconds.
@@ -503,7 +538,57 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("o2o-sidecar").chain(args.iter().copied()))
+        Cli::parse_from_args(std::iter::once("o2o-sidecar").chain(args.iter().copied()))
+    }
+
+    fn dev_addrs(args: &[&str]) -> (SocketAddr, SocketAddr, SocketAddr) {
+        let mut all = vec!["dev"];
+        all.extend_from_slice(args);
+        let Command::Dev(dev) = parse(&all).unwrap().command else {
+            panic!()
+        };
+        (
+            dev.common.grpc_addr,
+            dev.common.http_addr,
+            dev.common.admin_addr,
+        )
+    }
+
+    #[test]
+    fn dev_stays_on_loopback_unless_told_otherwise() {
+        // Unless the test's environment sets the env twins (then they count as chosen).
+        if std::env::var_os("O2O_HTTP_ADDR").is_some()
+            || std::env::var_os("O2O_ADMIN_ADDR").is_some()
+        {
+            return;
+        }
+        let (grpc, http, admin) = dev_addrs(&[]);
+        assert_eq!(grpc, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(admin, "127.0.0.1:9090".parse().unwrap());
+
+        // Chosen on the command line: kept as given, even 0.0.0.0.
+        let (_, http, admin) = dev_addrs(&["--http-addr", "0.0.0.0:8080"]);
+        assert_eq!(http, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(admin, "127.0.0.1:9090".parse().unwrap());
+        let (_, http, admin) = dev_addrs(&["--admin-addr", "0.0.0.0:9999"]);
+        assert_eq!(http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(admin, "0.0.0.0:9999".parse().unwrap());
+
+        // `serve` keeps its pod defaults.
+        let Command::Serve(serve) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(serve.common.http_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(serve.common.admin_addr, "0.0.0.0:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        use clap::CommandFactory as _;
+        let v = Cli::command().render_version();
+        assert!(v.contains(env!("CARGO_PKG_VERSION")), "{v}");
+        assert!(v.contains(env!("O2O_GIT_COMMIT")), "{v}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! - [`store`]: the only code that writes SQL (SQLite and PostgreSQL).
 //! - [`notify`]: the HTTP ingress for DOKU's notifications.
 //! - [`reconcile`]: the sweeper that asks DOKU about payments still PENDING.
-//! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`admin`]: `/live`, `/ready` (the sidecar's own state), `/health/store`, `/metrics`.
 //! - [`secret`]: the Secret Key, read from a watched file; replaced keys keep verifying
 //!   notifications for a grace window.
 //! - [`sim`]: the DOKU simulator (`doku-sim`, `o2o-sidecar dev`, tests). It plays DOKU, so it
@@ -57,6 +57,19 @@ use crate::{
     grpc::{PaymentsService, pb::o2o_payments_server::O2oPaymentsServer},
     sidecar::Sidecar,
 };
+
+/// The crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binary was built from (short hash; "unknown" when built outside a git
+/// checkout), set by `build.rs`.
+pub const GIT_COMMIT: &str = env!("O2O_GIT_COMMIT");
+/// `--version`'s text: version and commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("O2O_GIT_COMMIT"),
+    ")"
+);
 
 /// The sidecar's bound listeners. Binding is separate from [`run`] so that tests and the
 /// binary can bind port 0 and learn the ports before the sidecar starts.
@@ -125,8 +138,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     install_tls_provider();
-    // Install the metrics recorder before anything records.
+    // Install the metrics recorder before anything records, then describe every metric.
     admin::prometheus();
+    admin::describe_metrics();
     let addrs = listeners.addrs()?;
     let store: std::sync::Arc<dyn store::Store> =
         std::sync::Arc::new(store::metered::Metered::new(
@@ -134,6 +148,8 @@ pub async fn run(
                 .await
                 .with_context(|| "--store: cannot open the store".to_string())?,
         ));
+    // It just answered; `admin::watch_store` keeps this current from now on.
+    metrics::gauge!("o2o_store_up").set(1.0);
     let doku = DokuClient::new(
         DokuClientConfig {
             base_url: config.doku_base_url.clone(),
@@ -204,6 +220,8 @@ pub async fn run(
         .max_concurrent_streams(
             u32::try_from(config.grpc_concurrency_limit.saturating_mul(2)).unwrap_or(u32::MAX),
         )
+        // Outermost, so that calls refused by the limit are counted too.
+        .layer(grpc::metrics::RpcMetricsLayer)
         .layer(grpc::limit::CallLimitLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -292,6 +310,7 @@ pub async fn run(
             }
         })
     });
+    let store_watch = tokio::spawn(admin::watch_store(store.clone(), stopped()));
     let retention = tokio::spawn(reconcile::prune(
         store.clone(),
         config.event_retention,
@@ -338,6 +357,7 @@ pub async fn run(
     let admin = admin_task.await;
     let _ = key_watch.await;
     let _ = retention.await;
+    let _ = store_watch.await;
     if let Some(t) = token_watch {
         let _ = t.await;
     }

@@ -1,9 +1,6 @@
 //! `o2o-sidecar`: parse the configuration (exit 64 when it is bad), start logging, bind the
 //! listeners, log the bound addresses in one line, run until SIGINT/SIGTERM.
 
-use std::{net::SocketAddr, process::ExitCode};
-
-use clap::Parser;
 use o2o_sidecar::{
     Listeners,
     config::{Cli, Command, Config, DevArgs},
@@ -11,12 +8,13 @@ use o2o_sidecar::{
     sim::{SimConfig, Simulator},
     telemetry,
 };
+use std::{net::SocketAddr, process::ExitCode};
 
 /// Exit code for a bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version
@@ -79,7 +77,11 @@ async fn serve(
     http: SocketAddr,
     admin: SocketAddr,
 ) -> anyhow::Result<()> {
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "o2o-sidecar starting");
+    tracing::info!(
+        version = o2o_sidecar::VERSION,
+        commit = o2o_sidecar::GIT_COMMIT,
+        "o2o-sidecar starting"
+    );
     let listeners = Listeners::bind(grpc, http, admin).await?;
     o2o_sidecar::run(config, listeners, shutdown_signal()).await
 }
@@ -118,6 +120,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     o2o_sidecar::install_tls_provider();
     let common = args.common;
+    // Loopback unless chosen: `Cli::parse_from_args` already moved the defaults.
     let listeners = Listeners::bind(common.grpc_addr, common.http_addr, common.admin_addr).await?;
     let addrs = listeners.addrs()?;
     let sim_listener = tokio::net::TcpListener::bind(args.sim_addr)
@@ -127,13 +130,17 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     let client_id = "MCH-0001-DEV0000000001".to_owned();
     let secret = format!("SK-dev-{}", uuid::Uuid::new_v4().simple());
-    let store = match args.store {
-        Some(s) => s,
+    // The temporary directory is removed when `_dir` drops, on every way out of this function
+    // (Ctrl-C and SIGTERM end `run` normally); `--keep-dir` keeps it.
+    let (store, _dir) = match args.store {
+        Some(s) => (s, None),
         None => {
-            let dir = std::env::temp_dir()
-                .join(format!("o2o-sidecar-dev-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir)?;
-            format!("sqlite://{}", dir.join("o2o-sidecar.db").display())
+            let dir = tempfile::Builder::new()
+                .prefix("o2o-sidecar-dev-")
+                .tempdir()
+                .map_err(|e| anyhow::anyhow!("cannot create a temporary directory: {e}"))?;
+            let store = format!("sqlite://{}", dir.path().join("o2o-sidecar.db").display());
+            (store, Some(DevDir::new(dir, args.keep_dir)))
         }
     };
     let notification_url = format!(
@@ -163,19 +170,39 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let http = reachable(addrs.http);
     let admin = reachable(addrs.admin);
     let path = &common.notification_path;
+    let keep = match &_dir {
+        Some(d) if d.keep => "   (kept on exit: --keep-dir)",
+        Some(_) => "   (removed on exit; --keep-dir keeps it)",
+        None => "",
+    };
     let banner = [
         String::new(),
         "o2o-sidecar dev: sidecar + in-process DOKU simulator (no DOKU account needed)".into(),
-        format!("  gRPC (o2o.v1.O2OPayments)  {grpc}"),
-        format!("  DOKU notifications         http://{http}{path}"),
-        format!("  admin                      http://{admin}/ready  /metrics"),
-        format!("  DOKU simulator             {sim_url}   (GET /_sim/payments)"),
+        format!(
+            "  gRPC (o2o.v1.O2OPayments)  {grpc}{}",
+            exposure(addrs.grpc)
+        ),
+        format!(
+            "  DOKU notifications         http://{http}{path}{}",
+            exposure(addrs.http)
+        ),
+        format!(
+            "  admin                      http://{admin}/ready  /metrics{}",
+            exposure(addrs.admin)
+        ),
+        format!(
+            "  DOKU simulator             {sim_url}   (GET /_sim/payments){}",
+            exposure(sim_addr)
+        ),
         format!(
             "  simulator page             {sim_url}/   (pay codes at its counter; API: /_sim/openapi.json)"
         ),
-        format!("  store                      {store}"),
+        format!("  store                      {store}{keep}"),
         String::new(),
-        "Try it (grpcurl uses the sidecar's reflection, no .proto needed):".into(),
+        "Try it (grpcurl uses the sidecar's reflection, no .proto needed).".into(),
+        "1. In a second terminal, watch payment results as they happen (leave it running):".into(),
+        format!("grpcurl -plaintext -d '{{}}' {grpc} o2o.v1.O2OPayments/StreamNotifications"),
+        "2. Then, here or in a third terminal:".into(),
         format!(
             r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","amount":150000,"customer":{{"name":"Budi Santoso"}}}}' {grpc} o2o.v1.O2OPayments/GeneratePaymentCode"#
         ),
@@ -183,7 +210,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         format!(
             r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","refresh":true}}' {grpc} o2o.v1.O2OPayments/GetStatus"#
         ),
-        format!("grpcurl -plaintext -d '{{}}' {grpc} o2o.v1.O2OPayments/StreamNotifications"),
         String::new(),
     ];
     println!("{}", banner.join("\n"));
@@ -191,4 +217,42 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = sim_task.await;
     result
+}
+
+/// The banner's note for a listener bound beyond loopback (the user chose it).
+fn exposure(bound: SocketAddr) -> String {
+    if bound.ip().is_loopback() {
+        String::new()
+    } else {
+        format!("   (bound {bound}: reachable from the network)")
+    }
+}
+
+/// `dev`'s temporary directory: removed on drop unless kept.
+#[derive(Debug)]
+struct DevDir {
+    dir: Option<tempfile::TempDir>,
+    keep: bool,
+}
+
+impl DevDir {
+    fn new(dir: tempfile::TempDir, keep: bool) -> Self {
+        Self {
+            dir: Some(dir),
+            keep,
+        }
+    }
+}
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            if self.keep {
+                let path = dir.keep();
+                eprintln!("o2o-sidecar dev: kept {}", path.display());
+            } else if let Err(e) = dir.close() {
+                eprintln!("o2o-sidecar dev: cannot remove the temporary directory: {e}");
+            }
+        }
+    }
 }

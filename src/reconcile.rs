@@ -230,7 +230,7 @@ async fn check_one_inner(sidecar: &Sidecar, config: &SweeperConfig, rec: Payment
     match sidecar.doku().check_status(&invoice).await {
         Ok(report) => match sidecar.reconcile(&rec, &report).await {
             Ok(Some(p)) if p.status != PaymentStatus::Pending => {
-                metrics::counter!("o2o_sweeper_findings_total", "finding" => p.status.as_str())
+                metrics::counter!("o2o_sweeper_findings_total", "finding" => p.status.as_str().to_ascii_lowercase())
                     .increment(1);
                 if let Err(e) = sidecar.store().schedule_check(&invoice, None).await {
                     tracing::warn!(error = %e, "cannot clear the check schedule");

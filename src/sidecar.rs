@@ -112,7 +112,7 @@ impl Sidecar {
 
     /// Announces a committed event to live streams (after the commit, never before).
     pub fn publish(&self, event: Event) {
-        metrics::counter!("o2o_events_emitted_total", "source" => event.source.as_str(), "status" => event.status.as_str())
+        metrics::counter!("o2o_events_emitted_total", "source" => event.source.as_str().to_ascii_lowercase(), "status" => event.status.as_str().to_ascii_lowercase())
             .increment(1);
         // No receivers is fine: nobody is streaming.
         let _ = self.events.send(event);
@@ -126,7 +126,8 @@ impl Sidecar {
             Ok(_) => "ok",
             Err(e) => e.reason(),
         };
-        metrics::counter!("o2o_payment_codes_total", "outcome" => outcome).increment(1);
+        metrics::counter!("o2o_payment_codes_total", "outcome" => outcome.to_ascii_lowercase())
+            .increment(1);
         result
     }
 

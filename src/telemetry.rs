@@ -3,18 +3,38 @@
 //! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set.
 //!
 //! A caller's W3C `traceparent` becomes the parent of the sidecar's span for that RPC
-//! ([`grpc_span`]); the span records `trace_id` so JSON log lines carry it too.
+//! ([`grpc_span`]). That span follows the OpenTelemetry semantic conventions for gRPC servers:
+//! kind `SERVER`, `rpc.system`, `rpc.service`, `rpc.method`, and `rpc.grpc.status_code` with
+//! the status Error for server faults only ([`record_grpc_status`], called by
+//! [`crate::grpc::metrics`], which sees every call's `grpc-status`).
+//!
+//! The service name is `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`),
+//! else `o2o-sidecar`. Span noise (`busy_ns`/`idle_ns`, `thread.*`, `code.*`) is off.
+//!
+//! JSON log lines carry the current span's `trace_id` and `span_id` at the top level, the
+//! fields Loki, Datadog and Cloud Logging link on. In JSON mode the OpenTelemetry layer is
+//! installed even without an exporter, so that every line inside a span has them.
 
 use std::io::IsTerminal as _;
 
 use opentelemetry::{
+    KeyValue,
     propagation::{Extractor, TextMapPropagator as _},
     trace::{TraceContextExt as _, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, registry::LookupSpan};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    fmt::{
+        self, FmtContext, FormatEvent, FormatFields,
+        format::{Json, JsonFields, Writer},
+        time::SystemTime,
+    },
+    prelude::*,
+    registry::LookupSpan,
+};
 
 use crate::config::LogFormat;
 
@@ -44,12 +64,41 @@ fn otlp_configured() -> bool {
     .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
-/// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`.
+/// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`, without the
+/// per-span noise (busy/idle times, thread, source location).
 pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("o2o-sidecar"))
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("o2o-sidecar"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+}
+
+/// The resource spans are exported under: what the SDK detected from `OTEL_SERVICE_NAME` and
+/// `OTEL_RESOURCE_ATTRIBUTES`, with `service.name` defaulting to `o2o-sidecar` (the SDK's own
+/// default is `unknown_service`) and `service.version` to the crate's version.
+pub fn resource(detected: Resource) -> Resource {
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    let mut builder = Resource::builder_empty().with_attributes(
+        detected
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    if !named {
+        builder = builder.with_service_name("o2o-sidecar");
+    }
+    if detected
+        .get(&opentelemetry::Key::from_static_str("service.version"))
+        .is_none()
+    {
+        builder = builder.with_attribute(KeyValue::new("service.version", crate::VERSION));
+    }
+    builder.build()
 }
 
 /// Installs the global subscriber (and, when configured, the OTLP exporter). Logs go to
@@ -64,7 +113,7 @@ pub fn init(format: LogFormat) -> Telemetry {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(Resource::builder().with_service_name("o2o-sidecar").build())
+                    .with_resource(resource(Resource::builder().build()))
                     .build(),
             ),
             Err(e) => {
@@ -72,6 +121,9 @@ pub fn init(format: LogFormat) -> Telemetry {
                 None
             }
         }
+    } else if format == LogFormat::Json {
+        // No export, but span ids for the log lines.
+        Some(SdkTracerProvider::builder().build())
     } else {
         None
     };
@@ -88,19 +140,64 @@ pub fn init(format: LogFormat) -> Telemetry {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
     Telemetry { provider }
+}
+
+/// The JSON log layer: one object per line, the event's fields at the top level, the current
+/// span and its parents in `span`/`spans`, and the current span's `trace_id` and `span_id` at
+/// the top level (when an OpenTelemetry layer is installed and the line is inside a span).
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S> + use<S, W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .event_format(TraceJson(
+            fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true),
+        ))
+        .fmt_fields(JsonFields::new())
+        .with_writer(writer)
+}
+
+/// Formats with tracing-subscriber's JSON format, then adds `trace_id` and `span_id`.
+struct TraceJson(fmt::format::Format<Json, SystemTime>);
+
+impl<S, N> FormatEvent<S, N> for TraceJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let ids = ctx.lookup_current().and_then(|span| {
+            tracing::dispatcher::get_default(|dispatch| {
+                let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
+                let sc = cx.span().span_context().clone();
+                sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+            })
+        });
+        let trimmed = line.trim_end();
+        match (ids, trimmed.strip_suffix('}')) {
+            (Some((trace_id, span_id)), Some(body)) if body.len() > 1 => writeln!(
+                writer,
+                r#"{body},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -115,18 +212,30 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The span of one gRPC request: named after the RPC path, child of the caller's
+/// The span of one gRPC request, as the OpenTelemetry conventions for gRPC servers name it
+/// (`o2o.v1.O2OPayments/GetStatus`, kind SERVER, `rpc.*` attributes), child of the caller's
 /// `traceparent` when it sent one, carrying `trace_id` and the caller's `x-request-id`.
+/// `rpc.grpc.status_code` and the status are recorded when the call ends
+/// ([`record_grpc_status`]).
 pub fn grpc_span(req: &http::Request<()>) -> tracing::Span {
     let headers = req.headers();
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let path = req.uri().path();
+    let full = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = full.split_once('/').unwrap_or((full, ""));
     let span = tracing::info_span!(
         "grpc.request",
-        otel.name = %req.uri().path(),
-        rpc = %req.uri().path(),
+        otel.name = %full,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        rpc = %path,
         request_id = %request_id,
         trace_id = tracing::field::Empty,
     );
@@ -138,4 +247,73 @@ pub fn grpc_span(req: &http::Request<()>) -> tracing::Span {
         span.record("trace_id", tracing::field::display(remote.trace_id()));
     }
     span
+}
+
+/// Whether a gRPC code is the server's fault, which the OpenTelemetry conventions mark as an
+/// Error status on a server span: a caller's mistake (INVALID_ARGUMENT, NOT_FOUND,
+/// ALREADY_EXISTS, FAILED_PRECONDITION, UNAUTHENTICATED…) leaves it unset.
+pub fn is_server_fault(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// Records a finished call's gRPC code on its span (`rpc.grpc.status_code`, and status Error
+/// for a server fault).
+pub fn record_grpc_status(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if is_server_fault(code) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_only() {
+        assert!(is_server_fault(tonic::Code::Unavailable));
+        assert!(is_server_fault(tonic::Code::Internal));
+        assert!(!is_server_fault(tonic::Code::InvalidArgument));
+        assert!(!is_server_fault(tonic::Code::NotFound));
+        assert!(!is_server_fault(tonic::Code::Ok));
+    }
+
+    #[test]
+    fn service_name_defaults_but_yields_to_the_environment() {
+        let name = |r: &Resource| {
+            r.get(&opentelemetry::Key::from_static_str("service.name"))
+                .map(|v| v.as_str().into_owned())
+        };
+        // What the SDK detects when OTEL_SERVICE_NAME is unset.
+        let unset = Resource::builder_empty()
+            .with_service_name("unknown_service:o2o-sidecar")
+            .build();
+        assert_eq!(name(&resource(unset)).as_deref(), Some("o2o-sidecar"));
+        // OTEL_SERVICE_NAME=payments-sidecar, plus resource attributes kept.
+        let set = Resource::builder_empty()
+            .with_service_name("payments-sidecar")
+            .with_attribute(KeyValue::new("deployment.environment", "prod"))
+            .build();
+        let r = resource(set);
+        assert_eq!(name(&r).as_deref(), Some("payments-sidecar"));
+        assert!(
+            r.get(&opentelemetry::Key::from_static_str(
+                "deployment.environment"
+            ))
+            .is_some()
+        );
+        assert!(
+            r.get(&opentelemetry::Key::from_static_str("service.version"))
+                .is_some()
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! OpenTelemetry: the caller's W3C `traceparent` becomes the parent of the sidecar's spans, so
-//! the sidecar's work appears in the caller's trace.
+//! OpenTelemetry and logs: the caller's W3C `traceparent` becomes the parent of the sidecar's
+//! spans; the RPC span follows the gRPC server conventions (kind SERVER, `rpc.*`, the gRPC
+//! status code, Error only for server faults); JSON log lines carry `trace_id` and `span_id` at
+//! the top level.
 //!
 //! Its own test binary: it installs a global `tracing` subscriber, which must not race with
 //! other tests' callsite registration.
@@ -9,49 +11,181 @@
 #[path = "it/harness.rs"]
 mod harness;
 
-use opentelemetry::trace::TraceId;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::{
+    Value,
+    trace::{SpanKind, Status, TraceId},
+};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde_json::json;
 use tonic::Request;
 use tracing_subscriber::prelude::*;
 
 use harness::{Harness, request};
 
+/// Log output captured by the JSON layer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn with_parent<T>(message: T, trace_id: &str, span: &str) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{span}-01").parse().unwrap(),
+    );
+    req
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
 #[tokio::test]
-async fn the_callers_trace_id_is_on_the_sidecars_spans() {
+async fn rpc_spans_follow_the_grpc_conventions_and_logs_carry_their_ids() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
+    let logs = Captured::default();
+    let writer = logs.clone();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_subscriber::filter::LevelFilter::INFO)
-        .with(o2o_sidecar::telemetry::otel_layer(&provider));
+        .with(o2o_sidecar::telemetry::otel_layer(&provider))
+        .with(o2o_sidecar::telemetry::json_layer(move || writer.clone()));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let mut h = Harness::start().await;
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut req = Request::new(request("INV-OTEL-1", 10_000));
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
-    );
-    h.grpc.generate_payment_code(req).await.unwrap();
+    let ok_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let bad_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let down_trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    h.grpc
+        .generate_payment_code(with_parent(
+            request("INV-OTEL-1", 10_000),
+            ok_trace,
+            "00f067aa0ba902b7",
+        ))
+        .await
+        .unwrap();
+    // A caller's mistake: INVALID_ARGUMENT.
+    let err = h
+        .grpc
+        .generate_payment_code(with_parent(
+            request("INV-OTEL-2", 0),
+            bad_trace,
+            "00f067aa0ba902b8",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A server fault: DOKU down, UNAVAILABLE.
+    h.fault(json!({"target": "payment_code", "kind": "status", "status": 503}))
+        .await;
+    let err = h
+        .grpc
+        .generate_payment_code(with_parent(
+            request("INV-OTEL-3", 10_000),
+            down_trace,
+            "00f067aa0ba902b9",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
     h.stop().await;
     provider.force_flush().unwrap();
 
     let spans = exporter.get_finished_spans().unwrap();
-    let ours: Vec<_> = spans
+    let rpc = |trace: &str| -> SpanData {
+        let id = TraceId::from_hex(trace).unwrap();
+        let names: Vec<_> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id() == id)
+            .map(|s| s.name.to_string())
+            .collect();
+        spans
+            .iter()
+            .find(|s| {
+                s.span_context.trace_id() == id
+                    && s.name == "o2o.v1.O2OPayments/GeneratePaymentCode"
+            })
+            .unwrap_or_else(|| panic!("no RPC span in trace {trace}: {names:?}"))
+            .clone()
+    };
+
+    let ok = rpc(ok_trace);
+    assert_eq!(ok.span_kind, SpanKind::Server);
+    assert_eq!(attr(&ok, "rpc.system"), Some(Value::from("grpc")));
+    assert_eq!(
+        attr(&ok, "rpc.service"),
+        Some(Value::from("o2o.v1.O2OPayments"))
+    );
+    assert_eq!(
+        attr(&ok, "rpc.method"),
+        Some(Value::from("GeneratePaymentCode"))
+    );
+    assert_eq!(attr(&ok, "rpc.grpc.status_code"), Some(Value::I64(0)));
+    assert_eq!(ok.status, Status::Unset);
+    for noise in [
+        "busy_ns",
+        "idle_ns",
+        "thread.name",
+        "thread.id",
+        "code.file.path",
+    ] {
+        assert_eq!(attr(&ok, noise), None, "{noise} on the span");
+    }
+    let ok_names: Vec<_> = spans
         .iter()
-        .filter(|s| s.span_context.trace_id() == TraceId::from_hex(trace_id).unwrap())
+        .filter(|s| s.span_context.trace_id() == ok.span_context.trace_id())
         .map(|s| s.name.to_string())
         .collect();
     assert!(
-        ours.iter().any(|n| n.contains("GeneratePaymentCode")),
-        "no RPC span in the caller's trace: {ours:?}"
+        ok_names.iter().any(|n| n == "doku.call"),
+        "no DOKU call span in the caller's trace: {ok_names:?}"
     );
+
+    let bad = rpc(bad_trace);
+    assert_eq!(attr(&bad, "rpc.grpc.status_code"), Some(Value::I64(3)));
+    assert_eq!(bad.status, Status::Unset, "a caller's mistake is no error");
+
+    let down = rpc(down_trace);
+    assert_eq!(attr(&down, "rpc.grpc.status_code"), Some(Value::I64(14)));
     assert!(
-        ours.iter().any(|n| n == "doku.call"),
-        "no DOKU call span in the caller's trace: {ours:?}"
+        matches!(down.status, Status::Error { .. }),
+        "{:?}",
+        down.status
+    );
+
+    // JSON log lines inside the RPC carry its trace and span ids at the top level.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let issued = lines
+        .iter()
+        .find(|l| l["message"] == "payment code issued" && l["trace_id"] == ok_trace)
+        .unwrap_or_else(|| panic!("no 'payment code issued' line with trace_id:\n{text}"));
+    let span_id = issued["span_id"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16, "{issued}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.span_context.span_id().to_string() == span_id),
+        "span_id {span_id} is no exported span"
     );
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod limit;
+pub mod metrics;
 pub mod service;
 pub mod status;
 pub mod stream;

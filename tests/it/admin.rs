@@ -36,7 +36,7 @@ async fn probes_and_metrics_after_a_payment() {
         "o2o_doku_requests_total{endpoint=\"payment_code\",status=\"200\"}",
         "o2o_doku_request_duration_seconds_bucket{endpoint=\"payment_code\"",
         "o2o_notifications_total{verdict=\"accepted\"}",
-        "o2o_events_emitted_total{source=\"DOKU_NOTIFICATION\",status=\"PAID\"}",
+        "o2o_events_emitted_total{source=\"doku_notification\",status=\"paid\"}",
         "o2o_store_operation_duration_seconds_bucket{op=\"record_notification\"",
         "o2o_open_streams",
     ] {

@@ -578,7 +578,15 @@ async fn metric(http: &reqwest::Client, admin: SocketAddr, name: &str) -> Option
 }
 
 async fn ready(http: &reqwest::Client, admin: SocketAddr) -> u16 {
-    http.get(format!("http://{admin}/ready"))
+    get_status_code(http, admin, "/ready").await
+}
+
+async fn store_health(http: &reqwest::Client, admin: SocketAddr) -> u16 {
+    get_status_code(http, admin, "/health/store").await
+}
+
+async fn get_status_code(http: &reqwest::Client, admin: SocketAddr, path: &str) -> u16 {
+    http.get(format!("http://{admin}{path}"))
         .send()
         .await
         .unwrap()
@@ -882,6 +890,8 @@ async fn racing_replicas_agree_on_idempotency_keys_and_notification_dedupe() {
 /// takes over within a bounded time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
+    // Its HTTP client needs a TLS provider, which other tests install when they run first.
+    o2o_sidecar::install_tls_provider();
     let Some(db) = ScratchDb::create().await else {
         return;
     };
@@ -920,9 +930,10 @@ async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metric(&http, a.addrs.admin, "o2o_sweeper_runs_total").await >= Some(1.0));
+    // Present from start-up (at zero), and still zero: B never swept.
     assert_eq!(
         metric(&http, b.addrs.admin, "o2o_sweeper_runs_total").await,
-        None
+        Some(0.0)
     );
 
     a.child.start_kill().unwrap();
@@ -1006,12 +1017,14 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let stopped = Instant::now();
     // And one on B that starts while the database is down.
     let on_b = tokio::spawn(subscribe_resuming(b.grpc.clone(), N));
-    // Readiness goes false on both replicas; requests fail with STORE_UNAVAILABLE.
+    // The store's health goes down on both replicas while readiness stays (the app's pods
+    // keep their Service); requests fail with STORE_UNAVAILABLE.
     for replica in [&a, &b] {
-        eventually("not ready", Duration::from_secs(10), || async {
-            ready(&http, replica.addrs.admin).await == 503
+        eventually("store down", Duration::from_secs(10), || async {
+            store_health(&http, replica.addrs.admin).await == 503
         })
         .await;
+        assert_eq!(ready(&http, replica.addrs.admin).await, 200);
     }
     let err = a
         .grpc
@@ -1029,8 +1042,8 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     cluster.ctl_start();
     let down_for = stopped.elapsed();
     for replica in [&a, &b] {
-        eventually("ready again", Duration::from_secs(20), || async {
-            ready(&http, replica.addrs.admin).await == 200
+        eventually("store up again", Duration::from_secs(20), || async {
+            store_health(&http, replica.addrs.admin).await == 200
         })
         .await;
     }

@@ -119,6 +119,16 @@ not declared as a container port: it listens on loopback and no Service may reac
     - name: o2o-sidecar-data
       mountPath: {{ .Values.store.sqlite.dataDir }}
     {{- end }}
+    {{- if .Values.apiToken.existingSecret }}
+    - name: o2o-sidecar-api-token
+      mountPath: {{ include "o2o-sidecar.apiTokenDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.tls.enabled }}
+    - name: o2o-sidecar-tls
+      mountPath: {{ include "o2o-sidecar.tlsDir" . }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{/*
@@ -146,5 +156,25 @@ The pod volumes the sidecar container mounts (list items, same context as the co
     {{- else }} {}
     {{- end }}
   {{- end }}
+{{- end }}
+{{- if .Values.apiToken.existingSecret }}
+- name: o2o-sidecar-api-token
+  secret:
+    secretName: {{ .Values.apiToken.existingSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.apiToken.existingSecretKey }}
+        path: token
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: o2o-sidecar-tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    defaultMode: 0444
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 {{- end }}

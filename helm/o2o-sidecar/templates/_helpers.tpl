@@ -145,9 +145,50 @@ O2O_DOKU_SECRET_KEY_FILE: {{ include "o2o-sidecar.secretKeyFile" . | quote }}
 O2O_DOKU_TIMEOUT: {{ .Values.doku.timeout | quote }}
 O2O_DOKU_CONNECT_TIMEOUT: {{ .Values.doku.connectTimeout | quote }}
 O2O_DOKU_MAX_ATTEMPTS: {{ .Values.doku.maxAttempts | int | quote }}
+O2O_EVENT_RETENTION: {{ .Values.events.retention | quote }}
 {{- if eq .Values.store.type "sqlite" }}
 O2O_STORE: {{ printf "sqlite://%s/%s" (trimSuffix "/" .Values.store.sqlite.dataDir) .Values.store.sqlite.fileName | quote }}
+{{- else }}
+O2O_STORE_POOL_SIZE: {{ .Values.store.postgres.poolSize | int | quote }}
+O2O_STORE_CONNECT_TIMEOUT: {{ .Values.store.postgres.connectTimeout | quote }}
+O2O_STORE_STATEMENT_TIMEOUT: {{ .Values.store.postgres.statementTimeout | quote }}
 {{- end }}
+{{- if .Values.apiToken.existingSecret }}
+O2O_API_TOKEN_FILE: {{ include "o2o-sidecar.apiTokenFile" . | quote }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+O2O_TLS_CERT_FILE: {{ printf "%s/tls.crt" (include "o2o-sidecar.tlsDir" .) | quote }}
+O2O_TLS_KEY_FILE: {{ printf "%s/tls.key" (include "o2o-sidecar.tlsDir" .) | quote }}
+{{- end }}
+{{- with .Values.opentelemetry }}
+{{- if .endpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ .endpoint | quote }}
+{{- end }}
+{{- if .serviceName }}
+OTEL_SERVICE_NAME: {{ .serviceName | quote }}
+{{- end }}
+{{- if .resourceAttributes }}
+OTEL_RESOURCE_ATTRIBUTES: {{ .resourceAttributes | quote }}
+{{- end }}
+{{- if .sampler }}
+OTEL_TRACES_SAMPLER: {{ .sampler | quote }}
+{{- end }}
+{{- if .samplerArg }}
+OTEL_TRACES_SAMPLER_ARG: {{ .samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the API token Secret and the TLS Secret are mounted (whole directories, so that a
+rotated Secret reaches the sidecar, which re-reads the files). */}}
+{{- define "o2o-sidecar.apiTokenDir" -}}
+/etc/o2o-sidecar/api-token
+{{- end }}
+{{- define "o2o-sidecar.apiTokenFile" -}}
+{{- include "o2o-sidecar.apiTokenDir" . }}/token
+{{- end }}
+{{- define "o2o-sidecar.tlsDir" -}}
+/etc/o2o-sidecar/tls
 {{- end }}
 
 {{/*
