@@ -300,6 +300,7 @@ def check_invariants(
             errs.append("ConfigMap: O2O_TLS_CERT_FILE/KEY_FILE belong with tls.enabled")
         otel = sv["opentelemetry"]
         for key, env in (("endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+                         ("protocol", "OTEL_EXPORTER_OTLP_PROTOCOL"),
                          ("serviceName", "OTEL_SERVICE_NAME"),
                          ("resourceAttributes", "OTEL_RESOURCE_ATTRIBUTES")):
             if (otel[key] or None) != data.get(env):

@@ -212,7 +212,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ),
         String::new(),
     ];
-    println!("{}", banner.join("\n"));
+    // One write, and no panic when stdout is gone (`dev | head`, a test that stopped reading).
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(banner.join("\n").as_bytes());
+        let _ = std::io::stdout().flush();
+    }
     let result = o2o_sidecar::run(config, listeners, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = sim_task.await;

@@ -1,6 +1,7 @@
 //! Logging and tracing through `tracing`: human-readable text or one JSON object per line
-//! (filtered by `RUST_LOG`, default `info`), and OpenTelemetry spans exported over OTLP/gRPC when
-//! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set.
+//! (filtered by `RUST_LOG`, default `info`), and OpenTelemetry spans exported over OTLP when the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, over
+//! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, over HTTP.
 //!
 //! A caller's W3C `traceparent` becomes the parent of the sidecar's span for that RPC
 //! ([`grpc_span`]). That span follows the OpenTelemetry semantic conventions for gRPC servers:
@@ -64,6 +65,47 @@ fn otlp_configured() -> bool {
     .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+fn otlp_protocol() -> String {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    .map_or_else(|| "grpc".to_owned(), |v| v.trim().to_owned())
+}
+
+/// The OTLP span exporter for the configured protocol: `grpc` (tonic) or `http/protobuf`
+/// (reqwest); endpoint, headers and timeout come from the standard `OTEL_EXPORTER_OTLP_*`
+/// variables.
+fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    match otlp_protocol().as_str() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| e.to_string()),
+        "http/protobuf" => {
+            // reqwest needs the TLS provider even for http://; its blocking client is built
+            // off the runtime's threads, where it may not start or drop its own runtime.
+            crate::install_tls_provider();
+            std::thread::spawn(|| {
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the HTTP exporter's set-up panicked".into()))
+        }
+        other => Err(format!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (use grpc or http/protobuf)"
+        )),
+    }
+}
+
 /// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`, without the
 /// per-span noise (busy/idle times, thread, source location).
 pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
@@ -106,10 +148,7 @@ pub fn resource(detected: Resource) -> Resource {
 /// (the OTLP exporter's channel lives there).
 pub fn init(format: LogFormat) -> Telemetry {
     let provider = if otlp_configured() {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        match span_exporter() {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 /// A running `o2o-sidecar dev` and its banner.
-struct Dev {
+pub(crate) struct Dev {
     child: Child,
     banner: Vec<String>,
 }
@@ -19,7 +19,7 @@ struct Dev {
 impl Dev {
     /// Starts `dev` with its temporary directory under `tmp` and reads the banner (it ends with
     /// the GetStatus line; stdout is line-buffered, so it arrives as printed).
-    async fn start(tmp: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(tmp: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_o2o-sidecar"));
         cmd.arg("dev")
             .args(["--grpc-addr", "127.0.0.1:0", "--sim-addr", "127.0.0.1:0"])
@@ -52,6 +52,8 @@ impl Dev {
             banner.iter().any(|l| l.contains("GetStatus")),
             "dev exited before its banner: {banner:?}"
         );
+        // Keep reading: the child must never write into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self { child, banner }
     }
 
@@ -70,7 +72,7 @@ impl Dev {
     }
 
     /// The `host:port` of a banner URL.
-    fn addr(&self, label: &str) -> SocketAddr {
+    pub(crate) fn addr(&self, label: &str) -> SocketAddr {
         let url = self.field(label);
         let rest = url.strip_prefix("http://").unwrap_or(&url);
         rest.split('/').next().unwrap().parse().unwrap()
@@ -84,7 +86,7 @@ impl Dev {
     }
 
     /// SIGTERM, then the exit status.
-    async fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
         let killed = Command::new("kill")
             .args(["-TERM", &pid])

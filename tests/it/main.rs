@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod cli;
 mod dev;
+mod otlp;
 
 mod errors;
 mod faults;

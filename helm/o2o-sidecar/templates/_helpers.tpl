@@ -164,6 +164,9 @@ O2O_TLS_KEY_FILE: {{ printf "%s/tls.key" (include "o2o-sidecar.tlsDir" .) | quot
 {{- if .endpoint }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .endpoint | quote }}
 {{- end }}
+{{- if .protocol }}
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ .protocol | quote }}
+{{- end }}
 {{- if .serviceName }}
 OTEL_SERVICE_NAME: {{ .serviceName | quote }}
 {{- end }}
