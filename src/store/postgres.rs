@@ -1492,6 +1492,13 @@ mod tests {
         let Some(db) = ScratchDatabase::create().await else {
             return;
         };
+        // Migrate first with the default timeout: on a busy machine a migration statement
+        // can itself take longer than the 100 ms this test sets.
+        PostgresStore::connect_with(db.options(), &StoreOptions::default())
+            .await
+            .unwrap()
+            .close()
+            .await;
         let settings = StoreOptions {
             statement_timeout: Some(Duration::from_millis(100)),
             ..StoreOptions::default()
