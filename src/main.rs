@@ -212,6 +212,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ),
         String::new(),
     ];
+    // The handlers go in before the banner: a SIGTERM sent as soon as the banner is read is a
+    // graceful stop (the temporary directory is removed), not the default kill.
+    let shutdown = shutdown_signal();
     // One write, and no panic when stdout is gone (`dev | head`, a test that stopped reading).
     {
         use std::io::Write as _;
@@ -220,7 +223,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .write_all(banner.join("\n").as_bytes());
         let _ = std::io::stdout().flush();
     }
-    let result = o2o_sidecar::run(config, listeners, shutdown_signal()).await;
+    let result = o2o_sidecar::run(config, listeners, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sim_task.await;
     result
