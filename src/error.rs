@@ -3,10 +3,21 @@
 //! Every variant has an external message (short and safe: what a caller sees) through
 //! `Display`, and the detail an operator needs goes to the log where the error is raised.
 //! `grpc::status` is the one place that maps these to gRPC codes and error details.
+//!
+//! What the outside systems report is mapped to the domain here too, once: a
+//! [`StoreError`] through `From` (so `?` works in the domain service) and a [`DokuError`]
+//! through [`Error::from_doku`]. Both log the detail an operator needs as they map it.
 
 use std::time::Duration;
 
-use crate::payment::{FieldViolation, InvoiceNumber};
+use crate::{
+    doku::DokuError,
+    payment::{FieldViolation, InvoiceNumber},
+    store::StoreError,
+};
+
+/// How long a caller waits before retrying after DOKU was unavailable, when DOKU did not say.
+pub const RETRY_AFTER_DOKU: Duration = Duration::from_secs(2);
 
 /// What went wrong with a caller's request.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +87,10 @@ pub enum Error {
         /// The oldest position that can still be resumed from.
         oldest: u64,
     },
-    /// The subscriber fell too far behind; it should resume with its last token.
-    #[error("stream buffer overflowed; resume with your last token")]
-    SlowSubscriber,
+    /// The sidecar is draining for shutdown: open streams end with this, and the caller
+    /// resumes with its last token (on this replica after the restart, or on another).
+    #[error("sidecar is shutting down; resume with your last token")]
+    ShuttingDown,
     /// The connection already has as many calls in flight (streams included) as it may.
     #[error("too many calls in flight on this connection (limit {limit}); retry shortly")]
     TooManyCalls {
@@ -103,6 +115,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::reason`] in lower case, for the `outcome` label of metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "invalid_field",
+            Self::InvoiceExists { .. } => "invoice_exists",
+            Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Self::InFlight { .. } => "request_in_flight",
+            Self::PaymentNotFound { .. } => "payment_not_found",
+            Self::DokuUnavailable { .. } => "doku_unavailable",
+            Self::DokuOutcomeUnknown { .. } => "doku_outcome_unknown",
+            Self::DokuAuthRejected => "doku_auth_rejected",
+            Self::DokuRejected { .. } => "doku_rejected",
+            Self::ResumeTokenInvalid => "resume_token_invalid",
+            Self::ResumeTokenExpired { .. } => "resume_token_expired",
+            Self::ShuttingDown => "shutting_down",
+            Self::TooManyCalls { .. } => "too_many_calls",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Internal => "internal",
+        }
+    }
+
     /// The stable UPPER_SNAKE_CASE reason of this error (the gRPC `ErrorInfo.reason` and the
     /// `outcome` label of metrics).
     pub fn reason(&self) -> &'static str {
@@ -118,12 +153,127 @@ impl Error {
             Self::DokuRejected { .. } => "DOKU_REJECTED",
             Self::ResumeTokenInvalid => "RESUME_TOKEN_INVALID",
             Self::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
-            Self::SlowSubscriber => "SLOW_SUBSCRIBER",
+            Self::ShuttingDown => "SHUTTING_DOWN",
             Self::TooManyCalls { .. } => "TOO_MANY_CALLS",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    /// The store's failure as a caller sees it: unavailable (retry) or internal. The detail
+    /// is logged here and never reaches the caller.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::error!(%detail, "store unavailable");
+                Self::StoreUnavailable
+            }
+            other => {
+                tracing::error!(error = %other, "store error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl Error {
+    /// DOKU's failure as a caller sees it, for a call about `invoice` (`None` when the call
+    /// was not about one payment). DOKU's raw body and the transport detail are logged here.
+    pub fn from_doku(e: DokuError, invoice: Option<InvoiceNumber>) -> Self {
+        match e {
+            DokuError::Unavailable {
+                detail,
+                retry_after,
+            } => {
+                tracing::warn!(%detail, "DOKU unavailable");
+                Self::DokuUnavailable {
+                    retry_after: retry_after.unwrap_or(RETRY_AFTER_DOKU),
+                }
+            }
+            DokuError::OutcomeUnknown { detail } => {
+                tracing::warn!(%detail, "DOKU outcome unknown; the stored request will be replayed");
+                match invoice {
+                    Some(invoice) => Self::DokuOutcomeUnknown {
+                        invoice,
+                        retry_after: RETRY_AFTER_DOKU,
+                    },
+                    None => Self::DokuUnavailable {
+                        retry_after: RETRY_AFTER_DOKU,
+                    },
+                }
+            }
+            DokuError::AuthRejected { http_status, body } => {
+                tracing::error!(
+                    http_status,
+                    %body,
+                    "DOKU REJECTED OUR CREDENTIALS: check --doku-client-id, the secret key file and --doku-base-url"
+                );
+                Self::DokuAuthRejected
+            }
+            DokuError::Rejected {
+                http_status,
+                message,
+                body,
+            } => {
+                tracing::warn!(http_status, %body, "DOKU rejected the request");
+                Self::DokuRejected {
+                    http_status,
+                    message,
+                }
+            }
+            DokuError::NotFound { body } => {
+                tracing::warn!(%body, "DOKU does not know the invoice");
+                match invoice {
+                    Some(invoice) => Self::PaymentNotFound { invoice },
+                    None => Self::Internal,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_is_its_reason_in_lower_case() {
+        let invoice = || InvoiceNumber::parse("INV-1").unwrap();
+        let wait = Duration::from_secs(1);
+        let all = [
+            Error::InvalidArgument(vec![]),
+            Error::InvoiceExists { invoice: invoice() },
+            Error::IdempotencyKeyReused { invoice: invoice() },
+            Error::InFlight {
+                invoice: invoice(),
+                retry_after: wait,
+            },
+            Error::PaymentNotFound { invoice: invoice() },
+            Error::DokuUnavailable { retry_after: wait },
+            Error::DokuOutcomeUnknown {
+                invoice: invoice(),
+                retry_after: wait,
+            },
+            Error::DokuAuthRejected,
+            Error::DokuRejected {
+                http_status: 400,
+                message: String::new(),
+            },
+            Error::ResumeTokenInvalid,
+            Error::ResumeTokenExpired { oldest: 1 },
+            Error::ShuttingDown,
+            Error::TooManyCalls { limit: 1 },
+            Error::TooManyStreams { limit: 1 },
+            Error::StoreUnavailable,
+            Error::Unauthenticated,
+            Error::Internal,
+        ];
+        for e in all {
+            assert_eq!(e.label(), e.reason().to_ascii_lowercase(), "{e:?}");
         }
     }
 }

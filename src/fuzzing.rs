@@ -32,8 +32,8 @@ use crate::{
         convert, pb,
         stream::{parse_resume_token, resume_token},
     },
-    notify::assess,
     payment::{Amount, Channel, InvoiceNumber, Payment, PaymentCode, PaymentStatus},
+    sidecar::notification::verdict,
     store::Verdict,
 };
 
@@ -166,7 +166,7 @@ pub fn notification(data: &[u8]) {
         )));
     }
     for p in stored {
-        let (verdict, change) = assess(report.clone(), p.as_ref());
+        let (verdict, change) = verdict(&report, p.as_ref());
         match (&verdict, &change) {
             (Verdict::Accepted, Some(c)) => {
                 assert_eq!(c.invoice.as_str(), report.invoice_number);
@@ -204,7 +204,7 @@ fn check_time(t: OffsetDateTime) {
 pub fn doku_response(data: &[u8]) {
     if let Ok(r) = DokuPaymentCodeResponse::parse(data) {
         let _ = r.invoice_number().map(str::len);
-        if let Ok(issued) = r.into_issued() {
+        if let Ok(issued) = r.issued() {
             let code = issued.payment_code.as_str();
             assert_eq!(
                 PaymentCode::parse(code).as_ref().map(PaymentCode::as_str),

@@ -160,11 +160,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .with_common(&common)?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut sim_stop = stop_rx.clone();
-    let sim_task = tokio::spawn(sim.serve(sim_listener, async move {
-        let _ = sim_stop.wait_for(|s| *s).await;
-    }));
+    let sim_stop = tokio_util::sync::CancellationToken::new();
+    let sim_task = tokio::spawn(sim.serve(sim_listener, sim_stop.clone().cancelled_owned()));
     let grpc = reachable(addrs.grpc);
     let sim_url = format!("http://{}", reachable(sim_addr));
     let http = reachable(addrs.http);
@@ -224,7 +221,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     let result = o2o_sidecar::run(config, listeners, shutdown).await;
-    let _ = stop_tx.send(true);
+    sim_stop.cancel();
     let _ = sim_task.await;
     result
 }

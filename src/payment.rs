@@ -151,6 +151,16 @@ impl PaymentStatus {
         }
     }
 
+    /// Lower-case form for metric label values (Prometheus convention), without allocating.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Paid => "paid",
+        }
+    }
+
     /// Parses [`PaymentStatus::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -202,6 +212,14 @@ impl EventSource {
         match self {
             Self::DokuNotification => "DOKU_NOTIFICATION",
             Self::Reconciliation => "RECONCILIATION",
+        }
+    }
+
+    /// Lower-case form for metric label values, without allocating.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DokuNotification => "doku_notification",
+            Self::Reconciliation => "reconciliation",
         }
     }
 

@@ -21,9 +21,13 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{doku::DokuError, payment::PaymentStatus, sidecar::Sidecar, store::PaymentRecord};
+use crate::{
+    sidecar::{CheckOutcome, Sidecar},
+    store::{Election, PaymentRecord},
+};
 
 /// Sweeper settings.
 #[derive(Debug, Clone)]
@@ -92,20 +96,21 @@ pub fn next_check(
     }
 }
 
-/// Runs rounds while this replica holds the sweeper's right, until `shutdown` becomes true.
+/// Runs rounds while this replica holds the sweeper's right (campaigning through
+/// `election`), until `shutdown` is cancelled.
 pub async fn run(
     sidecar: Sidecar,
+    mut election: Box<dyn Election>,
     config: SweeperConfig,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
-    let mut election = sidecar.store().sweeper_election();
     let mut campaign = tokio::time::interval(config.leader_check);
     campaign.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::gauge!("o2o_sweeper_leader").set(0.0);
     let mut unsure_logged = false;
     loop {
         tokio::select! {
-            _ = stopped(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             _ = campaign.tick() => {}
         }
         match election.campaign().await {
@@ -113,7 +118,7 @@ pub async fn run(
                 unsure_logged = false;
                 tracing::info!("this replica now runs the reconciliation sweeper");
                 metrics::gauge!("o2o_sweeper_leader").set(1.0);
-                let stop = lead(&sidecar, &config, &mut *election, &mut shutdown).await;
+                let stop = lead(&sidecar, &config, &mut *election, &shutdown).await;
                 metrics::gauge!("o2o_sweeper_leader").set(0.0);
                 if stop {
                     break;
@@ -132,18 +137,13 @@ pub async fn run(
     election.resign().await;
 }
 
-async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    // An error means the sender is gone: the sidecar is stopping too.
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 /// Sweeps while the right is confirmed every `leader_check`. Returns `true` on shutdown,
 /// `false` when the right is lost (a round in flight is abandoned).
 async fn lead(
     sidecar: &Sidecar,
     config: &SweeperConfig,
-    election: &mut dyn crate::store::Election,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    election: &mut dyn Election,
+    shutdown: &CancellationToken,
 ) -> bool {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,7 +173,7 @@ async fn lead(
         }
     };
     tokio::select! {
-        _ = stopped(shutdown) => true,
+        () = shutdown.cancelled() => true,
         () = lost => false,
         () = rounds => unreachable!("rounds never end"),
     }
@@ -184,86 +184,42 @@ pub async fn round(
     sidecar: &Sidecar,
     config: &SweeperConfig,
 ) -> Result<usize, crate::error::Error> {
-    let now = OffsetDateTime::now_utc();
-    let due = sidecar
-        .store()
-        .due_for_check(now, config.batch)
-        .await
-        .map_err(crate::sidecar::store_error)?;
+    let due = sidecar.due_for_check(config.batch).await?;
     let n = due.len();
     metrics::counter!("o2o_sweeper_runs_total").increment(1);
     futures::stream::iter(due)
-        .for_each_concurrent(config.concurrency, |rec| check_one(sidecar, config, rec))
+        .for_each_concurrent(config.concurrency, |rec| {
+            let span = tracing::info_span!("reconcile", invoice = %rec.payment.invoice);
+            check_one(sidecar, config, rec).instrument(span)
+        })
         .await;
     Ok(n)
 }
 
+/// Checks one payment through the domain service, then schedules its next check.
 async fn check_one(sidecar: &Sidecar, config: &SweeperConfig, rec: PaymentRecord) {
-    let span = tracing::info_span!("reconcile", invoice = %rec.payment.invoice);
-    check_one_inner(sidecar, config, rec).instrument(span).await;
-}
-
-async fn check_one_inner(sidecar: &Sidecar, config: &SweeperConfig, rec: PaymentRecord) {
-    let invoice = rec.payment.invoice.clone();
-    if rec.payment.payment_code.is_none() && rec.doku_request.is_some() {
-        // DOKU's answer was lost: replay the stored request (same Request-Id) to learn the
-        // code DOKU issued, if any.
-        match sidecar.recover_code(rec.clone()).await {
-            Ok(p) if p.payment_code.is_some() => {
+    let next = match sidecar.check(rec.clone()).await {
+        CheckOutcome::Settled(status) => {
+            metrics::counter!("o2o_sweeper_findings_total", "finding" => status.label())
+                .increment(1);
+            None
+        }
+        CheckOutcome::Pending { recovered_code } => {
+            if recovered_code {
                 metrics::counter!("o2o_sweeper_findings_total", "finding" => "code_recovered")
                     .increment(1);
-                tracing::info!("payment code recovered by replaying the stored request");
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not recover the payment code yet"),
-        }
-        // A request DOKU definitively rejected is never replayed: its check stays cleared.
-        if let Ok(Some(now)) = sidecar.store().get_payment(&invoice).await
-            && now.rejected_draft().is_some()
-        {
-            tracing::info!("DOKU rejected the stored request; the sweeper stops checking it");
-            return;
-        }
-        reschedule(sidecar, config, &rec).await;
-        return;
-    }
-    match sidecar.doku().check_status(&invoice).await {
-        Ok(report) => match sidecar.reconcile(&rec, &report).await {
-            Ok(Some(p)) if p.status != PaymentStatus::Pending => {
-                metrics::counter!("o2o_sweeper_findings_total", "finding" => p.status.as_str().to_ascii_lowercase())
-                    .increment(1);
-                if let Err(e) = sidecar.store().schedule_check(&invoice, None).await {
-                    tracing::warn!(error = %e, "cannot clear the check schedule");
-                }
+            let next = next_check(&rec, OffsetDateTime::now_utc(), &config.backoff);
+            if next.is_none() {
+                tracing::warn!(invoice = %rec.payment.invoice, "payment still PENDING a week after expiry; the sweeper stops checking it");
             }
-            Ok(_) => reschedule(sidecar, config, &rec).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot apply Check Status");
-                reschedule(sidecar, config, &rec).await;
-            }
-        },
-        Err(DokuError::NotFound { .. }) => {
-            tracing::warn!("DOKU does not know this invoice");
-            reschedule(sidecar, config, &rec).await;
+            next
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "Check Status failed");
-            reschedule(sidecar, config, &rec).await;
-        }
-    }
-}
-
-async fn reschedule(sidecar: &Sidecar, config: &SweeperConfig, rec: &PaymentRecord) {
-    let next = next_check(rec, OffsetDateTime::now_utc(), &config.backoff);
-    if next.is_none() {
-        tracing::warn!(invoice = %rec.payment.invoice, "payment still PENDING a week after expiry; the sweeper stops checking it");
-    }
-    if let Err(e) = sidecar
-        .store()
-        .schedule_check(&rec.payment.invoice, next)
-        .await
-    {
-        tracing::warn!(error = %e, "cannot reschedule the check");
+        // Its check stays cleared: a rejected request is never replayed.
+        CheckOutcome::Abandoned => return,
+    };
+    if let Err(e) = sidecar.schedule_check(&rec.payment.invoice, next).await {
+        tracing::warn!(error = %e, "cannot schedule the next check");
     }
 }
 
@@ -272,13 +228,13 @@ async fn reschedule(sidecar: &Sidecar, config: &SweeperConfig, rec: &PaymentReco
 pub async fn prune(
     store: std::sync::Arc<dyn crate::store::Store>,
     retention: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let before = OffsetDateTime::now_utc()

@@ -8,6 +8,8 @@
 //! notification signed with the old key hours later. A few retired keys are kept (a file
 //! rewritten in place can be read half-written once), each dropped when its window ends.
 //!
+//! [`watch_key_file`] and [`watch_token_file`] are the two watchers the server runs.
+//!
 //! Trouble: a file that becomes unreadable or empty keeps the last good key in use, and
 //! [`SecretKeySource::problem`] says why until the file is good again (readiness turns false
 //! and the key watcher logs it loudly). Write the file atomically (write elsewhere, rename),
@@ -21,6 +23,7 @@ use std::{
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How many retired keys are kept for verification at most (the newest ones).
 const MAX_RETIRED: usize = 3;
@@ -221,6 +224,72 @@ impl SecretKeySource {
                 self.write().problem = Some(e.to_string());
                 Err(e)
             }
+        }
+    }
+}
+
+/// How often the key file is re-read.
+const KEY_POLL: Duration = Duration::from_secs(1);
+/// How often a key file that stays unreadable is logged again.
+const KEY_PROBLEM_REPEAT: Duration = Duration::from_secs(60);
+/// How often the API token file is re-read.
+const TOKEN_POLL: Duration = Duration::from_secs(5);
+
+/// Re-reads the secret key file every [`KEY_POLL`] until `stop` is cancelled: a new key is
+/// used by outbound calls at once; an unreadable or empty file keeps the last good key, turns
+/// readiness off and is logged loudly (again every minute while it lasts).
+pub async fn watch_key_file(key: SecretKeySource, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(KEY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since_log: Option<Instant> = None;
+    metrics::gauge!("o2o_secret_key_file_ok").set(1.0);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match key.refresh() {
+            Ok(changed) => {
+                if failing_since_log.take().is_some() {
+                    tracing::info!("DOKU secret key file readable again; ready");
+                    metrics::gauge!("o2o_secret_key_file_ok").set(1.0);
+                }
+                if changed {
+                    metrics::counter!("o2o_secret_key_rotations_total").increment(1);
+                    tracing::info!(
+                        "DOKU secret key file changed: outbound calls use the new key now; the \
+                         previous key still verifies notifications during the grace window"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::gauge!("o2o_secret_key_file_ok").set(0.0);
+                let now = Instant::now();
+                let due = failing_since_log.is_none_or(|at| now - at >= KEY_PROBLEM_REPEAT);
+                if due {
+                    failing_since_log = Some(now);
+                    tracing::error!(
+                        error = %e,
+                        "DOKU SECRET KEY FILE UNREADABLE: keeping the last good key; NOT READY \
+                         until the file is fixed"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the API token file every [`TOKEN_POLL`] until `stop` is cancelled; an unreadable
+/// file keeps the last good token and is logged.
+pub async fn watch_token_file(token: SecretKeySource, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(TOKEN_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => if let Err(e) = token.refresh() {
+                tracing::error!(error = %e, "cannot re-read --api-token-file; keeping the last good token");
+            },
         }
     }
 }

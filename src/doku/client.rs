@@ -88,6 +88,20 @@ impl Default for DokuClientConfig {
     }
 }
 
+impl DokuClientConfig {
+    /// The longest one logical call can take: every attempt running into both timeouts, and
+    /// the longest wait between attempts (the backoff's cap or an honoured `Retry-After`). A
+    /// payment's attempt lease is derived from it, so that it outlasts any call.
+    pub fn worst_case_call(&self) -> Duration {
+        let attempts = self.max_attempts.max(1);
+        let attempt = self.connect_timeout.saturating_add(self.request_timeout);
+        let between = self.backoff_max.max(self.retry_after_max);
+        attempt
+            .saturating_mul(attempts)
+            .saturating_add(between.saturating_mul(attempts - 1))
+    }
+}
+
 /// A payment-code request ready to be sent, possibly many times: the caller stores it before
 /// the first attempt so that every retry, even after a restart, is the same request to DOKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +264,11 @@ impl DokuClient {
                 key,
             }),
         })
+    }
+
+    /// [`DokuClientConfig::worst_case_call`] of this client.
+    pub fn worst_case_call(&self) -> Duration {
+        self.inner.cfg.worst_case_call()
     }
 
     /// Builds the request for a new payment code: a fresh Request-Id (UUID v4) and the body
@@ -898,6 +917,30 @@ mod tests {
         );
         assert_eq!(check(b"{}", None, PAYMENT_CODE_PATH), None);
         assert_eq!(check(v1, Some(v1), "/other"), None);
+    }
+
+    #[test]
+    fn worst_case_call_covers_every_attempt_and_the_longest_wait() {
+        let cfg = DokuClientConfig {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            backoff_max: Duration::from_secs(2),
+            retry_after_max: Duration::from_secs(5),
+            ..DokuClientConfig::default()
+        };
+        // 3 attempts of 13 s, and two waits of up to 5 s (Retry-After beats the backoff).
+        assert_eq!(cfg.worst_case_call(), Duration::from_secs(49));
+        let one = DokuClientConfig {
+            max_attempts: 1,
+            ..cfg.clone()
+        };
+        assert_eq!(one.worst_case_call(), Duration::from_secs(13));
+        let huge = DokuClientConfig {
+            request_timeout: Duration::MAX,
+            ..cfg
+        };
+        assert_eq!(huge.worst_case_call(), Duration::MAX);
     }
 
     #[test]

@@ -252,11 +252,6 @@ impl DokuPaymentCodeResponse {
     }
 
     /// The issued code; `Err` when the body has no valid payment code.
-    pub(crate) fn into_issued(self) -> Result<IssuedCode, String> {
-        self.issued()
-    }
-
-    /// [`Self::into_issued`] without consuming the answer.
     pub(crate) fn issued(&self) -> Result<IssuedCode, String> {
         let info = self
             .online_to_offline_info
@@ -555,7 +550,7 @@ pub(super) mod tests {
             "extra":true}"#;
         let r = DokuPaymentCodeResponse::parse(body).unwrap();
         assert_eq!(r.invoice_number(), Some("INV-1"));
-        let issued = r.into_issued().unwrap();
+        let issued = r.issued().unwrap();
         assert_eq!(issued.payment_code.as_str(), "8880123456789012");
         assert_eq!(issued.create_time, Some(datetime!(2023-05-29 02:05:10 UTC)));
         assert_eq!(issued.expire_time, Some(datetime!(2023-05-29 03:05:10 UTC)));
@@ -577,13 +572,13 @@ pub(super) mod tests {
             br#"{"message":"different request data"}"#,
         ] {
             let r = DokuPaymentCodeResponse::parse(body).unwrap();
-            assert!(r.into_issued().is_err());
+            assert!(r.issued().is_err());
         }
         assert!(DokuPaymentCodeResponse::parse(b"<html>").is_err());
         let numeric = br#"{"online_to_offline_info":{"payment_code":123456}}"#;
         let issued = DokuPaymentCodeResponse::parse(numeric)
             .unwrap()
-            .into_issued()
+            .issued()
             .unwrap();
         assert_eq!(issued.payment_code.as_str(), "123456");
         assert_eq!(issued.create_time, None);

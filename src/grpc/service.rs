@@ -3,8 +3,9 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -19,8 +20,8 @@ use crate::sidecar::Sidecar;
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
     sidecar: Sidecar,
-    /// Becomes `true` when the sidecar drains: open streams end with UNAVAILABLE.
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled when the sidecar drains: open streams end with `SHUTTING_DOWN`.
+    shutdown: CancellationToken,
     /// Room for open `StreamNotifications`, across all connections.
     streams: Arc<Semaphore>,
     max_streams: usize,
@@ -28,8 +29,8 @@ pub struct PaymentsService {
 
 impl PaymentsService {
     /// A service over `sidecar` with room for `max_streams` open `StreamNotifications`;
-    /// streams end when `shutdown` becomes `true`.
-    pub fn new(sidecar: Sidecar, shutdown: watch::Receiver<bool>, max_streams: usize) -> Self {
+    /// streams end when `shutdown` is cancelled.
+    pub fn new(sidecar: Sidecar, shutdown: CancellationToken, max_streams: usize) -> Self {
         Self {
             sidecar,
             shutdown,

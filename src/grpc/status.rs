@@ -72,7 +72,8 @@ pub fn to_status(err: Error) -> Status {
         }
         Error::DokuAuthRejected => (Code::Internal, HashMap::new()),
         Error::DokuRejected { http_status, .. } => {
-            // 4xx other than 409/422 are about the request's content; the rest about state.
+            // 400 and 422 are about the request's content; any other 4xx is about state at
+            // DOKU (a Request-Id it has seen, a conflict), which a corrected request won't fix.
             let code = if matches!(http_status, 400 | 422) {
                 Code::InvalidArgument
             } else {
@@ -85,7 +86,10 @@ pub fn to_status(err: Error) -> Status {
             Code::OutOfRange,
             meta([("oldest_event_id", oldest.to_string())]),
         ),
-        Error::SlowSubscriber => (Code::ResourceExhausted, HashMap::new()),
+        Error::ShuttingDown => {
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            (Code::Unavailable, HashMap::new())
+        }
         Error::TooManyCalls { limit } | Error::TooManyStreams { limit } => {
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             (

@@ -15,10 +15,15 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{convert, pb, status::to_status};
-use crate::{error::Error, payment::Event, sidecar::Sidecar, sidecar::store_error};
+use crate::{
+    error::Error,
+    payment::Event,
+    sidecar::{Sidecar, Subscription},
+};
 
 /// Events read from the store per query during replay.
 const REPLAY_BATCH: u32 = 500;
@@ -49,7 +54,7 @@ type Item = Result<pb::StreamNotificationsResponse, Status>;
 pub async fn start(
     sidecar: Sidecar,
     request: pb::StreamNotificationsRequest,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     slot: OwnedSemaphorePermit,
 ) -> Result<mpsc::Receiver<Item>, Status> {
     if request.invoice_numbers.len() > MAX_FILTER {
@@ -60,37 +65,18 @@ pub async fn start(
             ),
         ])));
     }
+    let resume_from = match request.resume_token.as_str() {
+        "" => None,
+        token => Some(parse_resume_token(token).map_err(to_status)?),
+    };
     // Subscribe first: anything committed from here on is either in the store read below or
     // arrives on `live` (this replica) or as a hint (any replica).
-    let live = sidecar.subscribe();
-    let store = sidecar.store();
-    let hints = store.commit_hints();
-    let last = store
-        .last_seq()
-        .await
-        .map_err(store_error)
-        .map_err(to_status)?;
-    let cursor = if request.resume_token.is_empty() {
-        last
-    } else {
-        let seq = parse_resume_token(&request.resume_token).map_err(to_status)?;
-        if seq > last {
-            return Err(to_status(Error::ResumeTokenInvalid));
-        }
-        let pruned = store
-            .pruned_through()
-            .await
-            .map_err(store_error)
-            .map_err(to_status)?;
-        if seq < pruned {
-            return Err(to_status(Error::ResumeTokenExpired { oldest: pruned }));
-        }
-        seq
-    };
+    let subscription = sidecar.subscribe();
+    let cursor = sidecar.stream_start(resume_from).await.map_err(to_status)?;
     let filter: Vec<String> = request.invoice_numbers;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        feed(sidecar, cursor, filter, live, hints, tx, shutdown).await;
+        feed(sidecar, cursor, filter, subscription, tx, shutdown).await;
         drop(slot);
     });
     Ok(rx)
@@ -122,10 +108,9 @@ impl Feed {
     async fn catch_up(&mut self, sidecar: &Sidecar) -> Result<(), Option<Status>> {
         loop {
             let batch = sidecar
-                .store()
                 .events_after(self.cursor, REPLAY_BATCH)
                 .await
-                .map_err(|e| Some(to_status(store_error(e))))?;
+                .map_err(|e| Some(to_status(e)))?;
             let done = batch.len() < REPLAY_BATCH as usize;
             for event in batch {
                 self.deliver(event).await.map_err(|()| None)?;
@@ -135,11 +120,6 @@ impl Feed {
             }
         }
     }
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone: the sidecar is stopping too.
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// The next commit hint; pends forever when the store gives none (or stopped giving them).
@@ -158,10 +138,12 @@ async fn feed(
     sidecar: Sidecar,
     cursor: u64,
     filter: Vec<String>,
-    mut live: broadcast::Receiver<Event>,
-    mut hints: Option<watch::Receiver<u64>>,
+    Subscription {
+        mut live,
+        mut hints,
+    }: Subscription,
     tx: mpsc::Sender<Item>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     metrics::gauge!("o2o_open_streams").increment(1.0);
     let mut feed = Feed { cursor, filter, tx };
@@ -171,9 +153,7 @@ async fn feed(
         }
         loop {
             tokio::select! {
-                () = stopped(&mut shutdown) => {
-                    break 'outer Some(Status::unavailable("sidecar is shutting down; resume with your last token"));
-                }
+                () = shutdown.cancelled() => break 'outer Some(to_status(Error::ShuttingDown)),
                 _ = feed.tx.closed() => break 'outer None,
                 received = live.recv() => match received {
                     Ok(event) if event.seq <= feed.cursor => {}

@@ -286,6 +286,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Lower-case form for the `verdict` label of `o2o_notifications_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Mismatch(_) => "mismatch",
+            Self::UnknownStatus(_) => "unknown_status",
+            Self::UndatedRepeat => "undated_repeat",
+        }
+    }
+
     /// Stable text form for the audit table.
     pub fn as_str(&self) -> &'static str {
         match self {

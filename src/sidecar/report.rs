@@ -1,0 +1,150 @@
+//! The one rule for believing DOKU about a payment, whichever way DOKU said it: a verified
+//! notification, or a Check Status answer (GetStatus refresh and the sweeper).
+//!
+//! A report about a stored payment is believed only if it describes that payment
+//! ([`check_report`]: the same invoice, the same amount, and no other payment code). Then only
+//! its status is taken from DOKU; the invoice and the amount of the change are the stored ones.
+//! A report about an invoice this sidecar never created (a notification only) is taken as DOKU
+//! sent it, if its fields are valid. A status this sidecar does not know is never guessed.
+
+use time::OffsetDateTime;
+
+use crate::{
+    doku::{StatusReport, notification::NotificationReport, types::ReportedStatus},
+    payment::{
+        Amount, AmountRule, EventSource, InvoiceNumber, Payment, PaymentCode, ReportMismatch,
+        ReportedIdentity, StatusChange, check_report,
+    },
+};
+
+/// What DOKU said about one payment, whichever way it said it.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// `order.invoice_number`.
+    pub invoice_number: Option<&'a str>,
+    /// `order.amount` in rupiah.
+    pub amount: Option<i64>,
+    /// `online_to_offline_info.payment_code`.
+    pub payment_code: Option<&'a str>,
+    /// `transaction.status`, mapped without guessing.
+    pub status: &'a ReportedStatus,
+    /// `transaction.date`.
+    pub occur_time: Option<OffsetDateTime>,
+    /// How the report arrived: the source of the event it may cause.
+    pub source: EventSource,
+}
+
+impl<'a> Report<'a> {
+    /// A verified notification's report.
+    pub fn notification(n: &'a NotificationReport) -> Self {
+        Self {
+            invoice_number: Some(&n.invoice_number),
+            amount: Some(n.amount),
+            payment_code: n.payment_code.as_deref(),
+            status: &n.status,
+            occur_time: n.occur_time,
+            source: EventSource::DokuNotification,
+        }
+    }
+
+    /// A Check Status answer's report.
+    pub fn check_status(r: &'a StatusReport) -> Self {
+        Self {
+            invoice_number: r.invoice_number.as_deref(),
+            amount: r.amount,
+            payment_code: r.payment_code.as_deref(),
+            status: &r.status,
+            occur_time: r.occur_time,
+            source: EventSource::Reconciliation,
+        }
+    }
+}
+
+/// What a report means for the payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assessment {
+    /// Believed: this change may be applied (the store decides whether the status moves).
+    Change(StatusChange),
+    /// Not about the stored payment, or not valid: nothing may change.
+    Mismatch(Refusal),
+    /// About the payment, with a status this sidecar does not know (DOKU's raw text).
+    UnknownStatus(String),
+}
+
+/// Why a report was not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// It does not describe the stored payment.
+    #[error(transparent)]
+    NotThisPayment(#[from] ReportMismatch),
+    /// About an invoice this sidecar never created, with a field that is not valid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Refusal {
+    /// The `reason` label of `o2o_doku_answers_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotThisPayment(m) => m.reason(),
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Compares `report` with the stored payment of its invoice (`None`: this sidecar did not
+/// create it), without I/O. An accepted change for a stored payment always carries the stored
+/// invoice and amount, and never a payment code other than the stored one.
+pub fn assess(report: Report<'_>, stored: Option<&Payment>) -> Assessment {
+    let (invoice, amount, code) = match stored {
+        Some(p) => {
+            let reported = ReportedIdentity {
+                invoice_number: report.invoice_number,
+                amount: report.amount,
+                payment_code: report.payment_code,
+            };
+            match check_report(p.identity(), reported, AmountRule::Required) {
+                Ok(code) => (
+                    p.invoice.clone(),
+                    p.amount,
+                    code.or_else(|| p.payment_code.clone()),
+                ),
+                Err(why) => return Assessment::Mismatch(why.into()),
+            }
+        }
+        None => match unknown_invoice(&report) {
+            Ok(identity) => identity,
+            Err(why) => return Assessment::Mismatch(Refusal::Invalid(why)),
+        },
+    };
+    let status = match report.status {
+        ReportedStatus::Known(s) => *s,
+        ReportedStatus::Unrecognized(raw) => return Assessment::UnknownStatus(raw.clone()),
+    };
+    Assessment::Change(StatusChange {
+        invoice,
+        status,
+        amount,
+        payment_code: code,
+        // Absent stays absent: the store decides what an undated payment means.
+        occur_time: report.occur_time,
+        source: report.source,
+        doku_request_id: None,
+    })
+}
+
+/// The identity of a report about an invoice this sidecar never created, if every field is
+/// valid.
+fn unknown_invoice(
+    report: &Report<'_>,
+) -> Result<(InvoiceNumber, Amount, Option<PaymentCode>), String> {
+    let raw = report.invoice_number.unwrap_or_default();
+    let invoice =
+        InvoiceNumber::parse(raw).map_err(|_| format!("invoice number {raw:?} is not valid"))?;
+    let amount = report
+        .amount
+        .ok_or_else(|| "amount is missing".to_owned())
+        .and_then(|a| Amount::new(a).map_err(|_| format!("amount {a} is not valid")))?;
+    let code = report.payment_code.map(PaymentCode::parse).transpose()?;
+    Ok((invoice, amount, code))
+}
