@@ -148,3 +148,124 @@ fn unknown_invoice(
     let code = report.payment_code.map(PaymentCode::parse).transpose()?;
     Ok((invoice, amount, code))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::{Channel, PaymentStatus};
+
+    fn stored(code: Option<&str>) -> Payment {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        Payment {
+            invoice: InvoiceNumber::parse("INV-1").unwrap(),
+            amount: Amount::new(150_000).unwrap(),
+            channel: Channel::Indomaret,
+            payment_code: code.map(|c| PaymentCode::parse(c).unwrap()),
+            status: PaymentStatus::Pending,
+            create_time: t,
+            expire_time: t,
+            pay_time: None,
+            how_to_pay_url: None,
+            how_to_pay_api_url: None,
+            reusable: false,
+        }
+    }
+
+    fn report<'a>(
+        invoice: Option<&'a str>,
+        amount: Option<i64>,
+        code: Option<&'a str>,
+        status: &'a ReportedStatus,
+    ) -> Report<'a> {
+        Report {
+            invoice_number: invoice,
+            amount,
+            payment_code: code,
+            status,
+            occur_time: None,
+            source: EventSource::Reconciliation,
+        }
+    }
+
+    const PAID: ReportedStatus = ReportedStatus::Known(PaymentStatus::Paid);
+
+    #[test]
+    fn a_report_about_the_stored_payment_changes_only_its_status() {
+        let p = stored(Some("8880123456"));
+        let Assessment::Change(c) =
+            assess(report(Some("INV-1"), Some(150_000), None, &PAID), Some(&p))
+        else {
+            panic!("not believed");
+        };
+        assert_eq!((c.invoice, c.amount), (p.invoice.clone(), p.amount));
+        // DOKU said no code: the stored one stays.
+        assert_eq!(c.payment_code, p.payment_code);
+        assert_eq!(c.status, PaymentStatus::Paid);
+        assert_eq!(c.source, EventSource::Reconciliation);
+    }
+
+    #[test]
+    fn a_report_about_another_payment_changes_nothing() {
+        let p = stored(Some("8880123456"));
+        for (r, reason) in [
+            (report(None, Some(150_000), None, &PAID), "invoice_missing"),
+            (
+                report(Some("INV-2"), Some(150_000), None, &PAID),
+                "invoice_mismatch",
+            ),
+            (report(Some("INV-1"), None, None, &PAID), "amount_missing"),
+            (
+                report(Some("INV-1"), Some(1), None, &PAID),
+                "amount_mismatch",
+            ),
+            (
+                report(Some("INV-1"), Some(150_000), Some("x"), &PAID),
+                "code_invalid",
+            ),
+            (
+                report(Some("INV-1"), Some(150_000), Some("8880999999"), &PAID),
+                "code_mismatch",
+            ),
+        ] {
+            match assess(r, Some(&p)) {
+                Assessment::Mismatch(why) => assert_eq!(why.reason(), reason),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_status_is_never_guessed() {
+        let raw = ReportedStatus::Unrecognized("REFUNDED".into());
+        let r = report(Some("INV-1"), Some(150_000), None, &raw);
+        assert_eq!(
+            assess(r, Some(&stored(None))),
+            Assessment::UnknownStatus("REFUNDED".into())
+        );
+        assert_eq!(
+            assess(r, None),
+            Assessment::UnknownStatus("REFUNDED".into())
+        );
+    }
+
+    #[test]
+    fn an_unknown_invoice_is_taken_as_sent_only_when_valid() {
+        let r = report(Some("INV-9"), Some(5_000), Some("8880123456"), &PAID);
+        let Assessment::Change(c) = assess(r, None) else {
+            panic!("not taken");
+        };
+        assert_eq!(c.invoice.as_str(), "INV-9");
+        assert_eq!(c.amount.rupiah(), 5_000);
+        for bad in [
+            report(Some(""), Some(5_000), None, &PAID),
+            report(Some("INV-9"), Some(0), None, &PAID),
+            report(Some("INV-9"), None, None, &PAID),
+            report(Some("INV-9"), Some(5_000), Some("not a code"), &PAID),
+        ] {
+            assert!(
+                matches!(assess(bad, None), Assessment::Mismatch(Refusal::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}
