@@ -60,6 +60,9 @@ pub mod sidecar;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 
 use std::future::Future;

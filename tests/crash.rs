@@ -9,10 +9,6 @@
 //! --test crash -- --nocapture` is the full run. `O2O_CRASH_SEED` replays a run's timing, and
 //! `O2O_CRASH_MAX_UPTIME_MS` bounds how long each incarnation lives (default 300).
 
-#[allow(dead_code)]
-#[path = "it/child.rs"]
-mod child;
-
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{
@@ -23,16 +19,19 @@ use std::{
 };
 
 use o2o_sidecar::{
+    BoundAddrs,
     grpc::{
         pb::{self, o2o_payments_client::O2oPaymentsClient},
         stream::resume_token,
     },
-    sim::{SimConfig, Simulator},
+    sim::SimConfig,
+    testing::{
+        CLIENT_ID, ChildOptions, ChildSidecar, PATH, Sim, notification_body, post_notification,
+        signed_headers,
+    },
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use tokio::sync::watch;
-
-use crate::child::{Addrs, Launch, Sidecar, notification_body, notification_headers};
 
 const SECRET: &str = "SK-CRASH-0123456789abcdef";
 
@@ -66,7 +65,7 @@ fn invoice(id: u64) -> String {
 
 async fn sender(
     outbox: Arc<Outbox>,
-    mut addrs: watch::Receiver<Option<Addrs>>,
+    mut addrs: watch::Receiver<Option<BoundAddrs>>,
     http: reqwest::Client,
 ) {
     loop {
@@ -93,9 +92,9 @@ async fn sender(
             &format!("77310{id:010}"),
             "SUCCESS",
         );
-        let headers = notification_headers(body.as_bytes(), SECRET, &format!("crash-{id}"));
-        let url = format!("http://{}{}", addr.http, child::PATH);
-        match child::post_notification(&http, &url, body.as_bytes(), &headers).await {
+        let headers = signed_headers(body.as_bytes(), SECRET, PATH, &format!("crash-{id}"));
+        let url = format!("http://{}{PATH}", addr.http);
+        match post_notification(&http, &url, body.as_bytes(), &headers).await {
             Some(s) if (200..300).contains(&s) => {
                 outbox.acked.lock().unwrap().insert(id);
             }
@@ -119,7 +118,7 @@ struct Inbox {
 
 async fn subscriber(
     inbox: Arc<Inbox>,
-    mut addrs: watch::Receiver<Option<Addrs>>,
+    mut addrs: watch::Receiver<Option<BoundAddrs>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut token = resume_token(0);
@@ -189,21 +188,15 @@ async fn every_acknowledged_notification_survives_sigkill() {
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
     // DOKU is only needed for the sweeper; notifications for invoices the sidecar did not
     // create need no DOKU call.
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
-    let sim = Simulator::new(SimConfig::new(child::CLIENT_ID, SECRET));
-    tokio::spawn(sim.serve(sim_listener, std::future::pending()));
-    let launch = Launch {
-        key_file: &key_file,
-        store: &store,
-        doku_base_url: &sim_url,
-        extra: &[],
-        rust_log: "warn,o2o_sidecar=info",
+    let sim = Sim::start(SimConfig::new(CLIENT_ID, SECRET)).await;
+    let launch = ChildOptions {
+        doku_base_url: sim.url.clone(),
+        rust_log: "warn,o2o_sidecar=info".into(),
         keep_log: false,
-        wrap: None,
+        ..ChildOptions::new(env!("CARGO_BIN_EXE_o2o-sidecar"), &key_file, &store)
     };
 
-    let (addrs_tx, addrs_rx) = watch::channel(None::<Addrs>);
+    let (addrs_tx, addrs_rx) = watch::channel(None::<BoundAddrs>);
     let outbox = Arc::new(Outbox::default());
     let inbox = Arc::new(Inbox::default());
     let stop_subscriber = Arc::new(AtomicBool::new(false));
@@ -226,7 +219,7 @@ async fn every_acknowledged_notification_survives_sigkill() {
     ));
 
     for _ in 0..kills {
-        let sidecar = Sidecar::start(&launch).await;
+        let sidecar = ChildSidecar::start(&launch).await;
         addrs_tx.send_replace(Some(sidecar.addrs));
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=max_uptime))).await;
         addrs_tx.send_replace(None);
@@ -235,7 +228,7 @@ async fn every_acknowledged_notification_survives_sigkill() {
 
     // The last incarnation: no new notifications; DOKU's retries drain; the subscriber catches
     // up with everything acknowledged.
-    let sidecar = Sidecar::start(&launch).await;
+    let sidecar = ChildSidecar::start(&launch).await;
     outbox.no_new.store(true, Ordering::SeqCst);
     addrs_tx.send_replace(Some(sidecar.addrs));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

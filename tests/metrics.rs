@@ -3,14 +3,9 @@
 //!
 //! Its own test binary: metrics are process-wide, and "fresh" means no other test's calls.
 
-// The integration tests' harness; this binary uses only part of it.
-#[allow(dead_code)]
-#[path = "it/harness.rs"]
-mod harness;
-
 use std::collections::BTreeSet;
 
-use harness::{Harness, request};
+use o2o_sidecar::testing::{InProcessSidecar, request};
 
 const RULES: &str = include_str!("../helm/o2o-sidecar/files/prometheus-rules.yaml");
 const DASHBOARD: &str = include_str!("../helm/o2o-sidecar/files/grafana-dashboard.json");
@@ -57,7 +52,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-async fn scrape(h: &Harness) -> String {
+async fn scrape(h: &InProcessSidecar) -> String {
     h.http
         .get(format!("http://{}/metrics", h.addrs.admin))
         .send()
@@ -70,7 +65,7 @@ async fn scrape(h: &Harness) -> String {
 
 #[tokio::test]
 async fn a_fresh_sidecar_describes_every_metric_and_counts_from_zero() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let fresh = scrape(&h).await;
 
     // HELP for every metric.

@@ -5,62 +5,7 @@
 //! Its own test binary: `o2o_store_up` is a process-wide gauge, which the store watchers of
 //! other tests in the same process would set back to 1 under this test's feet.
 
-// The integration tests' harness; this binary uses only part of it.
-#[allow(dead_code)]
-#[path = "it/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "it/rig.rs"]
-mod rig;
-
-use sqlx::Connection as _;
-
-/// A database of its own on the shared PostgreSQL server (`O2O_TEST_POSTGRES_URL`), dropped
-/// with the guard; `None` when no server is reachable, unless `CI=true`.
-struct ScratchDb {
-    admin: String,
-    name: String,
-}
-
-impl ScratchDb {
-    async fn create() -> Option<Self> {
-        let admin = std::env::var("O2O_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let mut conn = match sqlx::PgConnection::connect(&admin).await {
-            Ok(c) => c,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but no PostgreSQL server is reachable: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: no PostgreSQL server reachable ({e})");
-                return None;
-            }
-        };
-        let name = format!("o2o_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.ok();
-        Some(Self { admin, name })
-    }
-
-    fn url(&self) -> String {
-        let (server, _) = self.admin.rsplit_once('/').expect("a postgres:// URL");
-        format!("{server}/{}", self.name)
-    }
-
-    async fn drop_now(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
+use o2o_sidecar::testing::{InProcessSidecar, Options, postgres::ScratchDb};
 
 /// A TCP proxy in front of PostgreSQL that a test can cut: open connections die, new ones
 /// are refused (what a database blip looks like from the sidecar).
@@ -121,9 +66,9 @@ async fn a_store_outage_shows_on_its_own_endpoint_not_on_ready() {
     let mut proxy = CuttableProxy::start(host_port.to_owned()).await;
     let proxied = url.replacen(host_port, &proxy.addr.to_string(), 1);
 
-    let mut rig = rig::Rig::with(&harness::Options::default(), |mut c| {
-        c.store_url = proxied;
-        c
+    let mut rig = InProcessSidecar::start_with(Options {
+        store_url: Some(proxied),
+        ..Options::default()
     })
     .await;
     let metric = |text: &str| {
@@ -154,5 +99,5 @@ async fn a_store_outage_shows_on_its_own_endpoint_not_on_ready() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     rig.stop().await;
-    db.drop_now().await;
+    drop(db);
 }

@@ -6,11 +6,6 @@
 //! Its own test binary: it installs a global `tracing` subscriber, which must not race with
 //! other tests' callsite registration.
 
-// The integration tests' harness; this binary uses only part of it.
-#[allow(dead_code)]
-#[path = "it/harness.rs"]
-mod harness;
-
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::{
@@ -22,7 +17,7 @@ use serde_json::json;
 use tonic::Request;
 use tracing_subscriber::prelude::*;
 
-use harness::{Harness, request};
+use o2o_sidecar::testing::{InProcessSidecar, request};
 
 /// Log output captured by the JSON layer.
 #[derive(Clone, Default)]
@@ -69,7 +64,7 @@ async fn rpc_spans_follow_the_grpc_conventions_and_logs_carry_their_ids() {
         .with(o2o_sidecar::telemetry::json_layer(move || writer.clone()));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let ok_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let bad_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let down_trace = "6bf92f3577b34da6a3ce929d0e0e4738";

@@ -2,8 +2,9 @@
 //! invariant of the module doc, plus a proptest of the event log against an in-memory model.
 //!
 //! A backend runs the whole suite with [`conformance_tests!`], given an async expression that
-//! yields `Option<TestStore>` (`None` skips, e.g. when no database server is reachable
-//! outside CI). Cases only use the trait, so they hold for every backend alike.
+//! yields `Option<TestStore>` (`None` skips: only when a missing database server is to be
+//! skipped, see `crate::testing`'s `O2O_TEST_SKIP_POSTGRES`). Cases only use the trait, so they
+//! hold for every backend alike.
 
 use std::collections::HashSet;
 use std::sync::Arc;

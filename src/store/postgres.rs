@@ -1213,83 +1213,14 @@ impl Election for AdvisoryLockElection {
 mod tests {
     use std::sync::Arc;
 
-    use sqlx::Connection as _;
-
     use super::*;
-    use crate::store::conformance::{TestStore, conformance_tests};
-
-    /// Where the tests find a server (trust auth); `O2O_TEST_POSTGRES_URL` overrides.
-    fn admin_options() -> PgConnectOptions {
-        let url = std::env::var("O2O_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        PgConnectOptions::from_str(&url).expect("O2O_TEST_POSTGRES_URL is a postgres:// URL")
-    }
-
-    /// A database of its own for one test, dropped (connections and all) with the guard.
-    struct ScratchDatabase {
-        name: String,
-    }
-
-    impl ScratchDatabase {
-        /// `None` (after saying so) when no server is reachable, unless `CI=true`: CI must
-        /// run these tests, never skip them.
-        async fn create() -> Option<Self> {
-            let mut admin = match PgConnection::connect_with(&admin_options()).await {
-                Ok(admin) => admin,
-                Err(e) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-                    panic!("CI=true but no PostgreSQL server is reachable: {e}")
-                }
-                Err(e) => {
-                    eprintln!(
-                        "skipping PostgreSQL store test: no server reachable ({e}); \
-                         set O2O_TEST_POSTGRES_URL"
-                    );
-                    return None;
-                }
-            };
-            let name = format!("o2o_test_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            admin.close().await.ok();
-            Some(Self { name })
-        }
-
-        fn options(&self) -> PgConnectOptions {
-            admin_options().database(&self.name)
-        }
-    }
-
-    impl Drop for ScratchDatabase {
-        fn drop(&mut self) {
-            // Drop runs inside the test's runtime, where blocking on another is not allowed:
-            // a plain thread with its own runtime does it.
-            let name = std::mem::take(&mut self.name);
-            let dropped = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    let mut admin = PgConnection::connect_with(&admin_options()).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await?;
-                    admin.close().await
-                })
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop a scratch test database: {dropped:?}");
-            }
-        }
-    }
+    use crate::{
+        store::conformance::{TestStore, conformance_tests},
+        testing::postgres::{ScratchDb, admin_options},
+    };
 
     async fn fixture() -> Option<TestStore> {
-        let db = ScratchDatabase::create().await?;
+        let db = ScratchDb::create().await?;
         let store = PostgresStore::connect(db.options()).await.unwrap();
         Some(TestStore {
             store: Arc::new(store),
@@ -1301,7 +1232,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_starting_together_migrate_once() {
-        let Some(db) = ScratchDatabase::create().await else {
+        let Some(db) = ScratchDb::create().await else {
             return;
         };
         let (a, b) = tokio::join!(
@@ -1376,7 +1307,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_by_one_replica_wakes_the_other() {
-        let Some(db) = ScratchDatabase::create().await else {
+        let Some(db) = ScratchDb::create().await else {
             return;
         };
         let a = PostgresStore::connect(db.options()).await.unwrap();
@@ -1397,7 +1328,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hints_keep_coming_while_the_listener_reconnects() {
-        let Some(db) = ScratchDatabase::create().await else {
+        let Some(db) = ScratchDb::create().await else {
             return;
         };
         let a = PostgresStore::connect(db.options()).await.unwrap();
@@ -1439,7 +1370,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_replica_holds_the_sweeper_and_a_dead_holder_lets_another_take_it() {
-        let Some(db) = ScratchDatabase::create().await else {
+        let Some(db) = ScratchDb::create().await else {
             return;
         };
         let a = PostgresStore::connect(db.options()).await.unwrap();
@@ -1489,7 +1420,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_statement_past_the_timeout_is_cancelled_as_unavailable() {
-        let Some(db) = ScratchDatabase::create().await else {
+        let Some(db) = ScratchDb::create().await else {
             return;
         };
         // Migrate first with the default timeout: on a busy machine a migration statement
@@ -1519,7 +1450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_database_is_unavailable_and_the_password_stays_out() {
-        let Some(_db) = ScratchDatabase::create().await else {
+        let Some(_db) = ScratchDb::create().await else {
             return;
         };
         let admin = admin_options();

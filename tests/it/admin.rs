@@ -1,11 +1,11 @@
 //! The admin listener: probes and Prometheus metrics that tell an operator the truth, with no
 //! secret or customer data in them.
 
-use crate::harness::{Harness, SECRET, request};
+use o2o_sidecar::testing::{InProcessSidecar, SECRET, request};
 
 #[tokio::test]
 async fn probes_and_metrics_after_a_payment() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let admin = format!("http://{}", h.addrs.admin);
     let live = h.http.get(format!("{admin}/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);

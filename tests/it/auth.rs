@@ -4,11 +4,11 @@
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::harness::{Harness, Options, reason, request};
+use o2o_sidecar::testing::{InProcessSidecar, Options, reason, request};
 
 #[tokio::test]
 async fn a_configured_token_is_required_and_compared_exactly() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         api_token: Some("tok-0123456789".into()),
         ..Options::default()
     })

@@ -7,11 +7,11 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Harness, Options, reason, request};
+use o2o_sidecar::testing::{InProcessSidecar, Options, reason, request};
 
 #[tokio::test]
 async fn doku_rejecting_our_signature_is_internal_auth_rejected() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         sim_key: "SK-SOMEONE-ELSES-KEY".into(),
         ..Options::default()
     })
@@ -30,7 +30,7 @@ async fn doku_rejecting_our_signature_is_internal_auth_rejected() {
 
 #[tokio::test]
 async fn doku_5xx_after_retries_is_unavailable_with_retry_info() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     h.fault(json!({"target": "payment_code", "kind": "status", "status": 503}))
         .await;
     let err = h
@@ -66,7 +66,7 @@ async fn doku_5xx_after_retries_is_unavailable_with_retry_info() {
 
 #[tokio::test]
 async fn doku_timeout_is_outcome_unknown_and_a_retry_never_creates_a_second_code() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         doku_timeout: Duration::from_millis(300),
         max_attempts: 1,
         ..Options::default()

@@ -11,12 +11,12 @@ use o2o_sidecar::grpc::{pb, stream::resume_token};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::{
-    child::{self, Launch},
-    harness::{Harness, Options, PATH, SECRET, reason, request},
-    notifications::{body, post, signed_headers},
-    rig::{Rig, eventually},
+use o2o_sidecar::testing::{
+    ChildOptions, ChildSidecar, InProcessSidecar, Options, PATH, SECRET, eventually,
+    notification_body, post_notification, reason, request, signed_headers,
 };
+
+use crate::notifications::post;
 
 /// One DOKU-side case: faults for the invoice, then what the first call and the retry see.
 struct DokuCase {
@@ -37,7 +37,7 @@ fn fault(kind: Value, times: u32) -> Value {
 
 #[tokio::test]
 async fn doku_failures_never_lose_a_code_or_issue_a_second_one() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         doku_timeout: Duration::from_millis(300),
         max_attempts: 3,
         ..Options::default()
@@ -192,7 +192,7 @@ struct Row {
     emitted: &'static str,
 }
 
-async fn notify(h: &Harness, b: &str, key: &str, target: &str, request_id: &str) -> u16 {
+async fn notify(h: &InProcessSidecar, b: &str, key: &str, target: &str, request_id: &str) -> u16 {
     post(
         h,
         b.as_bytes(),
@@ -201,7 +201,7 @@ async fn notify(h: &Harness, b: &str, key: &str, target: &str, request_id: &str)
     .await
 }
 
-async fn code_of(h: &mut Harness, invoice: &str) -> String {
+async fn code_of(h: &mut InProcessSidecar, invoice: &str) -> String {
     h.grpc
         .generate_payment_code(request(invoice, 10_000))
         .await
@@ -213,24 +213,28 @@ async fn code_of(h: &mut Harness, invoice: &str) -> String {
 }
 
 /// Waits until the simulator's notification deliveries for `invoice` made `attempts` attempts.
-async fn sim_delivered(h: &Harness, invoice: &str, attempts: u64) {
-    eventually("the simulator's delivery", || async {
-        let all = h.sim_get("/_sim/notifications").await;
-        let n: u64 = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["invoice_number"] == invoice)
-            .map(|d| d["attempts"].as_u64().unwrap())
-            .sum();
-        n >= attempts
-    })
+async fn sim_delivered(h: &InProcessSidecar, invoice: &str, attempts: u64) {
+    eventually(
+        "the simulator's delivery",
+        Duration::from_secs(5),
+        || async {
+            let all = h.sim_get("/_sim/notifications").await;
+            let n: u64 = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["invoice_number"] == invoice)
+                .map(|d| d["attempts"].as_u64().unwrap())
+                .sum();
+            n >= attempts
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitted() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let mut rows = Vec::new();
     let mut check = |case: &'static str, got: u16, want: u16, emitted: &'static str| {
         assert_eq!(got, want, "{case}");
@@ -241,7 +245,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
         });
     };
     let c1 = code_of(&mut h, "INV-NM-1").await;
-    let paid = body("INV-NM-1", 10_000, &c1, "SUCCESS");
+    let paid = notification_body("INV-NM-1", 10_000, &c1, "SUCCESS");
     let s = notify(&h, &paid, SECRET, PATH, "nm-1").await;
     check("valid PAID (baseline)", s, 200, "PAID");
     for _ in 0..2 {
@@ -255,7 +259,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
         ("FAILED", "FAILED after PAID"),
         ("PENDING", "PENDING after PAID (out of order)"),
     ] {
-        let b = body("INV-NM-1", 10_000, &c1, status);
+        let b = notification_body("INV-NM-1", 10_000, &c1, status);
         let s = notify(&h, &b, SECRET, PATH, &format!("nm-1-{status}")).await;
         check(case, s, 200, "nothing");
     }
@@ -263,7 +267,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     let c2 = code_of(&mut h, "INV-NM-2").await;
     let s = notify(
         &h,
-        &body("INV-NM-2", 10_000, &c2, "EXPIRED"),
+        &notification_body("INV-NM-2", 10_000, &c2, "EXPIRED"),
         SECRET,
         PATH,
         "nm-2-exp",
@@ -272,7 +276,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     check("EXPIRED", s, 200, "EXPIRED");
     let s = notify(
         &h,
-        &body("INV-NM-2", 10_000, &c2, "SUCCESS"),
+        &notification_body("INV-NM-2", 10_000, &c2, "SUCCESS"),
         SECRET,
         PATH,
         "nm-2-paid",
@@ -282,7 +286,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
 
     // Not DOKU: refused before anything is read.
     let c3 = code_of(&mut h, "INV-NM-3").await;
-    let good = body("INV-NM-3", 10_000, &c3, "SUCCESS");
+    let good = notification_body("INV-NM-3", 10_000, &c3, "SUCCESS");
     let s = notify(&h, &good, "SK-WRONG-KEY", PATH, "nm-3-a").await;
     check("signed with another key", s, 401, "nothing");
     let s = notify(&h, &good, SECRET, "/other/path", "nm-3-b").await;
@@ -346,7 +350,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     let c4 = code_of(&mut h, "INV-NM-4").await;
     let s = notify(
         &h,
-        &body("INV-NM-4", 1, &c4, "SUCCESS"),
+        &notification_body("INV-NM-4", 1, &c4, "SUCCESS"),
         SECRET,
         PATH,
         "nm-4-a",
@@ -355,7 +359,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     check("amount differs from the stored one", s, 200, "nothing");
     let s = notify(
         &h,
-        &body("INV-NM-4", 10_000, "99999999", "SUCCESS"),
+        &notification_body("INV-NM-4", 10_000, "99999999", "SUCCESS"),
         SECRET,
         PATH,
         "nm-4-b",
@@ -364,7 +368,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     check("payment code differs", s, 200, "nothing");
     let s = notify(
         &h,
-        &body("INV-NM-4", 10_000, &c4, "REFUNDED"),
+        &notification_body("INV-NM-4", 10_000, &c4, "REFUNDED"),
         SECRET,
         PATH,
         "nm-4-c",
@@ -411,7 +415,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
     let sentinel = code_of(&mut h, "INV-NM-END").await;
     let s = notify(
         &h,
-        &body("INV-NM-END", 10_000, &sentinel, "SUCCESS"),
+        &notification_body("INV-NM-END", 10_000, &sentinel, "SUCCESS"),
         SECRET,
         PATH,
         "nm-end",
@@ -458,7 +462,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
 #[tokio::test]
 async fn a_read_only_store_acknowledges_nothing_and_loses_nothing() {
     let options = Options::default();
-    let mut rig = Rig::with(&options, |c| c).await;
+    let mut rig = InProcessSidecar::start_adjusted(options.clone(), |c, _| c).await;
     let code = rig
         .grpc
         .generate_payment_code(request("INV-RO-1", 10_000))
@@ -470,14 +474,14 @@ async fn a_read_only_store_acknowledges_nothing_and_loses_nothing() {
         .payment_code;
     rig.shutdown().await;
     // The volume becomes read-only.
-    let mut config = rig.config(&options);
+    let mut config = rig.config();
     config.store_url = format!("{}?mode=ro", rig.store_url);
     rig.relaunch(config).await;
-    let paid = body("INV-RO-1", 10_000, &code, "SUCCESS");
+    let paid = notification_body("INV-RO-1", 10_000, &code, "SUCCESS");
     let headers = signed_headers(paid.as_bytes(), SECRET, PATH, "ro-1");
     let url = rig.notification_url();
     assert_eq!(
-        child::post_notification(&rig.http, &url, paid.as_bytes(), &headers).await,
+        post_notification(&rig.http, &url, paid.as_bytes(), &headers).await,
         Some(503),
         "not stored, so not acknowledged: DOKU retries"
     );
@@ -489,7 +493,8 @@ async fn a_read_only_store_acknowledges_nothing_and_loses_nothing() {
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(reason(&err), "STORE_UNAVAILABLE");
     assert!(
-        rig.sim
+        rig.sim()
+            .simulator()
             .requests()
             .iter()
             .all(|r| r.invoice_number.as_deref() != Some("INV-RO-2")),
@@ -511,11 +516,11 @@ async fn a_read_only_store_acknowledges_nothing_and_loses_nothing() {
 
     // Writable again: DOKU's retry (same Request-Id) is stored once.
     rig.shutdown().await;
-    let config = rig.config(&options);
+    let config = rig.config();
     rig.relaunch(config).await;
     let headers = signed_headers(paid.as_bytes(), SECRET, PATH, "ro-1");
     assert_eq!(
-        child::post_notification(&rig.http, &url, paid.as_bytes(), &headers).await,
+        post_notification(&rig.http, &url, paid.as_bytes(), &headers).await,
         Some(200)
     );
     let mut s = rig
@@ -545,38 +550,34 @@ async fn a_full_disk_acknowledges_nothing_it_did_not_store() {
     std::fs::write(&key_file, SECRET).unwrap();
     let db = dir.path().join("o2o.db");
     let store = format!("sqlite://{}", db.display());
-    let launch = |wrap| Launch {
-        key_file: &key_file,
-        store: &store,
-        doku_base_url: "http://127.0.0.1:9",
-        extra: &[],
-        rust_log: "warn,o2o_sidecar=info",
-        keep_log: true,
-        wrap,
+    let launch = |wrap: Option<&str>| ChildOptions {
+        rust_log: "warn,o2o_sidecar=info".into(),
+        wrap: wrap.map(str::to_owned),
+        ..ChildOptions::new(crate::BIN, &key_file, &store)
     };
     // Create the database, then stop.
-    let (status, _) = child::Sidecar::start(&launch(None)).await.terminate().await;
+    let (status, _) = ChildSidecar::start(&launch(None)).await.terminate().await;
     assert!(status.success());
     let size = |suffix: &str| {
         std::fs::metadata(format!("{}{suffix}", db.display())).map_or(0, |m| m.len())
     };
     let largest_kib = size("").max(size("-wal")) / 1024;
     let limit = format!("ulimit -f {}; trap '' XFSZ", largest_kib + 160);
-    let sidecar = child::Sidecar::start(&launch(Some(&limit))).await;
+    let sidecar = ChildSidecar::start(&launch(Some(&limit))).await;
     let http = reqwest::Client::new();
     let url = sidecar.notification_url();
     let send = |i: usize| {
         let http = http.clone();
         let url = url.clone();
         async move {
-            let b = child::notification_body(
+            let b = notification_body(
                 &format!("INV-DISK-{i}"),
                 10_000,
                 &format!("7731{i:06}"),
                 "SUCCESS",
             );
-            let headers = child::notification_headers(b.as_bytes(), SECRET, &format!("disk-{i}"));
-            child::post_notification(&http, &url, b.as_bytes(), &headers)
+            let headers = signed_headers(b.as_bytes(), SECRET, PATH, &format!("disk-{i}"));
+            post_notification(&http, &url, b.as_bytes(), &headers)
                 .await
                 .unwrap()
         }
@@ -613,18 +614,18 @@ async fn a_full_disk_acknowledges_nothing_it_did_not_store() {
     );
 
     // Space again: everything acknowledged is there; DOKU's retries of the rest are stored.
-    let sidecar = child::Sidecar::start(&launch(None)).await;
+    let sidecar = ChildSidecar::start(&launch(None)).await;
     let url = sidecar.notification_url();
     for &i in &refused {
-        let b = child::notification_body(
+        let b = notification_body(
             &format!("INV-DISK-{i}"),
             10_000,
             &format!("7731{i:06}"),
             "SUCCESS",
         );
-        let headers = child::notification_headers(b.as_bytes(), SECRET, &format!("disk-{i}"));
+        let headers = signed_headers(b.as_bytes(), SECRET, PATH, &format!("disk-{i}"));
         assert_eq!(
-            child::post_notification(&http, &url, b.as_bytes(), &headers).await,
+            post_notification(&http, &url, b.as_bytes(), &headers).await,
             Some(200)
         );
     }
@@ -692,7 +693,7 @@ async fn a_disk_that_fills_up_and_frees_again_needs_no_restart() {
     }
     let _mount = Mount(mnt.clone());
     let db = mnt.join("o2o.db");
-    let mut rig = Rig::with(&Options::default(), |mut c| {
+    let mut rig = InProcessSidecar::start_adjusted(Options::default().clone(), |mut c, _| {
         c.store_url = format!("sqlite://{}", db.display());
         c
     })
@@ -702,7 +703,7 @@ async fn a_disk_that_fills_up_and_frees_again_needs_no_restart() {
         let http = http.clone();
         let url = url.clone();
         async move {
-            let b = body(
+            let b = notification_body(
                 &format!("INV-FULL-{i}"),
                 10_000,
                 &format!("7731{i:06}"),

@@ -4,11 +4,11 @@ use o2o_sidecar::grpc::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Harness, reason, request};
+use o2o_sidecar::testing::{InProcessSidecar, reason, request};
 
 #[tokio::test]
 async fn creates_a_payment_code_signed_as_doku_expects() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let payment = h
         .grpc
         .generate_payment_code(request("INV-GEN-1", 150_000))
@@ -41,7 +41,7 @@ async fn creates_a_payment_code_signed_as_doku_expects() {
 
 #[tokio::test]
 async fn repeating_the_same_request_returns_the_stored_payment_without_calling_doku() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let first = h
         .grpc
         .generate_payment_code(request("INV-GEN-2", 10_000))
@@ -61,7 +61,7 @@ async fn repeating_the_same_request_returns_the_stored_payment_without_calling_d
 
 #[tokio::test]
 async fn same_invoice_with_different_parameters_is_already_exists() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     h.grpc
         .generate_payment_code(request("INV-GEN-3", 10_000))
         .await
@@ -79,7 +79,7 @@ async fn same_invoice_with_different_parameters_is_already_exists() {
 
 #[tokio::test]
 async fn idempotency_key_reused_for_another_request_is_failed_precondition() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let mut a = request("INV-IDEM-1", 10_000);
     a.idempotency_key = "key-1".into();
     let first = h
@@ -110,7 +110,7 @@ fn violations(status: &tonic::Status) -> Vec<String> {
 
 #[tokio::test]
 async fn each_invalid_field_is_reported_and_doku_receives_nothing() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     type Mutate = fn(&mut pb::GeneratePaymentCodeRequest);
     let cases: Vec<(&str, Mutate)> = vec![
         ("invoice_number", |r| r.invoice_number = String::new()),
@@ -174,7 +174,7 @@ async fn each_invalid_field_is_reported_and_doku_receives_nothing() {
 
 #[tokio::test]
 async fn several_invalid_fields_are_all_listed() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let req = pb::GeneratePaymentCodeRequest {
         invoice_number: "bad invoice".into(),
         amount: 0,
@@ -190,7 +190,7 @@ async fn several_invalid_fields_are_all_listed() {
 
 #[tokio::test]
 async fn notification_url_override_with_the_same_path_is_sent_to_doku() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let mut req = request("INV-OVR-1", 10_000);
     req.notification_url = h.notification_url();
     h.grpc.generate_payment_code(req).await.unwrap();

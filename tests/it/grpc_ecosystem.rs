@@ -5,11 +5,11 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::harness::Harness;
+use o2o_sidecar::testing::InProcessSidecar;
 
 #[tokio::test]
 async fn health_reports_the_payments_service_serving() {
-    let h = Harness::start().await;
+    let h = InProcessSidecar::start().await;
     let channel = Channel::from_shared(format!("http://{}", h.addrs.grpc))
         .unwrap()
         .connect()
@@ -33,7 +33,7 @@ async fn health_reports_the_payments_service_serving() {
 async fn reflection_lists_the_service_in_v1_and_v1alpha() {
     use tokio_stream::StreamExt as _;
     use tonic_reflection::pb::{v1, v1alpha};
-    let h = Harness::start().await;
+    let h = InProcessSidecar::start().await;
     let channel = Channel::from_shared(format!("http://{}", h.addrs.grpc))
         .unwrap()
         .connect()

@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 use tonic::Code;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::method};
 
-use crate::{
-    harness::{Harness, Options, PATH, SECRET, reason, request},
-    notifications::{next, post, signed_headers, stream_from_start},
-    rig::{Rig, eventually},
+use o2o_sidecar::testing::{
+    InProcessSidecar, Options, PATH, SECRET, eventually, reason, request, signed_headers,
 };
+
+use crate::notifications::{next, post, stream_from_start};
 
 // ---------------------------------------------------------------------------------------
 // A fake DOKU whose answers the test decides
@@ -120,9 +120,9 @@ async fn fake_doku() -> (MockServer, FakeDoku) {
     (server, fake)
 }
 
-async fn rig_against(server: &MockServer, options: &Options) -> Rig {
+async fn rig_against(server: &MockServer, options: &Options) -> InProcessSidecar {
     let url = server.uri();
-    Rig::with(options, move |mut c| {
+    InProcessSidecar::start_adjusted(options.clone(), move |mut c, _| {
         c.doku_base_url = url;
         c
     })
@@ -139,7 +139,7 @@ async fn calls(server: &MockServer, path_contains: &str) -> Vec<Request> {
         .collect()
 }
 
-async fn refresh(rig: &mut Rig, invoice: &str) -> Result<pb::Payment, tonic::Status> {
+async fn refresh(rig: &mut InProcessSidecar, invoice: &str) -> Result<pb::Payment, tonic::Status> {
     rig.grpc
         .get_status(pb::GetStatusRequest {
             invoice_number: invoice.into(),
@@ -149,7 +149,7 @@ async fn refresh(rig: &mut Rig, invoice: &str) -> Result<pb::Payment, tonic::Sta
         .map(|r| r.into_inner().payment.unwrap())
 }
 
-async fn stored(rig: &mut Rig, invoice: &str) -> pb::Payment {
+async fn stored(rig: &mut InProcessSidecar, invoice: &str) -> pb::Payment {
     rig.grpc
         .get_status(pb::GetStatusRequest {
             invoice_number: invoice.into(),
@@ -224,9 +224,11 @@ async fn hostile_check_status_about_another_payment_changes_nothing() {
         assert_eq!(reason(&err), "DOKU_OUTCOME_UNKNOWN", "{what}");
         // The sweeper: let it ask about this lie twice more.
         let seen = calls(&server, "/orders/v1/status/").await.len();
-        eventually(&format!("the sweeper asks ({what})"), || async {
-            calls(&server, "/orders/v1/status/").await.len() >= seen + 2
-        })
+        eventually(
+            &format!("the sweeper asks ({what})"),
+            Duration::from_secs(5),
+            || async { calls(&server, "/orders/v1/status/").await.len() >= seen + 2 },
+        )
         .await;
         let p = stored(&mut rig, invoice).await;
         assert_eq!(p.status(), pb::PaymentStatus::Pending, "{what}");
@@ -358,7 +360,7 @@ fn with_amount(invoice: &str, amount: i64, key: &str) -> pb::GeneratePaymentCode
 
 #[tokio::test]
 async fn hostile_a_rejected_invoice_gets_one_code_on_a_corrected_request() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let invoice = "INV-REJ-1";
     h.fault(json!({"target": "payment_code", "kind": "status", "status": 400, "times": 1, "invoice_number": invoice}))
         .await;
@@ -452,7 +454,7 @@ async fn hostile_a_rejected_invoice_gets_one_code_on_a_corrected_request() {
 
 #[tokio::test]
 async fn hostile_after_an_unknown_outcome_a_rejection_frees_nothing() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         doku_timeout: Duration::from_millis(300),
         max_attempts: 1,
         ..Options::default()
@@ -534,7 +536,7 @@ fn notification(
     .to_string()
 }
 
-async fn deliver(h: &Harness, body: &str, request_id: &str) -> u16 {
+async fn deliver(h: &InProcessSidecar, body: &str, request_id: &str) -> u16 {
     post(
         h,
         body.as_bytes(),
@@ -544,7 +546,7 @@ async fn deliver(h: &Harness, body: &str, request_id: &str) -> u16 {
 }
 
 /// Events of the log from the start up to (not including) the sentinel invoice's.
-async fn events_before_sentinel(h: &mut Harness, sentinel: &str) -> Vec<pb::Notification> {
+async fn events_before_sentinel(h: &mut InProcessSidecar, sentinel: &str) -> Vec<pb::Notification> {
     let mut s = stream_from_start(h).await;
     let mut got = Vec::new();
     loop {
@@ -556,7 +558,7 @@ async fn events_before_sentinel(h: &mut Harness, sentinel: &str) -> Vec<pb::Noti
     }
 }
 
-async fn verdict_of(h: &Harness, request_id: &str) -> Option<String> {
+async fn verdict_of(h: &InProcessSidecar, request_id: &str) -> Option<String> {
     let pool = sqlx::SqlitePool::connect(&h.store_url).await.unwrap();
     let verdict =
         sqlx::query_scalar("SELECT verdict FROM notifications WHERE doku_request_id = $1")
@@ -571,7 +573,7 @@ async fn verdict_of(h: &Harness, request_id: &str) -> Option<String> {
 #[tokio::test]
 async fn hostile_a_pending_notification_for_an_unknown_invoice_is_not_streamed_and_reserves_nothing()
  {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let phantom = "INV-PHANTOM-1";
     let pending = notification(
         phantom,
@@ -622,7 +624,7 @@ async fn hostile_a_pending_notification_for_an_unknown_invoice_is_not_streamed_a
 
 #[tokio::test]
 async fn hostile_repeat_payments_of_a_reusable_code_count_once_each() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let mut codes = HashMap::new();
     for invoice in ["INV-RU-1", "INV-RU-2", "INV-RU-3"] {
         let p = h
@@ -690,7 +692,7 @@ async fn hostile_repeat_payments_of_a_reusable_code_count_once_each() {
 
 #[tokio::test]
 async fn hostile_a_request_id_longer_than_128_characters_is_refused_before_storing() {
-    let h = Harness::start().await;
+    let h = InProcessSidecar::start().await;
     let b = notification(
         "INV-LONG-ID",
         1_000,

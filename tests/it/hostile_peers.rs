@@ -14,12 +14,14 @@ use tokio::{
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 
-use crate::child::{self, Launch};
+use o2o_sidecar::testing::{
+    ChildOptions, ChildSidecar, PATH, notification_body, post_notification, signed_headers,
+};
 
 const KEY: &str = "SK-HOSTILE-0123456789abcdef";
 
 struct Setup {
-    sidecar: child::Sidecar,
+    sidecar: ChildSidecar,
     key_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -31,14 +33,9 @@ async fn start(extra: &[&str], wrap: Option<&str>) -> Setup {
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, KEY).unwrap();
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
-    let sidecar = child::Sidecar::start(&Launch {
-        key_file: &key_file,
-        store: &store,
-        doku_base_url: "http://127.0.0.1:9",
-        extra,
-        rust_log: "info",
-        keep_log: true,
-        wrap,
+    let sidecar = ChildSidecar::start(&ChildOptions {
+        wrap: wrap.map(str::to_owned),
+        ..ChildOptions::new(crate::BIN, &key_file, &store).flags(extra)
     })
     .await;
     Setup {
@@ -252,12 +249,12 @@ async fn a_flood_of_stalled_connections_leaves_everything_else_working() {
     }
     // ...and DOKU's notification, signed with the new key, is answered (DOKU retries a
     // connection that was closed at once; so does this loop, with a deadline).
-    let body = child::notification_body("INV-FLOOD-1", 10_000, "1234567890", "SUCCESS");
-    let headers = child::notification_headers(body.as_bytes(), new_key, "flood-req-1");
+    let body = notification_body("INV-FLOOD-1", 10_000, "1234567890", "SUCCESS");
+    let headers = signed_headers(body.as_bytes(), new_key, PATH, "flood-req-1");
     let url = setup.sidecar.notification_url();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match child::post_notification(&http, &url, body.as_bytes(), &headers).await {
+        match post_notification(&http, &url, body.as_bytes(), &headers).await {
             Some(200) => break,
             other => assert!(
                 Instant::now() < deadline,
@@ -365,9 +362,9 @@ async fn idle_grpc_connections_are_closed_and_busy_ones_kept() {
         .unwrap()
         .into_inner();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let body = child::notification_body("INV-IDLE-1", 10_000, "1234567890", "SUCCESS");
-    let headers = child::notification_headers(body.as_bytes(), KEY, "idle-req-1");
-    let status = child::post_notification(
+    let body = notification_body("INV-IDLE-1", 10_000, "1234567890", "SUCCESS");
+    let headers = signed_headers(body.as_bytes(), KEY, PATH, "idle-req-1");
+    let status = post_notification(
         &reqwest::Client::new(),
         &setup.sidecar.notification_url(),
         body.as_bytes(),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-use crate::harness::{Harness, Options, reason, request};
+use o2o_sidecar::testing::{InProcessSidecar, Options, reason, request};
 
 fn keyed(invoice: &str, amount: i64, key: &str) -> pb::GeneratePaymentCodeRequest {
     pb::GeneratePaymentCodeRequest {
@@ -27,7 +27,7 @@ fn keyed(invoice: &str, amount: i64, key: &str) -> pb::GeneratePaymentCodeReques
 
 #[tokio::test]
 async fn the_same_key_and_request_return_the_original_answer_also_after_a_restart() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let first = h
         .grpc
         .generate_payment_code(keyed("INV-ID-1", 25_000, "order-1"))
@@ -66,7 +66,7 @@ async fn the_same_key_and_request_return_the_original_answer_also_after_a_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_calls_with_one_key_are_aborted_and_doku_is_called_once() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     // DOKU takes 800 ms to answer: every other call arrives while the first is in flight.
     h.fault(json!({"target": "payment_code", "kind": "delay", "delay_ms": 800, "times": 1}))
         .await;
@@ -147,7 +147,7 @@ async fn a_thousand_calls_under_doku_faults_never_issue_a_second_code() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| rand::rng().random());
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         doku_timeout: Duration::from_millis(250),
         max_attempts: 3,
         ..Options::default()

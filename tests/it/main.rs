@@ -1,8 +1,9 @@
 //! Integration tests: the real `run()` on 127.0.0.1:0 against the DOKU simulator (also on port
-//! 0), through a real tonic client. One binary, one file per behaviour.
+//! 0), through a real tonic client. One binary, one file per behaviour. Sidecars, the
+//! simulator, PostgreSQL databases and `eventually` come from `o2o_sidecar::testing`.
 
-mod child;
-mod harness;
+/// The `o2o-sidecar` binary, for `o2o_sidecar::testing::ChildSidecar`.
+const BIN: &str = env!("CARGO_BIN_EXE_o2o-sidecar");
 
 mod admin;
 mod auth;
@@ -20,7 +21,6 @@ mod idempotency;
 mod notifications;
 mod reconcile;
 mod replicas;
-mod rig;
 mod secrets;
 mod shutdown;
 mod status;

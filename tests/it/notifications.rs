@@ -1,50 +1,18 @@
 //! The notification ingress: what DOKU's signature accepts, what it refuses, and what a
 //! verified but inconsistent notification does.
 
-use o2o_sidecar::{
-    doku::signature::{self, Components, TimestampKind},
-    grpc::{pb, stream::resume_token},
-};
+use o2o_sidecar::grpc::{pb, stream::resume_token};
 use tonic::Streaming;
 
-use crate::harness::{CLIENT_ID, Harness, PATH, SECRET, request};
+use o2o_sidecar::testing::{
+    InProcessSidecar, PATH, SECRET, notification_body, request, signed_headers,
+};
 
-pub(crate) fn body(invoice: &str, amount: i64, code: &str, status: &str) -> String {
-    format!(
-        r#"{{"service":{{"id":"ONLINE_TO_OFFLINE"}},"acquirer":{{"id":"INDOMARET"}},"channel":{{"id":"ONLINE_TO_OFFLINE_INDOMARET"}},"transaction":{{"status":"{status}","date":"2026-11-25T07:06:28Z","original_request_id":"5b8e438f-fac1-4103-9e0e-ebfdc38b5acb"}},"order":{{"invoice_number":"{invoice}","amount":{amount}}},"online_to_offline_info":{{"payment_code":"{code}"}}}}"#
-    )
-}
-
-/// Headers DOKU would send for `body`, signed with `key` over `target`.
-pub(crate) fn signed_headers(
+pub(crate) async fn post(
+    h: &InProcessSidecar,
     body: &[u8],
-    key: &str,
-    target: &str,
-    request_id: &str,
-) -> Vec<(&'static str, String)> {
-    let timestamp = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let timestamp = format!("{}Z", &timestamp[..19]);
-    let digest = signature::digest(body);
-    let sts = signature::string_to_sign(&Components {
-        client_id: CLIENT_ID,
-        request_id,
-        timestamp: &timestamp,
-        timestamp_kind: TimestampKind::Request,
-        request_target: target,
-        digest: Some(&digest),
-    });
-    vec![
-        ("Client-Id", CLIENT_ID.to_owned()),
-        ("Request-Id", request_id.to_owned()),
-        ("Request-Timestamp", timestamp),
-        ("Signature", signature::sign(key.as_bytes(), &sts)),
-        ("Content-Type", "application/json".to_owned()),
-    ]
-}
-
-pub(crate) async fn post(h: &Harness, body: &[u8], headers: &[(&'static str, String)]) -> u16 {
+    headers: &[(&'static str, String)],
+) -> u16 {
     let mut req = h.http.post(h.notification_url()).body(body.to_vec());
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -54,7 +22,7 @@ pub(crate) async fn post(h: &Harness, body: &[u8], headers: &[(&'static str, Str
 
 /// A stream replaying the whole log from the beginning.
 pub(crate) async fn stream_from_start(
-    h: &mut Harness,
+    h: &mut InProcessSidecar,
 ) -> Streaming<pb::StreamNotificationsResponse> {
     h.grpc
         .stream_notifications(pb::StreamNotificationsRequest {
@@ -76,7 +44,7 @@ pub(crate) async fn next(s: &mut Streaming<pb::StreamNotificationsResponse>) -> 
         .unwrap()
 }
 
-async fn code_of(h: &mut Harness, invoice: &str, amount: i64) -> String {
+async fn code_of(h: &mut InProcessSidecar, invoice: &str, amount: i64) -> String {
     h.grpc
         .generate_payment_code(request(invoice, amount))
         .await
@@ -89,9 +57,9 @@ async fn code_of(h: &mut Harness, invoice: &str, amount: i64) -> String {
 
 #[tokio::test]
 async fn a_correctly_signed_notification_is_accepted_and_one_changed_byte_is_not() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let code = code_of(&mut h, "INV-N-1", 10_000).await;
-    let good = body("INV-N-1", 10_000, &code, "SUCCESS");
+    let good = notification_body("INV-N-1", 10_000, &code, "SUCCESS");
     let headers = signed_headers(good.as_bytes(), SECRET, PATH, "req-n-1");
 
     let mut tampered = good.clone().into_bytes();
@@ -151,16 +119,16 @@ async fn a_correctly_signed_notification_is_accepted_and_one_changed_byte_is_not
 
 #[tokio::test]
 async fn a_duplicate_notification_is_one_event() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let code = code_of(&mut h, "INV-N-2", 10_000).await;
-    let b = body("INV-N-2", 10_000, &code, "SUCCESS");
+    let b = notification_body("INV-N-2", 10_000, &code, "SUCCESS");
     let headers = signed_headers(b.as_bytes(), SECRET, PATH, "req-dup-1");
     for _ in 0..3 {
         assert_eq!(post(&h, b.as_bytes(), &headers).await, 200);
     }
     // A sentinel after the duplicates: the next event must be it, not a repeat.
     let code3 = code_of(&mut h, "INV-N-3", 5_000).await;
-    let b3 = body("INV-N-3", 5_000, &code3, "SUCCESS");
+    let b3 = notification_body("INV-N-3", 5_000, &code3, "SUCCESS");
     assert_eq!(
         post(
             &h,
@@ -182,9 +150,9 @@ async fn a_duplicate_notification_is_one_event() {
 
 #[tokio::test]
 async fn an_amount_or_code_mismatch_is_acknowledged_but_never_paid() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let code = code_of(&mut h, "INV-N-4", 10_000).await;
-    let wrong_amount = body("INV-N-4", 1, &code, "SUCCESS");
+    let wrong_amount = notification_body("INV-N-4", 1, &code, "SUCCESS");
     assert_eq!(
         post(
             &h,
@@ -194,7 +162,7 @@ async fn an_amount_or_code_mismatch_is_acknowledged_but_never_paid() {
         .await,
         200
     );
-    let wrong_code = body("INV-N-4", 10_000, "99999999", "SUCCESS");
+    let wrong_code = notification_body("INV-N-4", 10_000, "99999999", "SUCCESS");
     assert_eq!(
         post(
             &h,
@@ -209,7 +177,7 @@ async fn an_amount_or_code_mismatch_is_acknowledged_but_never_paid() {
     assert_eq!(status.status(), pb::PaymentStatus::Pending);
 
     // Sentinel: the first event in the log is the one after the mismatches.
-    let b = body("INV-N-4", 10_000, &code, "SUCCESS");
+    let b = notification_body("INV-N-4", 10_000, &code, "SUCCESS");
     assert_eq!(
         post(
             &h,
@@ -227,8 +195,8 @@ async fn an_amount_or_code_mismatch_is_acknowledged_but_never_paid() {
 
 #[tokio::test]
 async fn an_unknown_invoice_is_stored_and_emitted_as_doku_sent_it() {
-    let mut h = Harness::start().await;
-    let b = body("INV-FOREIGN-1", 77_000, "1234567890", "SUCCESS");
+    let mut h = InProcessSidecar::start().await;
+    let b = notification_body("INV-FOREIGN-1", 77_000, "1234567890", "SUCCESS");
     assert_eq!(
         post(
             &h,
@@ -251,10 +219,10 @@ async fn an_unknown_invoice_is_stored_and_emitted_as_doku_sent_it() {
 
 #[tokio::test]
 async fn a_late_expired_never_overrides_paid() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let code = code_of(&mut h, "INV-N-5", 10_000).await;
-    let paid = body("INV-N-5", 10_000, &code, "SUCCESS");
-    let expired = body("INV-N-5", 10_000, &code, "EXPIRED");
+    let paid = notification_body("INV-N-5", 10_000, &code, "SUCCESS");
+    let expired = notification_body("INV-N-5", 10_000, &code, "EXPIRED");
     assert_eq!(
         post(
             &h,

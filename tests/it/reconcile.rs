@@ -6,14 +6,16 @@ use std::time::Duration;
 use o2o_sidecar::grpc::{pb, stream::resume_token};
 use serde_json::json;
 
-use crate::{
-    harness::{Harness, Options, request},
-    notifications::next,
+use o2o_sidecar::testing::{
+    InProcessSidecar, Options, PATH, SECRET, notification_body, post_notification, request,
+    signed_headers,
 };
+
+use crate::notifications::next;
 
 #[tokio::test]
 async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
-    let mut h = Harness::start_with(Options {
+    let mut h = InProcessSidecar::start_with(Options {
         sweep_interval: Duration::from_millis(100),
         first_check_after: Duration::ZERO,
         ..Options::default()
@@ -21,11 +23,17 @@ async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
     .await;
     h.fault(json!({"target": "notification", "kind": "suppress"}))
         .await;
+    let mut codes = Vec::new();
     for i in 1..=3 {
-        h.grpc
+        let payment = h
+            .grpc
             .generate_payment_code(request(&format!("INV-SW-{i}"), 10_000))
             .await
+            .unwrap()
+            .into_inner()
+            .payment
             .unwrap();
+        codes.push(payment.payment_code);
     }
     h.pay("INV-SW-1").await;
     h.pay("INV-SW-2").await;
@@ -58,9 +66,24 @@ async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
             ("INV-SW-3".to_owned(), pb::PaymentStatus::Expired),
         ]
     );
-    // A late notification for an already reconciled payment adds no event: the next event in
-    // the log is a new payment's.
+    // A late notification for an already reconciled payment (DOKU's own, signed, through the
+    // notification listener) is acknowledged and adds nothing: the payment stays PAID and the
+    // next event in the log is a new payment's.
     h.clear_faults().await;
+    let before = h.status("INV-SW-1", false).await;
+    assert_eq!(before.status(), pb::PaymentStatus::Paid);
+    let late = notification_body("INV-SW-1", 10_000, &codes[0], "SUCCESS");
+    let headers = signed_headers(late.as_bytes(), SECRET, PATH, "late-sw-1");
+    assert_eq!(
+        post_notification(&h.http, &h.notification_url(), late.as_bytes(), &headers).await,
+        Some(200),
+        "the late notification is acknowledged"
+    );
+    assert_eq!(
+        h.status("INV-SW-1", false).await,
+        before,
+        "the payment is unchanged"
+    );
     h.grpc
         .generate_payment_code(request("INV-SW-4", 10_000))
         .await

@@ -4,507 +4,79 @@
 //! and DOKU Request-Ids, one replica sweeps and another takes over when it dies, and a
 //! database restart under load loses nothing acknowledged.
 //!
-//! PostgreSQL: `127.0.0.1:5432` with trust auth (or `O2O_TEST_POSTGRES_URL`). Each test creates
-//! a database of its own and drops it after. Without a reachable server the tests skip with a
-//! line on stderr, except with `CI=true`, where they fail. The restart test runs a private
-//! cluster (`initdb`/`pg_ctl` from `/usr/lib/postgresql/*/bin`, as user `postgres` when the
-//! tests run as root) on a free port, so the shared server is never stopped.
+//! PostgreSQL: see `o2o_sidecar::testing` (a scratch database per test; without a reachable
+//! server the tests fail unless `O2O_TEST_SKIP_POSTGRES=1`). The restart test runs a private
+//! cluster on a free port, so the shared server is never stopped.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use o2o_sidecar::{
-    BoundAddrs, Listeners,
     config::Config,
     grpc::{
         pb::{self, o2o_payments_client::O2oPaymentsClient},
         stream::resume_token,
     },
-    sim::{SimConfig, Simulator},
+    sim::SimConfig,
+    testing::{
+        CLIENT_ID, ChildOptions, ChildSidecar, InProcessSidecar, Options, PATH, SECRET, Sim,
+        SimListener, connect, eventually, notification_body,
+        postgres::{PrivateCluster, ScratchDb},
+        reason, request, signed_headers,
+    },
 };
-use serde_json::{Value, json};
-use sqlx::Connection as _;
-use tokio::{
-    io::AsyncBufReadExt as _,
-    net::TcpListener,
-    sync::{oneshot, watch},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 use tonic::{Code, Streaming, transport::Channel};
-
-use crate::{
-    harness::{self, CLIENT_ID, Options, PATH, SECRET, reason, request},
-    notifications::{body, signed_headers},
-};
-
-// ---------------------------------------------------------------------------------------
-// PostgreSQL
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The shared test server's admin URL.
-fn shared_admin_url() -> String {
-    std::env::var("O2O_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
-    let (server, _) = base.rsplit_once('/').expect("a postgres:// URL");
-    if query.is_empty() {
-        format!("{server}/{name}")
-    } else {
-        format!("{server}/{name}?{query}")
-    }
-}
-
-/// A database of its own for one test, dropped (connections and all) with the guard.
-struct ScratchDb {
-    admin: String,
-    name: String,
-}
-
-impl ScratchDb {
-    /// On the shared server; `None` (after saying so) when it is unreachable, unless
-    /// `CI=true`: CI must run these tests, never skip them.
-    async fn create() -> Option<Self> {
-        let admin = shared_admin_url();
-        match sqlx::PgConnection::connect(&admin).await {
-            Ok(conn) => Some(Self::create_with(conn, admin).await),
-            Err(e) if ci() => panic!("CI=true but no PostgreSQL server is reachable: {e}"),
-            Err(e) => {
-                eprintln!(
-                    "skipping replica test: no PostgreSQL server reachable ({e}); set O2O_TEST_POSTGRES_URL"
-                );
-                None
-            }
-        }
-    }
-
-    async fn create_with(mut conn: sqlx::PgConnection, admin: String) -> Self {
-        let name = format!("o2o_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.ok();
-        Self { admin, name }
-    }
-
-    fn url(&self) -> String {
-        with_database(&self.admin, &self.name)
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, where blocking on another is not allowed: a
-        // plain thread with its own runtime does it.
-        let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop a scratch test database: {dropped:?}");
-        }
-    }
-}
-
-/// A PostgreSQL cluster of the test's own in a temporary directory, on a free port, so that
-/// it can be stopped and started without touching the shared server.
-struct PrivateCluster {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl PrivateCluster {
-    /// `None` (after saying so) when PostgreSQL's server binaries are missing, unless
-    /// `CI=true`.
-    async fn start() -> Option<Self> {
-        let Some(bin) = postgres_bin_dir() else {
-            assert!(
-                !ci(),
-                "CI=true but initdb/pg_ctl are missing under /usr/lib/postgresql/*/bin"
-            );
-            eprintln!("skipping: no initdb/pg_ctl under /usr/lib/postgresql/*/bin");
-            return None;
-        };
-        let as_postgres = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("o2o-pg-")
-            .tempdir()
-            .unwrap();
-        if as_postgres {
-            // initdb refuses to run as root: the cluster belongs to the postgres user.
-            run_ok(std::process::Command::new("chown").args([
-                "-R",
-                "postgres:postgres",
-                dir.path().to_str().unwrap(),
-            ]));
-        }
-        // A free port: bound, read, released just before the server binds it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = Self {
-            bin,
-            dir,
-            port,
-            as_postgres,
-        };
-        let data = cluster.data();
-        cluster.pg(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        cluster.ctl_start();
-        Some(cluster)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Runs one of PostgreSQL's programs (as `postgres` when we are root); panics on failure.
-    fn pg(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let mut command = if self.as_postgres {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            std::process::Command::new(&path)
-        };
-        command.args(args).current_dir(self.dir.path());
-        run_ok(&mut command);
-    }
-
-    /// Starts the server and waits (`-w`) until it accepts connections.
-    fn ctl_start(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        self.pg(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-l",
-                &log,
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        );
-    }
-
-    /// Stops the server the hard way (as a crash would: no checkpoint; recovery replays the
-    /// WAL on the next start).
-    fn ctl_stop(&self) {
-        self.pg(
-            "pg_ctl",
-            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
-        );
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let path = self.bin.join("pg_ctl");
-        let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = if self.as_postgres {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            std::process::Command::new(&path).args(args).output()
-        };
-    }
-}
-
-fn run_ok(command: &mut std::process::Command) {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb`.
-fn postgres_bin_dir() -> Option<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin)
-}
 
 // ---------------------------------------------------------------------------------------
 // Simulator and replicas
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
+/// A simulator on `listener` sending DOKU's notifications to `to` (replica A).
+fn serve_sim(listener: SimListener, to: &ChildSidecar) -> Sim {
+    listener.serve(SimConfig {
+        notification_url: Some(to.notification_url()),
+        notification_retry_scale: 0.0001,
+        ..SimConfig::new(CLIENT_ID, SECRET)
+    })
 }
 
-struct Sim {
-    url: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Sim {
-    /// Serves on `listener`, sending DOKU's notifications to `notify` (a replica's HTTP).
-    fn start(listener: TcpListener, notify: SocketAddr) -> Self {
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let sim = Simulator::new(SimConfig {
-            notification_url: Some(format!("http://{notify}{PATH}")),
-            notification_retry_scale: 0.0001,
-            ..SimConfig::new(CLIENT_ID, SECRET)
-        });
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sim.serve(listener, async move {
-            let _ = rx.await;
-        }));
-        Self { url, stop, task }
-    }
-
-    async fn pay(&self, http: &reqwest::Client, invoice: &str) {
-        let r = http
-            .post(format!("{}/_sim/payments/{invoice}/pay", self.url))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "pay failed: {}", r.status());
-    }
-
-    async fn payments(&self, http: &reqwest::Client, invoice: &str) -> usize {
-        let all: Value = http
-            .get(format!("{}/_sim/payments", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["invoice_number"] == invoice)
-            .count()
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-async fn connect(addr: SocketAddr) -> O2oPaymentsClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    O2oPaymentsClient::new(channel)
-}
-
-/// A sidecar `run()` in this process.
-struct Replica {
-    addrs: BoundAddrs,
-    grpc: O2oPaymentsClient<Channel>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn bind() -> Listeners {
-        Listeners::bind(loopback(), loopback(), loopback())
-            .await
-            .unwrap()
-    }
-
-    async fn start(listeners: Listeners, config: Config) -> Self {
-        let addrs = listeners.addrs().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(o2o_sidecar::run(config, listeners, async move {
-            let _ = rx.await;
-        }));
-        Self {
-            addrs,
-            grpc: connect(addrs.grpc).await,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-/// Two in-process replicas A and B on `store_url`, and a simulator notifying A.
-async fn two_replicas(store_url: &str, tune: impl Fn(&mut Config)) -> (Sim, Replica, Replica) {
-    o2o_sidecar::install_tls_provider();
-    let sim_listener = TcpListener::bind(loopback()).await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
-    let (la, lb) = (Replica::bind().await, Replica::bind().await);
-    let sim = Sim::start(sim_listener, la.addrs().unwrap().http);
-    let config = || {
-        let mut c = harness::config(&Options::default(), &sim_url, store_url);
+/// Two in-process replicas A and B on `store_url`; A's simulator (which notifies A) is B's
+/// DOKU too.
+async fn two_replicas(
+    store_url: &str,
+    tune: impl Fn(&mut Config),
+) -> (InProcessSidecar, InProcessSidecar) {
+    let options = Options {
+        store_url: Some(store_url.into()),
+        ..Options::default()
+    };
+    let adjust = |mut c: Config, _: &Path| {
         tune(&mut c);
         c
     };
-    let a = Replica::start(la, config()).await;
-    let b = Replica::start(lb, config()).await;
-    (sim, a, b)
+    let a = InProcessSidecar::start_adjusted(options.clone(), adjust).await;
+    let b_options = Options {
+        doku_url: Some(a.doku_url.clone()),
+        ..options
+    };
+    let b = InProcessSidecar::start_adjusted(b_options, adjust).await;
+    (a, b)
 }
 
-/// Bound addresses of a sidecar process, from its start-up log line.
-#[derive(Debug, Clone, Copy)]
-struct ProcessAddrs {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// An `o2o-sidecar serve` child process (killed with the value).
-struct Process {
-    child: tokio::process::Child,
-    addrs: ProcessAddrs,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    /// Starts `o2o-sidecar serve` on port 0 and waits for its "serving" log line.
-    async fn spawn(store_url: &str, sim_url: &str, key_file: &Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_o2o-sidecar"))
-            .args(["serve", "--log-format", "json"])
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .args(["--doku-base-url", sim_url])
-            .args(["--doku-client-id", CLIENT_ID])
-            .arg("--doku-secret-key-file")
-            .arg(key_file)
-            .args(["--store", store_url])
-            .args(["--store-connect-timeout", "2s"])
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, addrs) = oneshot::channel();
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut found = Some(found);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "o2o-sidecar serving"
-                    && let Some(found) = found.take()
-                {
-                    let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-                    let _ = found.send(ProcessAddrs {
-                        grpc: addr("grpc_addr"),
-                        http: addr("http_addr"),
-                        admin: addr("admin_addr"),
-                    });
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addrs = tokio::time::timeout(Duration::from_secs(60), addrs)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let Some(addrs) = addrs else {
-            panic!(
-                "o2o-sidecar serve did not log its addresses:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        };
-        Self { child, addrs, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(20)..].join("\n")
-    }
+/// An `o2o-sidecar serve` process on `store_url` against DOKU at `sim_url`.
+async fn spawn_process(store_url: &str, sim_url: &str, key_file: &Path) -> ChildSidecar {
+    ChildSidecar::start(&ChildOptions {
+        doku_base_url: sim_url.into(),
+        ..ChildOptions::new(crate::BIN, key_file, store_url)
+            .flags(&["--store-connect-timeout", "2s"])
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
 // Callers
 
 fn signed_notification(invoice: &str, request_id: &str) -> (String, Vec<(&'static str, String)>) {
-    let b = body(invoice, 10_000, "5550001", "SUCCESS");
+    let b = notification_body(invoice, 10_000, "5550001", "SUCCESS");
     let headers = signed_headers(b.as_bytes(), SECRET, PATH, request_id);
     (b, headers)
 }
@@ -594,22 +166,6 @@ async fn get_status_code(http: &reqwest::Client, admin: SocketAddr, path: &str) 
         .as_u16()
 }
 
-/// Polls `check` every 50 ms until it holds; panics after `within`. Returns how long it took.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Median and 99th percentile, in milliseconds.
 fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort();
@@ -685,11 +241,11 @@ async fn a_notification_to_one_process_reaches_a_subscriber_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("doku-secret-key");
     std::fs::write(&key_file, SECRET).unwrap();
-    let sim_listener = TcpListener::bind(loopback()).await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
-    let a = Process::spawn(&db.url(), &sim_url, &key_file).await;
-    let b = Process::spawn(&db.url(), &sim_url, &key_file).await;
-    let sim = Sim::start(sim_listener, a.addrs.http);
+    let sim_listener = Sim::bind().await;
+    let sim_url = sim_listener.url.clone();
+    let a = spawn_process(&db.url(), &sim_url, &key_file).await;
+    let b = spawn_process(&db.url(), &sim_url, &key_file).await;
+    let mut sim = serve_sim(sim_listener, &a);
     let http = reqwest::Client::new();
     let (mut ga, mut gb) = (connect(a.addrs.grpc).await, connect(b.addrs.grpc).await);
 
@@ -697,7 +253,7 @@ async fn a_notification_to_one_process_reaches_a_subscriber_on_another() {
     generate(&mut ga, "INV-X-1").await;
     let mut on_a = open(&mut ga, "").await.unwrap();
     let mut on_b = open(&mut gb, "").await.unwrap();
-    sim.pay(&http, "INV-X-1").await;
+    sim.pay("INV-X-1").await;
     let from_b = next_response(&mut on_b).await;
     let from_a = next_response(&mut on_a).await;
     let n = from_b.notification.unwrap();
@@ -712,7 +268,7 @@ async fn a_notification_to_one_process_reaches_a_subscriber_on_another() {
     let token_from_a = from_a.resume_token;
     for invoice in ["INV-X-2", "INV-X-3"] {
         generate(&mut gb, invoice).await;
-        sim.pay(&http, invoice).await;
+        sim.pay(invoice).await;
         assert_eq!(
             next_response(&mut on_b)
                 .await
@@ -739,7 +295,7 @@ async fn a_notification_to_one_process_reaches_a_subscriber_on_another() {
     assert!(
         extra < 250.0,
         "B got events a median {extra:.1} ms after A; B's log:\n{}",
-        b.log_tail()
+        b.log_tail(20)
     );
     sim.stop().await;
 }
@@ -752,7 +308,7 @@ async fn concurrent_appends_on_two_replicas_leave_no_gap_for_any_subscriber() {
     let Some(db) = ScratchDb::create().await else {
         return;
     };
-    let (sim, a, b) = two_replicas(&db.url(), |_| {}).await;
+    let (a, b) = two_replicas(&db.url(), |_| {}).await;
     const N: usize = 160;
     const WRITERS: usize = 8;
     let http = reqwest::Client::new();
@@ -816,7 +372,6 @@ async fn concurrent_appends_on_two_replicas_leave_no_gap_for_any_subscriber() {
     assert_eq!(invoices.len(), N);
     a.stop().await;
     b.stop().await;
-    sim.stop().await;
 }
 
 /// Two replicas racing on the same invoice and idempotency key create one DOKU payment code
@@ -827,7 +382,7 @@ async fn racing_replicas_agree_on_idempotency_keys_and_notification_dedupe() {
     let Some(db) = ScratchDb::create().await else {
         return;
     };
-    let (sim, a, b) = two_replicas(&db.url(), |_| {}).await;
+    let (a, b) = two_replicas(&db.url(), |_| {}).await;
     let http = reqwest::Client::new();
 
     async fn generate_until_done(
@@ -857,7 +412,7 @@ async fn racing_replicas_agree_on_idempotency_keys_and_notification_dedupe() {
         );
         assert!(!pa.payment_code.is_empty());
         assert_eq!(pa.payment_code, pb_.payment_code, "{invoice}");
-        assert_eq!(sim.payments(&http, &invoice).await, 1, "{invoice}");
+        assert_eq!(a.sim_payments(&invoice).await.len(), 1, "{invoice}");
     }
 
     for i in 0..10 {
@@ -883,7 +438,6 @@ async fn racing_replicas_agree_on_idempotency_keys_and_notification_dedupe() {
     );
     a.stop().await;
     b.stop().await;
-    sim.stop().await;
 }
 
 /// One of two sidecar processes runs the sweeper; when it is killed (SIGKILL), the other
@@ -898,17 +452,17 @@ async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("doku-secret-key");
     std::fs::write(&key_file, SECRET).unwrap();
-    let sim_listener = TcpListener::bind(loopback()).await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
+    let sim_listener = Sim::bind().await;
+    let sim_url = sim_listener.url.clone();
     let http = reqwest::Client::new();
 
-    let mut a = Process::spawn(&db.url(), &sim_url, &key_file).await;
+    let a = spawn_process(&db.url(), &sim_url, &key_file).await;
     eventually("A leads", Duration::from_secs(20), || async {
         metric(&http, a.addrs.admin, "o2o_sweeper_leader").await == Some(1.0)
     })
     .await;
-    let b = Process::spawn(&db.url(), &sim_url, &key_file).await;
-    let sim = Sim::start(sim_listener, a.addrs.http);
+    let b = spawn_process(&db.url(), &sim_url, &key_file).await;
+    let mut sim = serve_sim(sim_listener, &a);
     // B campaigns (its gauge exists from its first campaign on) and loses, again and again:
     // over three campaign periods, A leads, B never does, and B never sweeps.
     eventually("B campaigns", Duration::from_secs(20), || async {
@@ -925,7 +479,7 @@ async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
             metric(&http, b.addrs.admin, "o2o_sweeper_leader").await,
             Some(0.0),
             "{}",
-            b.log_tail()
+            b.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -936,9 +490,8 @@ async fn the_sweeper_moves_to_another_process_when_its_process_dies() {
         Some(0.0)
     );
 
-    a.child.start_kill().unwrap();
     let killed = Instant::now();
-    a.child.wait().await.unwrap();
+    a.kill().await;
     eventually("B takes over", Duration::from_secs(20), || async {
         metric(&http, b.addrs.admin, "o2o_sweeper_leader").await == Some(1.0)
     })
@@ -967,11 +520,8 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let Some(cluster) = PrivateCluster::start().await else {
         return;
     };
-    let admin = sqlx::PgConnection::connect(&cluster.admin_url())
-        .await
-        .unwrap();
-    let db = ScratchDb::create_with(admin, cluster.admin_url()).await;
-    let (sim, a, b) = two_replicas(&db.url(), |c| {
+    let db = ScratchDb::create_on(&cluster.admin_url()).await;
+    let (a, b) = two_replicas(&db.url(), |c| {
         c.store_options.connect_timeout = Duration::from_secs(1);
         c.store_options.statement_timeout = Some(Duration::from_secs(5));
     })
@@ -1013,7 +563,7 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let on_a = tokio::spawn(subscribe_resuming(a.grpc.clone(), N));
 
     acked.wait_for(|(n, _)| *n >= N / 3).await.unwrap();
-    cluster.ctl_stop();
+    cluster.crash_server();
     let stopped = Instant::now();
     // And one on B that starts while the database is down.
     let on_b = tokio::spawn(subscribe_resuming(b.grpc.clone(), N));
@@ -1039,7 +589,7 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     assert_eq!(reason(&err), "STORE_UNAVAILABLE");
     acked.wait_for(|(_, refused)| *refused >= 2).await.unwrap();
     let acked_while_down = acked.borrow().0;
-    cluster.ctl_start();
+    cluster.start_server();
     let down_for = stopped.elapsed();
     for replica in [&a, &b] {
         eventually("store up again", Duration::from_secs(20), || async {
@@ -1087,10 +637,9 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     assert_eq!(seen_a, ids);
     assert_eq!(seen_b, ids);
     // Both replicas stayed up through it.
-    assert!(!a.task.is_finished() && !b.task.is_finished());
+    assert!(!a.has_ended() && !b.has_ended());
     a.stop().await;
     b.stop().await;
-    sim.stop().await;
     drop(db);
 }
 
@@ -1138,11 +687,11 @@ async fn latency_report() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("doku-secret-key");
     std::fs::write(&key_file, SECRET).unwrap();
-    let sim_listener = TcpListener::bind(loopback()).await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
-    let a = Process::spawn(&db.url(), &sim_url, &key_file).await;
-    let b = Process::spawn(&db.url(), &sim_url, &key_file).await;
-    let sim = Sim::start(sim_listener, a.addrs.http);
+    let sim_listener = Sim::bind().await;
+    let sim_url = sim_listener.url.clone();
+    let a = spawn_process(&db.url(), &sim_url, &key_file).await;
+    let b = spawn_process(&db.url(), &sim_url, &key_file).await;
+    let mut sim = serve_sim(sim_listener, &a);
     let http = reqwest::Client::new();
     let (mut ga, mut gb) = (connect(a.addrs.grpc).await, connect(b.addrs.grpc).await);
     let mut on_a = open(&mut ga, "").await.unwrap();

@@ -13,16 +13,13 @@ use o2o_sidecar::{
         stream::resume_token,
     },
     secret::SecretKeySource,
-    sim::{SimConfig, Simulator},
+    sim::SimConfig,
 };
 use serde_json::json;
-use tokio::sync::oneshot;
 
-use crate::{
-    child::{self, Launch},
-    harness::{CLIENT_ID, Options, reason, request},
-    notifications::{body, signed_headers},
-    rig::{Rig, eventually},
+use o2o_sidecar::testing::{
+    CLIENT_ID, ChildOptions, ChildSidecar, InProcessSidecar, Options, PATH, Sim, eventually,
+    notification_body, post_notification, reason, request, signed_headers,
 };
 
 const OLD: &str = "SK-ROTATE-old-0123456789";
@@ -38,7 +35,7 @@ fn write_key(path: &Path, key: &str) {
 /// A sidecar whose key comes from a file holding `file_key`, against a simulator that holds
 /// `sim_key`.
 struct KeyRig {
-    rig: Rig,
+    rig: InProcessSidecar,
     key: SecretKeySource,
     key_file: std::path::PathBuf,
 }
@@ -46,7 +43,11 @@ struct KeyRig {
 impl KeyRig {
     async fn start(file_key: &str, sim_key: &str, grace: Duration) -> Self {
         let mut source = None;
-        let rig = Rig::start(sim_key, &Options::default(), |config, dir| {
+        let options = Options {
+            sim_key: sim_key.into(),
+            ..Options::default()
+        };
+        let rig = InProcessSidecar::start_adjusted(options, |config, dir| {
             let path = dir.join("doku-secret-key");
             write_key(&path, file_key);
             let key = SecretKeySource::from_file(&path).unwrap();
@@ -63,14 +64,14 @@ impl KeyRig {
     }
 
     async fn notify(&self, key: &str, request_id: &str) -> u16 {
-        let b = body(
+        let b = notification_body(
             &format!("INV-{request_id}"),
             10_000,
             "7731000001",
             "SUCCESS",
         );
-        let headers = signed_headers(b.as_bytes(), key, crate::harness::PATH, request_id);
-        child::post_notification(
+        let headers = signed_headers(b.as_bytes(), key, PATH, request_id);
+        post_notification(
             &self.rig.http,
             &self.rig.notification_url(),
             b.as_bytes(),
@@ -129,14 +130,18 @@ async fn a_rotated_key_file_switches_outbound_calls_and_the_old_key_still_verifi
     // Rotate the file: no restart; the watcher picks it up and the next call signs with NEW.
     write_key(&rig.key_file, NEW);
     let mut grpc = rig.rig.grpc.clone();
-    eventually("a call signed with the new key", || {
-        let mut grpc = grpc.clone();
-        async move {
-            grpc.generate_payment_code(request("INV-ROT-1", 10_000))
-                .await
-                .is_ok()
-        }
-    })
+    eventually(
+        "a call signed with the new key",
+        Duration::from_secs(5),
+        || {
+            let mut grpc = grpc.clone();
+            async move {
+                grpc.generate_payment_code(request("INV-ROT-1", 10_000))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await;
     let p = grpc
         .generate_payment_code(request("INV-ROT-1", 10_000))
@@ -175,7 +180,10 @@ async fn an_unreadable_key_file_keeps_the_last_key_and_turns_readiness_off() {
     let mut rig = KeyRig::start(OLD, OLD, Duration::from_secs(3600)).await;
     assert_eq!(rig.ready().await.0, 200);
     std::fs::remove_file(&rig.key_file).unwrap();
-    eventually("/ready turns 503", || async { rig.ready().await.0 == 503 }).await;
+    eventually("/ready turns 503", Duration::from_secs(5), || async {
+        rig.ready().await.0 == 503
+    })
+    .await;
     let (_, text) = rig.ready().await;
     assert!(text.contains("secret key file unreadable"), "{text}");
     // The last good key is still used, both ways.
@@ -192,7 +200,7 @@ async fn an_unreadable_key_file_keeps_the_last_key_and_turns_readiness_off() {
     assert_eq!(rig.ready().await.0, 503);
 
     write_key(&rig.key_file, OLD);
-    eventually("/ready turns 200 again", || async {
+    eventually("/ready turns 200 again", Duration::from_secs(5), || async {
         rig.ready().await.0 == 200
     })
     .await;
@@ -247,9 +255,7 @@ fn assert_clean(what: &str, text: &str, secrets: &[&str]) {
 #[test]
 fn the_detector_finds_every_form_of_the_secret_and_full_signatures() {
     let secret = "SK-DETECT-0123456789";
-    let sig = crate::child::notification_headers(b"{}", secret, "r-1")[3]
-        .1
-        .clone();
+    let sig = signed_headers(b"{}", secret, PATH, "r-1")[3].1.clone();
     for leak in forms_of(secret)
         .into_iter()
         .chain([format!("signature={sig} rest")])
@@ -274,33 +280,25 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     let key_file = dir.path().join("doku-secret-key");
     write_key(&key_file, SECRET);
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
-    let sidecar = child::Sidecar::start(&Launch {
-        key_file: &key_file,
-        store: &store,
-        doku_base_url: &sim_url,
-        extra: &[
+    let sim_listener = Sim::bind().await;
+    let sim_url = sim_listener.url.clone();
+    let sidecar = ChildSidecar::start(&ChildOptions {
+        doku_base_url: sim_url.clone(),
+        rust_log: "trace".into(),
+        ..ChildOptions::new(crate::BIN, &key_file, &store).flags(&[
             "--doku-timeout",
             "300ms",
             "--doku-max-attempts",
             "2",
             "--previous-key-grace",
             "1h",
-        ],
-        rust_log: "trace",
-        keep_log: true,
-        wrap: None,
+        ])
     })
     .await;
-    let sim = Simulator::new(SimConfig {
+    let mut sim = sim_listener.serve(SimConfig {
         notification_url: Some(sidecar.notification_url()),
         ..SimConfig::new(CLIENT_ID, SECRET)
     });
-    let (sim_stop, sim_rx) = oneshot::channel::<()>();
-    let sim_task = tokio::spawn(sim.clone().serve(sim_listener, async move {
-        let _ = sim_rx.await;
-    }));
     let http = reqwest::Client::new();
     let sim_post = |path: String, body: serde_json::Value| {
         let http = http.clone();
@@ -410,10 +408,10 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     )
     .await;
     sim_post("/_sim/payments/INV-HY-2/pay".into(), json!({})).await;
-    let b = body("INV-HY-2", 10_000, "7731000002", "SUCCESS");
-    let forged = signed_headers(b.as_bytes(), "SK-FORGER", child::PATH, "hy-forged");
+    let b = notification_body("INV-HY-2", 10_000, "7731000002", "SUCCESS");
+    let forged = signed_headers(b.as_bytes(), "SK-FORGER", PATH, "hy-forged");
     assert_eq!(
-        child::post_notification(&http, &sidecar.notification_url(), b.as_bytes(), &forged).await,
+        post_notification(&http, &sidecar.notification_url(), b.as_bytes(), &forged).await,
         Some(401)
     );
 
@@ -434,10 +432,10 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
         assert!(tokio::time::Instant::now() < deadline, "rotation not seen");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = body("INV-HY-5", 10_000, "7731000005", "SUCCESS");
-    let old = signed_headers(b.as_bytes(), SECRET, child::PATH, "hy-old-key");
+    let b = notification_body("INV-HY-5", 10_000, "7731000005", "SUCCESS");
+    let old = signed_headers(b.as_bytes(), SECRET, PATH, "hy-old-key");
     assert_eq!(
-        child::post_notification(&http, &sidecar.notification_url(), b.as_bytes(), &old).await,
+        post_notification(&http, &sidecar.notification_url(), b.as_bytes(), &old).await,
         Some(200)
     );
     // An unreadable key file.
@@ -466,7 +464,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     // Debug output of everything that holds the key.
     let key = SecretKeySource::from_file(&key_file).unwrap();
     let config = Config::new(sim_url.clone(), CLIENT_ID, key.clone(), store.clone());
-    let mut debug = format!("{config:?} {key:?} {:?}", sim.config());
+    let mut debug = format!("{config:?} {key:?} {:?}", sim.simulator().config());
     debug.push_str(&format!("{:?}", key.verification_keys()));
     debug.push_str(&format!(
         "{:?}",
@@ -488,8 +486,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     drop(stream);
     let (status, log) = sidecar.terminate().await;
     assert!(status.success(), "{status}");
-    let _ = sim_stop.send(());
-    let _ = sim_task.await;
+    sim.stop().await;
     let secrets = [SECRET, SECRET2];
     assert_clean("the log", &log, &secrets);
     assert!(log.len() > 10_000, "the log is suspiciously short");

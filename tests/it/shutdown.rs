@@ -16,11 +16,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::{
-    child,
-    harness::{Options, SECRET, request},
-    notifications::{body, signed_headers},
-    rig::{Rig, eventually},
+use o2o_sidecar::testing::{
+    ChildOptions, ChildSidecar, InProcessSidecar, Options, PATH, SECRET, eventually,
+    notification_body, post_notification, request, signed_headers,
 };
 
 const SERVICE: &str = "o2o.v1.O2OPayments";
@@ -28,7 +26,7 @@ const SERVICE: &str = "o2o.v1.O2OPayments";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_calls_and_ends_streams_with_unavailable() {
     let options = Options::default();
-    let mut rig = Rig::with(&options, |mut c| {
+    let mut rig = InProcessSidecar::start_adjusted(options.clone(), |mut c, _| {
         c.shutdown_timeout = Duration::from_secs(10);
         c
     })
@@ -59,7 +57,7 @@ async fn shutdown_finishes_in_flight_calls_and_ends_streams_with_unavailable() {
         .into_inner();
 
     // A call whose DOKU answer takes 1.5 s is in flight when the signal comes.
-    rig.sim.add_faults(vec![
+    rig.sim().simulator().add_faults(vec![
         serde_json::from_value(
             json!({"target": "payment_code", "kind": "delay", "delay_ms": 1500, "times": 1}),
         )
@@ -70,8 +68,8 @@ async fn shutdown_finishes_in_flight_calls_and_ends_streams_with_unavailable() {
         grpc.generate_payment_code(request("INV-SD-1", 10_000))
             .await
     });
-    eventually("DOKU received the call", || async {
-        !rig.sim.requests().is_empty()
+    eventually("DOKU received the call", Duration::from_secs(5), || async {
+        !rig.sim().simulator().requests().is_empty()
     })
     .await;
     let started = tokio::time::Instant::now();
@@ -101,7 +99,11 @@ async fn shutdown_finishes_in_flight_calls_and_ends_streams_with_unavailable() {
     let p = call.await.unwrap().unwrap().into_inner().payment.unwrap();
     assert_eq!(
         p.payment_code,
-        rig.sim.payment("INV-SD-1").unwrap().payment_code
+        rig.sim()
+            .simulator()
+            .payment("INV-SD-1")
+            .unwrap()
+            .payment_code
     );
     run.await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -117,7 +119,7 @@ async fn shutdown_finishes_in_flight_calls_and_ends_streams_with_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_notification_in_progress_is_committed_or_not_acknowledged() {
     let options = Options::default();
-    let mut rig = Rig::with(&options, |c| c).await;
+    let mut rig = InProcessSidecar::start_adjusted(options.clone(), |c, _| c).await;
     let url = rig.notification_url();
     // (invoice, HTTP status or no answer) per notification sent.
     type Answers = Arc<Mutex<Vec<(String, Option<u16>)>>>;
@@ -130,9 +132,9 @@ async fn a_notification_in_progress_is_committed_or_not_acknowledged() {
         senders.push(tokio::spawn(async move {
             for i in 0..200 {
                 let invoice = format!("INV-SDN-{w}-{i}");
-                let b = body(&invoice, 10_000, "7731000001", "SUCCESS");
-                let headers = signed_headers(b.as_bytes(), SECRET, crate::harness::PATH, &invoice);
-                let got = child::post_notification(&http, &url, b.as_bytes(), &headers).await;
+                let b = notification_body(&invoice, 10_000, "7731000001", "SUCCESS");
+                let headers = signed_headers(b.as_bytes(), SECRET, PATH, &invoice);
+                let got = post_notification(&http, &url, b.as_bytes(), &headers).await;
                 let stop = got.is_none();
                 answers.lock().unwrap().push((invoice, got));
                 if stop {
@@ -141,9 +143,11 @@ async fn a_notification_in_progress_is_committed_or_not_acknowledged() {
             }
         }));
     }
-    eventually("some notifications went through", || async {
-        answers.lock().unwrap().len() >= 20
-    })
+    eventually(
+        "some notifications went through",
+        Duration::from_secs(5),
+        || async { answers.lock().unwrap().len() >= 20 },
+    )
     .await;
     rig.shutdown().await;
     for s in senders {
@@ -182,13 +186,13 @@ async fn a_drain_longer_than_the_timeout_is_cut_off_and_nothing_is_lost() {
         max_attempts: 1,
         ..Options::default()
     };
-    let mut rig = Rig::with(&options, |mut c| {
+    let mut rig = InProcessSidecar::start_adjusted(options.clone(), |mut c, _| {
         c.shutdown_timeout = Duration::from_millis(500);
         c
     })
     .await;
     // DOKU issues the code but answers only after 10 s.
-    rig.sim.add_faults(vec![
+    rig.sim().simulator().add_faults(vec![
         serde_json::from_value(
             json!({"target": "payment_code", "kind": "delay", "delay_ms": 10000, "times": 1}),
         )
@@ -199,8 +203,8 @@ async fn a_drain_longer_than_the_timeout_is_cut_off_and_nothing_is_lost() {
         grpc.generate_payment_code(request("INV-SD-2", 10_000))
             .await
     });
-    eventually("DOKU received the call", || async {
-        rig.sim.payment("INV-SD-2").is_some()
+    eventually("DOKU received the call", Duration::from_secs(5), || async {
+        rig.sim().simulator().payment("INV-SD-2").is_some()
     })
     .await;
     let started = tokio::time::Instant::now();
@@ -214,7 +218,7 @@ async fn a_drain_longer_than_the_timeout_is_cut_off_and_nothing_is_lost() {
 
     // Restarted: the caller retries. While the abandoned attempt's lease lasts the answer is
     // ABORTED (retry later); then the stored request is replayed and gets the code DOKU issued.
-    let config = rig.config(&options);
+    let config = rig.config();
     rig.relaunch(config).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let p = loop {
@@ -233,10 +237,15 @@ async fn a_drain_longer_than_the_timeout_is_cut_off_and_nothing_is_lost() {
     };
     assert_eq!(
         p.payment_code,
-        rig.sim.payment("INV-SD-2").unwrap().payment_code
+        rig.sim()
+            .simulator()
+            .payment("INV-SD-2")
+            .unwrap()
+            .payment_code
     );
     let sent: Vec<_> = rig
-        .sim
+        .sim()
+        .simulator()
         .requests()
         .into_iter()
         .filter(|r| r.invoice_number.as_deref() == Some("INV-SD-2"))
@@ -258,15 +267,9 @@ async fn sigterm_stops_the_binary_cleanly() {
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, SECRET).unwrap();
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
-    let sidecar = child::Sidecar::start(&child::Launch {
-        key_file: &key_file,
-        store: &store,
-        doku_base_url: "http://127.0.0.1:9",
-        extra: &["--shutdown-timeout", "5s"],
-        rust_log: "info",
-        keep_log: true,
-        wrap: None,
-    })
+    let sidecar = ChildSidecar::start(
+        &ChildOptions::new(crate::BIN, &key_file, &store).flags(&["--shutdown-timeout", "5s"]),
+    )
     .await;
     let mut grpc = pb::o2o_payments_client::O2oPaymentsClient::connect(format!(
         "http://{}",
@@ -302,14 +305,9 @@ async fn sigterm_right_after_start_is_graceful() {
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
     // The window is short: several rounds give it a chance to show.
     for _ in 0..20 {
-        let sidecar = child::Sidecar::start(&child::Launch {
-            key_file: &key_file,
-            store: &store,
-            doku_base_url: "http://127.0.0.1:9",
-            extra: &[],
-            rust_log: "warn,o2o_sidecar=info",
-            keep_log: true,
-            wrap: None,
+        let sidecar = ChildSidecar::start(&ChildOptions {
+            rust_log: "warn,o2o_sidecar=info".into(),
+            ..ChildOptions::new(crate::BIN, &key_file, &store)
         })
         .await;
         let (status, log) = sidecar.terminate().await;

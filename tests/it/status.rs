@@ -3,7 +3,7 @@
 use o2o_sidecar::grpc::pb;
 use tonic::Code;
 
-use crate::harness::{Harness, reason, request};
+use o2o_sidecar::testing::{InProcessSidecar, reason, request};
 
 fn get(invoice: &str, refresh: bool) -> pb::GetStatusRequest {
     pb::GetStatusRequest {
@@ -14,7 +14,7 @@ fn get(invoice: &str, refresh: bool) -> pb::GetStatusRequest {
 
 #[tokio::test]
 async fn unknown_invoice_is_not_found() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     for refresh in [false, true] {
         let err = h
             .grpc
@@ -35,7 +35,7 @@ async fn unknown_invoice_is_not_found() {
 
 #[tokio::test]
 async fn refresh_after_paying_in_the_simulator_reads_paid() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     let created = h
         .grpc
         .generate_payment_code(request("INV-ST-1", 25_000))
@@ -68,7 +68,7 @@ async fn refresh_after_paying_in_the_simulator_reads_paid() {
 
 #[tokio::test]
 async fn refresh_after_expiry_reads_expired_and_a_late_pay_is_refused_by_doku() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     h.grpc
         .generate_payment_code(request("INV-ST-2", 25_000))
         .await

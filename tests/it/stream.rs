@@ -6,12 +6,16 @@ use std::collections::BTreeSet;
 use o2o_sidecar::grpc::{pb, stream::resume_token};
 use tonic::Code;
 
-use crate::{
-    harness::{Harness, PATH, SECRET, reason, request},
-    notifications::{body, next, signed_headers},
+use o2o_sidecar::testing::{
+    InProcessSidecar, PATH, SECRET, notification_body, reason, request, signed_headers,
 };
 
-async fn open(h: &mut Harness, token: &str) -> tonic::Streaming<pb::StreamNotificationsResponse> {
+use crate::notifications::next;
+
+async fn open(
+    h: &mut InProcessSidecar,
+    token: &str,
+) -> tonic::Streaming<pb::StreamNotificationsResponse> {
     h.grpc
         .stream_notifications(pb::StreamNotificationsRequest {
             resume_token: token.into(),
@@ -22,7 +26,7 @@ async fn open(h: &mut Harness, token: &str) -> tonic::Streaming<pb::StreamNotifi
         .into_inner()
 }
 
-async fn generate(h: &mut Harness, invoice: &str) {
+async fn generate(h: &mut InProcessSidecar, invoice: &str) {
     h.grpc
         .generate_payment_code(request(invoice, 10_000))
         .await
@@ -41,7 +45,7 @@ async fn next_response(
 
 #[tokio::test]
 async fn paying_in_the_simulator_reaches_an_open_stream() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     generate(&mut h, "INV-S-1").await;
     // The call returns once the stream is subscribed: nothing after this can be missed.
     let mut s = open(&mut h, "").await;
@@ -58,7 +62,7 @@ async fn paying_in_the_simulator_reaches_an_open_stream() {
 
 #[tokio::test]
 async fn resuming_with_a_token_delivers_exactly_the_missed_events_in_order() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     for i in 1..=3 {
         generate(&mut h, &format!("INV-R-{i}")).await;
     }
@@ -87,7 +91,7 @@ async fn resuming_with_a_token_delivers_exactly_the_missed_events_in_order() {
 
 #[tokio::test]
 async fn a_restart_between_two_payments_loses_nothing() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     generate(&mut h, "INV-RS-1").await;
     generate(&mut h, "INV-RS-2").await;
     let mut s = open(&mut h, "").await;
@@ -109,7 +113,7 @@ async fn a_restart_between_two_payments_loses_nothing() {
 
 #[tokio::test]
 async fn the_invoice_filter_only_delivers_matching_events() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     generate(&mut h, "INV-F-1").await;
     generate(&mut h, "INV-F-2").await;
     let mut s = h
@@ -130,7 +134,7 @@ async fn the_invoice_filter_only_delivers_matching_events() {
 
 #[tokio::test]
 async fn malformed_and_foreign_tokens_are_invalid_argument() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     for token in ["not-a-token", "b2RkOjE", &resume_token(1_000_000)] {
         let err = h
             .grpc
@@ -150,7 +154,7 @@ async fn malformed_and_foreign_tokens_are_invalid_argument() {
 /// must see a gap-free, duplicate-free, ordered suffix of the log that ends at the last event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_and_live_switch_has_no_gap_under_concurrent_appends() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     const N: usize = 120;
     const WRITERS: usize = 4;
     let url = h.notification_url();
@@ -160,7 +164,7 @@ async fn replay_and_live_switch_has_no_gap_under_concurrent_appends() {
         let url = url.clone();
         writers.push(tokio::spawn(async move {
             for i in (w..N).step_by(WRITERS) {
-                let b = body(
+                let b = notification_body(
                     &format!("INV-C-{i}"),
                     1_000 + i as i64,
                     "5550001",
@@ -235,7 +239,7 @@ async fn replay_and_live_switch_has_no_gap_under_concurrent_appends() {
 
 #[tokio::test]
 async fn a_token_older_than_the_retained_log_is_out_of_range() {
-    let mut h = Harness::start().await;
+    let mut h = InProcessSidecar::start().await;
     generate(&mut h, "INV-P-1").await;
     let mut s = open(&mut h, "").await;
     h.pay("INV-P-1").await;

@@ -1,9 +1,11 @@
 //! TLS on the gRPC and notification listeners (`--tls-cert-file`, `--tls-key-file`).
 
-use o2o_sidecar::{Listeners, grpc::pb::o2o_payments_client::O2oPaymentsClient, tls::TlsIdentity};
+use o2o_sidecar::{
+    grpc::pb::o2o_payments_client::O2oPaymentsClient,
+    testing::{InProcessSidecar, Options, request},
+    tls::TlsIdentity,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-use crate::harness::{Options, config, request};
 
 #[tokio::test]
 async fn grpc_and_notifications_are_served_over_tls() {
@@ -14,18 +16,17 @@ async fn grpc_and_notifications_are_served_over_tls() {
         cert_pem: cert_pem.clone().into_bytes(),
         key_pem: cert.signing_key.serialize_pem().into_bytes(),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
-    let any = "127.0.0.1:0".parse().unwrap();
-    let listeners = Listeners::bind(any, any, any).await.unwrap();
-    let addrs = listeners.addrs().unwrap();
     // DOKU is unreachable here: only the transport is under test.
-    let mut cfg = config(&Options::default(), "http://127.0.0.1:9", &store);
-    cfg.tls = Some(identity);
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(o2o_sidecar::run(cfg, listeners, async move {
-        let _ = rx.await;
-    }));
+    let options = Options {
+        doku_url: Some("http://127.0.0.1:9".into()),
+        ..Options::default()
+    };
+    let sidecar = InProcessSidecar::start_adjusted(options, |mut c, _| {
+        c.tls = Some(identity);
+        c
+    })
+    .await;
+    let addrs = sidecar.addrs;
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cert_pem))
@@ -68,6 +69,5 @@ async fn grpc_and_notifications_are_served_over_tls() {
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != 401);
 
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    sidecar.stop().await;
 }
