@@ -40,6 +40,9 @@
 //!   keeps its own DOKU wire types on purpose: a mistake in [`doku`] is not mirrored there.
 //! - `fuzzing` (only with the `fuzzing` feature, and in unit tests): entry points of the
 //!   cargo-fuzz targets in `fuzz/`, replayed as unit tests over the seeds and every past crash.
+//! - `testing` (only with the `test-support` feature, and in unit tests): the one way tests
+//!   start sidecars (in-process and child-process), the simulator, PostgreSQL scratch
+//!   databases and `eventually`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
