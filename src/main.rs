@@ -152,13 +152,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         notification_url: Some(notification_url),
         ..SimConfig::new(client_id.clone(), secret.clone())
     });
-    let config = Config::new(
+    let config = Config::from_flags(
         format!("http://{sim_addr}"),
         client_id,
         SecretKeySource::fixed(secret),
         store.clone(),
-    )
-    .with_common(&common)?;
+        &common,
+    )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sim_stop = stop_rx.clone();
