@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{doku::client::SANDBOX_BASE_URL, secret::SecretKeySource};
+use crate::{doku::client::SANDBOX_BASE_URL, secret::SecretSource};
 
 /// The command line of `o2o-sidecar`.
 #[derive(Debug, Parser)]
@@ -302,7 +302,7 @@ pub struct Config {
     pub doku_client_id: String,
     /// Signs outbound calls and verifies notifications; its file is re-read so that a rotated
     /// key takes effect without a restart (`--doku-secret-key-file`).
-    pub secret_key: SecretKeySource,
+    pub secret_key: SecretSource,
     /// Where payments and their events are kept: SQLite for one pod, PostgreSQL for replicas
     /// (`--store`).
     pub store_url: String,
@@ -331,7 +331,7 @@ pub struct Config {
     /// The bearer token every O2OPayments call must present, for when more than the
     /// application can reach the gRPC port (`--api-token-file`); `None`: loopback is the
     /// boundary.
-    pub api_token: Option<SecretKeySource>,
+    pub api_token: Option<SecretSource>,
     /// Bounds a unary call, so that a stuck store or DOKU cannot hold a caller forever
     /// (`--grpc-timeout`).
     pub grpc_timeout: Duration,
@@ -377,7 +377,7 @@ impl Config {
     pub fn new(
         doku_base_url: impl Into<String>,
         doku_client_id: impl Into<String>,
-        secret_key: SecretKeySource,
+        secret_key: SecretSource,
         store_url: impl Into<String>,
     ) -> Self {
         Self::from_flags(
@@ -395,7 +395,7 @@ impl Config {
     pub fn from_flags(
         doku_base_url: impl Into<String>,
         doku_client_id: impl Into<String>,
-        secret_key: SecretKeySource,
+        secret_key: SecretSource,
         store_url: impl Into<String>,
         common: &CommonArgs,
     ) -> Result<Self, FlagError> {
@@ -434,7 +434,7 @@ impl Config {
         }
         let api_token = match &common.api_token_file {
             Some(path) => Some(
-                SecretKeySource::from_file(path)
+                SecretSource::from_file(path)
                     .map_err(|e| FlagError::new("--api-token-file", e.to_string()))?,
             ),
             None => None,
@@ -529,7 +529,7 @@ impl ServeArgs {
                 "is required (or O2O_DOKU_SECRET_KEY_FILE): a file holding DOKU's Secret Key",
             )
         })?;
-        let key = SecretKeySource::from_file(&key_file)
+        let key = SecretSource::from_file(&key_file)
             .map_err(|e| FlagError::new("--doku-secret-key-file", e.to_string()))?;
         let base = self.doku_base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
@@ -555,7 +555,7 @@ mod tests {
         Config::from_flags(
             "http://x",
             "c",
-            SecretKeySource::fixed("k"),
+            SecretSource::fixed("k"),
             "sqlite://x",
             common,
         )
@@ -677,7 +677,7 @@ mod tests {
         let new = Config::new(
             SANDBOX_BASE_URL,
             "MCH-1",
-            SecretKeySource::fixed("SK-1"),
+            SecretSource::fixed("SK-1"),
             "sqlite://o2o-sidecar.db",
         );
         let Config {

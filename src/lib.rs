@@ -417,7 +417,7 @@ const KEY_PROBLEM_REPEAT: Duration = Duration::from_secs(60);
 /// Re-reads the secret key file every [`KEY_POLL`] until `stop`: a new key is used by
 /// outbound calls at once; an unreadable or empty file keeps the last good key, turns
 /// readiness off and is logged loudly (again every minute while it lasts).
-async fn watch_key(key: secret::SecretKeySource, stop: impl Future<Output = ()>) {
+async fn watch_key(key: secret::SecretSource, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(KEY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -4,7 +4,7 @@
 use o2o_sidecar::{
     Listeners,
     config::{Cli, Command, Config, DevArgs},
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::{SimConfig, Simulator},
     telemetry,
 };
@@ -155,7 +155,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let config = Config::from_flags(
         format!("http://{sim_addr}"),
         client_id,
-        SecretKeySource::fixed(secret),
+        SecretSource::fixed(secret),
         store.clone(),
         &common,
     )?;

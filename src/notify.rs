@@ -41,7 +41,7 @@ use crate::{
         Amount, AmountRule, Channel, EventSource, InvoiceNumber, Payment, PaymentCode,
         PaymentStatus, ReportedIdentity, StatusChange, check_report,
     },
-    secret::{KeyRole, SecretKeySource},
+    secret::{KeyRole, SecretSource},
     sidecar::Sidecar,
     store::{InboundNotification, Recorded, Verdict},
 };
@@ -54,7 +54,7 @@ pub struct Ingress {
     /// Client-Id DOKU must send.
     pub client_id: String,
     /// Secret Key to verify with (current and, within the grace window, replaced ones).
-    pub key: SecretKeySource,
+    pub key: SecretSource,
     /// Public notification path (the signed Request-Target).
     pub path: String,
     /// Largest body accepted.

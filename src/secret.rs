@@ -9,7 +9,7 @@
 //! rewritten in place can be read half-written once), each dropped when its window ends.
 //!
 //! Trouble: a file that becomes unreadable or empty keeps the last good key in use, and
-//! [`SecretKeySource::problem`] says why until the file is good again (readiness turns false
+//! [`SecretSource::problem`] says why until the file is good again (readiness turns false
 //! and the key watcher logs it loudly). Write the file atomically (write elsewhere, rename),
 //! as a Kubernetes Secret volume does, to avoid a moment where it reads empty.
 
@@ -94,12 +94,13 @@ impl Loaded {
     }
 }
 
-/// The Secret Key, shared by the DOKU client and the notification ingress.
+/// A secret read from a file and re-read when it changes: DOKU's Secret Key (shared by the
+/// DOKU client and the notification ingress) or the API token callers present.
 ///
-/// Cloning shares the same key. [`SecretKeySource::refresh`] re-reads the file; a file that
+/// Cloning shares the same key. [`SecretSource::refresh`] re-reads the file; a file that
 /// became unreadable or empty keeps the last good key.
 #[derive(Clone, Debug)]
-pub struct SecretKeySource {
+pub struct SecretSource {
     path: Option<PathBuf>,
     loaded: Arc<RwLock<Loaded>>,
 }
@@ -117,7 +118,7 @@ fn read_key(path: &Path) -> Result<SecretString, KeyError> {
     Ok(SecretString::from(key))
 }
 
-impl SecretKeySource {
+impl SecretSource {
     /// Reads the key from `path`.
     pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, KeyError> {
         let path = path.into();
@@ -204,7 +205,7 @@ impl SecretKeySource {
     }
 
     /// Re-reads the key file. Returns `Ok(true)` when a new key was loaded; on error the last
-    /// good key stays in use and [`SecretKeySource::problem`] reports the error.
+    /// good key stays in use and [`SecretSource::problem`] reports the error.
     pub fn refresh(&self) -> Result<bool, KeyError> {
         let Some(path) = &self.path else {
             return Ok(false);
@@ -229,11 +230,11 @@ impl SecretKeySource {
 mod tests {
     use super::*;
 
-    fn names(src: &SecretKeySource) -> Vec<(KeyRole, String)> {
+    fn names(src: &SecretSource) -> Vec<(KeyRole, String)> {
         names_at(src, Instant::now())
     }
 
-    fn names_at(src: &SecretKeySource, at: Instant) -> Vec<(KeyRole, String)> {
+    fn names_at(src: &SecretSource, at: Instant) -> Vec<(KeyRole, String)> {
         src.verification_keys_at(at)
             .into_iter()
             .map(|(role, k)| (role, k.expose_secret().to_owned()))
@@ -245,7 +246,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "SK-abc\n").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         assert_eq!(src.current().expose_secret(), "SK-abc");
         assert!(!format!("{src:?}").contains("SK-abc"));
     }
@@ -255,16 +256,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         assert!(matches!(
-            SecretKeySource::from_file(&path),
+            SecretSource::from_file(&path),
             Err(KeyError::Read { .. })
         ));
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            SecretKeySource::from_file(&path),
+            SecretSource::from_file(&path),
             Err(KeyError::Empty(_))
         ));
         std::fs::write(&path, "SK-1").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         assert_eq!(src.problem(), None);
         std::fs::remove_file(&path).unwrap();
         assert!(src.refresh().is_err());
@@ -289,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "SK-1").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::fs::write(&path, "SK-2").unwrap();
         std::fs::File::options()
@@ -307,7 +308,7 @@ mod tests {
     fn a_rotated_key_verifies_until_its_grace_ends() {
         let t0 = Instant::now();
         let half_hours = |n: u64| t0 + Duration::from_secs(n * 1800);
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         src.set_previous_key_grace(Duration::from_secs(3600));
         assert_eq!(names(&src), [(KeyRole::Current, "SK-A".into())]);
 
@@ -347,14 +348,14 @@ mod tests {
 
     #[test]
     fn without_grace_only_the_current_key_verifies() {
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         assert!(src.install(SecretString::from("SK-B")));
         assert_eq!(names(&src), [(KeyRole::Current, "SK-B".into())]);
     }
 
     #[test]
     fn a_key_rotated_back_is_current_once_and_few_keys_are_kept() {
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         src.set_previous_key_grace(Duration::from_secs(3600));
         src.install(SecretString::from("SK-B"));
         src.install(SecretString::from("SK-A"));

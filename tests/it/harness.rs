@@ -6,7 +6,7 @@ use o2o_sidecar::{
     BoundAddrs, Listeners,
     config::Config,
     grpc::pb::{self, o2o_payments_client::O2oPaymentsClient},
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::{SimConfig, Simulator},
 };
 use serde_json::{Value, json};
@@ -73,19 +73,14 @@ fn loopback() -> SocketAddr {
 }
 
 pub(crate) fn config(options: &Options, sim_url: &str, store_url: &str) -> Config {
-    let mut config = Config::new(
-        sim_url,
-        CLIENT_ID,
-        SecretKeySource::fixed(SECRET),
-        store_url,
-    );
+    let mut config = Config::new(sim_url, CLIENT_ID, SecretSource::fixed(SECRET), store_url);
     config.doku_timeout = options.doku_timeout;
     config.doku_connect_timeout = Duration::from_secs(2);
     config.doku_max_attempts = options.max_attempts;
     config.sweeper.interval = options.sweep_interval;
     config.sweeper.first_check_after = options.first_check_after;
     config.sweeper.backoff = vec![options.sweep_interval];
-    config.api_token = options.api_token.clone().map(SecretKeySource::fixed);
+    config.api_token = options.api_token.clone().map(SecretSource::fixed);
     config
 }
 

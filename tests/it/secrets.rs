@@ -12,7 +12,7 @@ use o2o_sidecar::{
         pb::{self, o2o_payments_client::O2oPaymentsClient},
         stream::resume_token,
     },
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::{SimConfig, Simulator},
 };
 use serde_json::json;
@@ -39,7 +39,7 @@ fn write_key(path: &Path, key: &str) {
 /// `sim_key`.
 struct KeyRig {
     rig: Rig,
-    key: SecretKeySource,
+    key: SecretSource,
     key_file: std::path::PathBuf,
 }
 
@@ -49,7 +49,7 @@ impl KeyRig {
         let rig = Rig::start(sim_key, &Options::default(), |config, dir| {
             let path = dir.join("doku-secret-key");
             write_key(&path, file_key);
-            let key = SecretKeySource::from_file(&path).unwrap();
+            let key = SecretSource::from_file(&path).unwrap();
             source = Some((key.clone(), path));
             Config {
                 secret_key: key,
@@ -464,7 +464,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     write_key(&key_file, SECRET2);
 
     // Debug output of everything that holds the key.
-    let key = SecretKeySource::from_file(&key_file).unwrap();
+    let key = SecretSource::from_file(&key_file).unwrap();
     let config = Config::new(sim_url.clone(), CLIENT_ID, key.clone(), store.clone());
     let mut debug = format!("{config:?} {key:?} {:?}", sim.config());
     debug.push_str(&format!("{:?}", key.verification_keys()));
@@ -482,7 +482,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     ));
     debug.push_str(&format!(
         "{:?}",
-        SecretKeySource::from_file(dir.path().join("missing")).unwrap_err()
+        SecretSource::from_file(dir.path().join("missing")).unwrap_err()
     ));
 
     drop(stream);
