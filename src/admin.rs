@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::{secret::SecretKeySource, store::Store};
+use crate::{secret::SecretSource, store::Store};
 
 /// The process-wide Prometheus recorder (metrics are global in the `metrics` crate).
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -263,7 +263,7 @@ pub struct Readiness {
     draining: Arc<AtomicBool>,
     /// The watched key: not ready while its file cannot be read (the last good key stays in
     /// use, but a rotation would go unnoticed).
-    key: Option<SecretKeySource>,
+    key: Option<SecretSource>,
 }
 
 impl Readiness {
@@ -277,7 +277,7 @@ impl Readiness {
     }
 
     /// Also requires the secret key file to be readable.
-    pub fn with_secret_key(mut self, key: SecretKeySource) -> Self {
+    pub fn with_secret_key(mut self, key: SecretSource) -> Self {
         self.key = Some(key);
         self
     }
@@ -296,7 +296,7 @@ async fn ready(State(r): State<Readiness>) -> (StatusCode, &'static str) {
     if r.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
-    if r.key.as_ref().and_then(SecretKeySource::problem).is_some() {
+    if r.key.as_ref().and_then(SecretSource::problem).is_some() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "secret key file unreadable; the last good key is in use\n",

@@ -2,17 +2,15 @@
 //! [`Config`]. Secrets are read from files, never from flags or environment values.
 //!
 //! Every flag of `serve` has an env twin: `--doku-client-id` ⇔ `O2O_DOKU_CLIENT_ID`.
+//!
+//! Each default is written once, in its flag's `#[arg]` attribute (where `--help` shows it);
+//! [`Config::new`] takes them from there through [`CommonArgs::default`].
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::secret::SecretKeySource;
-
-/// DOKU's sandbox, the default so that nobody reaches production by accident.
-pub const DOKU_SANDBOX_URL: &str = "https://api-sandbox.doku.com";
-/// Default public path of the notification URL configured in DOKU's Back Office.
-pub const DEFAULT_NOTIFICATION_PATH: &str = "/payments/notifications";
+use crate::{doku::client::SANDBOX_BASE_URL, secret::SecretSource};
 
 /// The command line of `o2o-sidecar`.
 #[derive(Debug, Parser)]
@@ -79,7 +77,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Listener and behaviour flags shared by `serve` and `dev`.
+/// Listener and behaviour flags shared by `serve` and `dev`. Each doc comment is the flag's
+/// `--help` text; the reasons the code cares about are on the [`Config`] field it fills.
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     /// gRPC listener for the application (keep it on loopback: callers are in the same pod).
@@ -93,7 +92,11 @@ pub struct CommonArgs {
     pub admin_addr: SocketAddr,
     /// Public path of the notification URL configured in DOKU's Back Office. DOKU signs with
     /// this path, so it must be the path DOKU sees, even behind a rewriting proxy.
-    #[arg(long, env = "O2O_NOTIFICATION_PATH", default_value = DEFAULT_NOTIFICATION_PATH)]
+    #[arg(
+        long,
+        env = "O2O_NOTIFICATION_PATH",
+        default_value = "/payments/notifications"
+    )]
     pub notification_path: String,
     /// Log format.
     #[arg(long, env = "O2O_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -197,6 +200,20 @@ pub struct CommonArgs {
     pub shutdown_timeout: Duration,
 }
 
+impl Default for CommonArgs {
+    /// Every shared flag at the default of its `#[arg]` attribute, as clap fills it when the
+    /// command line is empty; the environment twins are ignored, so the result is the same on
+    /// every machine.
+    fn default() -> Self {
+        use clap::FromArgMatches as _;
+        let command = Self::augment_args(clap::Command::new("defaults")).mut_args(|a| a.env(None));
+        command
+            .try_get_matches_from(["defaults"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .unwrap_or_else(|e| panic!("a default in CommonArgs' attributes does not parse: {e}"))
+    }
+}
+
 /// Flags of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -204,7 +221,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// DOKU API base URL (production: https://api.doku.com).
-    #[arg(long, env = "O2O_DOKU_BASE_URL", default_value = DOKU_SANDBOX_URL)]
+    #[arg(long, env = "O2O_DOKU_BASE_URL", default_value = SANDBOX_BASE_URL)]
     pub doku_base_url: String,
     /// DOKU Client-Id from the DOKU Back Office.
     #[arg(long, env = "O2O_DOKU_CLIENT_ID")]
@@ -234,48 +251,32 @@ pub struct DevArgs {
     pub keep_dir: bool,
 }
 
-/// Parses `500ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+/// Parses a duration flag: `500ms`, `10s`, `5m`, `720h`, `1h 30m` and the other forms of
+/// [`humantime::parse_duration`], or a bare number of seconds (`0`, `10`), which the flags and
+/// the Helm chart have always accepted. A value too large for a [`Duration`] is an error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    })
-}
-
-/// Listener bounds with the default timeouts.
-fn http_limits(max_connections: usize) -> crate::listen::HttpLimits {
-    crate::listen::HttpLimits {
-        conn: crate::listen::Limits {
-            max_connections,
-            idle_timeout: Duration::from_secs(60),
-        },
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(10),
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?}: too many seconds"));
     }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e}; expected a duration like 500ms, 10s, 5m or 1h"))
 }
 
-/// A configuration error: names the flag, printed as one line, exit code 64.
+/// A flag with a bad or missing value: names the flag, printed as one line, exit code 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {message}")]
-pub struct ConfigError {
+pub struct FlagError {
     /// The flag at fault.
     pub flag: &'static str,
     /// What is wrong.
     pub message: String,
 }
 
-impl ConfigError {
+impl FlagError {
     fn new(flag: &'static str, message: impl Into<String>) -> Self {
         Self {
             flag,
@@ -284,165 +285,168 @@ impl ConfigError {
     }
 }
 
-/// The sidecar's typed runtime configuration.
+/// The sidecar's typed runtime configuration: from the flags by [`ServeArgs::into_config`]
+/// (`serve`) and [`Config::from_flags`] (`dev`), or with every flag at its default by
+/// [`Config::new`] (tests). Each field says why it exists and which flag sets it; that flag's
+/// `--help` text is the operator's side of the same setting.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Public notification path DOKU signs with; also the path the ingress serves.
+    /// The path DOKU signs notifications with, which the ingress also serves
+    /// (`--notification-path`): the signature covers the path DOKU sees, so it cannot be taken
+    /// from a request that a proxy rewrote.
     pub notification_path: String,
-    /// DOKU API base URL.
+    /// Where DOKU calls go (`--doku-base-url`); a path prefix is kept and signed.
     pub doku_base_url: String,
-    /// DOKU Client-Id.
+    /// The merchant's identity at DOKU, part of every signature in both directions
+    /// (`--doku-client-id`).
     pub doku_client_id: String,
-    /// DOKU Secret Key (watched file or fixed).
-    pub secret_key: SecretKeySource,
-    /// Store URL.
+    /// Signs outbound calls and verifies notifications; its file is re-read so that a rotated
+    /// key takes effect without a restart (`--doku-secret-key-file`).
+    pub secret_key: SecretSource,
+    /// Where payments and their events are kept: SQLite for one pod, PostgreSQL for replicas
+    /// (`--store`).
     pub store_url: String,
-    /// Per-attempt DOKU timeout.
+    /// Bounds one DOKU attempt; past it the outcome is unknown, so the call is retried or
+    /// left to the sweeper (`--doku-timeout`).
     pub doku_timeout: Duration,
-    /// DOKU connect timeout.
+    /// Bounds connecting to DOKU; a connect failure proves DOKU saw nothing, so a retry is
+    /// safe (`--doku-connect-timeout`).
     pub doku_connect_timeout: Duration,
-    /// Attempts per DOKU call.
+    /// How many times a transient DOKU failure is tried before the caller sees it
+    /// (`--doku-max-attempts`).
     pub doku_max_attempts: u32,
-    /// Largest notification body accepted (DOKU's are under 2 KiB).
+    /// Bounds what a peer on the internet can make the ingress buffer; DOKU's bodies are under
+    /// 2 KiB (`--notification-max-bytes`).
     pub max_notification_bytes: usize,
-    /// How far a notification's Request-Timestamp may be from our clock before it is logged
-    /// and counted as skewed.
+    /// Clock distance past which a notification's Request-Timestamp is logged and counted:
+    /// a skewed clock otherwise shows only as rejected signatures
+    /// (`--notification-skew-tolerance`).
     pub notification_skew_tolerance: Duration,
-    /// Whether a skewed notification is rejected (401) instead of only logged.
+    /// Whether such a notification is also refused; off by default because DOKU's retries,
+    /// hours later, may carry the original timestamp (`--notification-reject-skewed`).
     pub notification_reject_skewed: bool,
-    /// How long events are kept for resume tokens.
+    /// How far back a resume token reaches, bounding the event log's size
+    /// (`--event-retention`).
     pub event_retention: Duration,
-    /// Bearer token callers must present, if configured.
-    pub api_token: Option<SecretKeySource>,
-    /// Longest unary gRPC call.
+    /// The bearer token every O2OPayments call must present, for when more than the
+    /// application can reach the gRPC port (`--api-token-file`); `None`: loopback is the
+    /// boundary.
+    pub api_token: Option<SecretSource>,
+    /// Bounds a unary call, so that a stuck store or DOKU cannot hold a caller forever
+    /// (`--grpc-timeout`).
     pub grpc_timeout: Duration,
-    /// gRPC calls in flight per connection, streams included.
+    /// Calls in flight per connection, so that one client cannot take every worker; excess
+    /// calls fail fast instead of queueing (`--grpc-concurrency-limit`).
     pub grpc_concurrency_limit: usize,
-    /// Open `StreamNotifications` across all connections.
+    /// Open `StreamNotifications` in total: each holds a subscription and its buffer
+    /// (`--grpc-max-streams`).
     pub grpc_max_streams: usize,
-    /// What a gRPC connection may hold (count, idle time by calls in flight).
+    /// Connection count and idle time of the gRPC listener, so that forgotten connections do
+    /// not pile up (`--grpc-max-connections`, `--grpc-idle-timeout`).
     pub grpc_conn: crate::listen::Limits,
-    /// HTTP/2 keepalive ping interval and timeout of the gRPC listener.
+    /// HTTP/2 ping interval and answer timeout: finds clients that vanished without closing
+    /// their connection (`--grpc-keepalive-interval`, `--grpc-keepalive-timeout`).
     pub grpc_keepalive: (Duration, Duration),
-    /// What the notification listener lets a peer hold (its body limit is
-    /// `max_notification_bytes`).
+    /// What a peer on the internet may hold on the notification listener, so that a flood or
+    /// a slow client cannot starve the rest (`--http-max-connections` and the `--http-*`
+    /// timeouts); its body limit is `max_notification_bytes`.
     pub notification_limits: crate::listen::HttpLimits,
-    /// What the admin listener lets a peer hold.
+    /// The same for the admin listener (`--admin-max-connections` and the `--http-*`
+    /// timeouts), so that scrapers and probes cannot starve it either.
     pub admin_limits: crate::listen::HttpLimits,
-    /// Reconciliation sweeper settings.
+    /// How the sweeper asks DOKU about payments whose notification has not come; no flag
+    /// (its defaults follow DOKU's guidance; tests shorten them).
     pub sweeper: crate::reconcile::SweeperConfig,
-    /// TLS identity for the gRPC and notification listeners, if configured.
+    /// Certificate and key, for clusters where no mesh encrypts the pod's traffic
+    /// (`--tls-cert-file`, `--tls-key-file`).
     pub tls: Option<crate::tls::TlsIdentity>,
-    /// Connection settings of a PostgreSQL store (pool size, timeouts).
+    /// Bounds one replica's load on PostgreSQL and how long a caller waits for it
+    /// (`--store-pool-size`, `--store-connect-timeout`, `--store-statement-timeout`).
     pub store_options: crate::store::StoreOptions,
-    /// How long a replaced secret key still verifies notifications.
+    /// How long a replaced key still verifies notifications: DOKU may retry one signed with
+    /// the old key up to 12 h later (`--previous-key-grace`).
     pub previous_key_grace: Duration,
-    /// Bound on draining in-flight work at shutdown.
+    /// How long shutdown waits for in-flight work, so that it ends before the pod is killed
+    /// (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
 }
 
 impl Config {
-    /// Defaults for everything but the DOKU identity, store and key (tests, `dev`).
+    /// Every shared flag at its default (tests): the defaults are those of [`CommonArgs`]'
+    /// `#[arg]` attributes, the only place they are written.
     pub fn new(
         doku_base_url: impl Into<String>,
         doku_client_id: impl Into<String>,
-        secret_key: SecretKeySource,
+        secret_key: SecretSource,
         store_url: impl Into<String>,
     ) -> Self {
-        Self {
-            notification_path: DEFAULT_NOTIFICATION_PATH.to_owned(),
-            doku_base_url: doku_base_url.into(),
-            doku_client_id: doku_client_id.into(),
+        Self::from_flags(
+            doku_base_url,
+            doku_client_id,
             secret_key,
-            store_url: store_url.into(),
-            doku_timeout: Duration::from_secs(10),
-            doku_connect_timeout: Duration::from_secs(3),
-            doku_max_attempts: 3,
-            max_notification_bytes: 64 * 1024,
-            notification_skew_tolerance: Duration::from_secs(300),
-            notification_reject_skewed: false,
-            event_retention: Duration::from_secs(30 * 24 * 3600),
-            api_token: None,
-            grpc_timeout: Duration::from_secs(60),
-            grpc_concurrency_limit: 512,
-            grpc_max_streams: 4096,
-            grpc_conn: crate::listen::Limits {
-                max_connections: 256,
-                idle_timeout: Duration::from_secs(15 * 60),
-            },
-            grpc_keepalive: (Duration::from_secs(30), Duration::from_secs(10)),
-            notification_limits: http_limits(512),
-            admin_limits: http_limits(64),
-            tls: None,
-            sweeper: crate::reconcile::SweeperConfig::default(),
-            store_options: crate::store::StoreOptions::default(),
-            previous_key_grace: Duration::from_secs(24 * 3600),
-            shutdown_timeout: Duration::from_secs(20),
-        }
+            store_url,
+            &CommonArgs::default(),
+        )
+        .unwrap_or_else(|e| panic!("a default of CommonArgs fails its own check: {e}"))
     }
 
-    /// Applies the shared flags.
-    pub fn with_common(mut self, common: &CommonArgs) -> Result<Self, ConfigError> {
-        let path = &common.notification_path;
-        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-            return Err(ConfigError::new(
-                "--notification-path",
-                format!("{path:?} must be a URL path starting with '/'"),
-            ));
-        }
-        self.notification_path = path.clone();
-        self.doku_timeout = common.doku_timeout;
-        self.doku_connect_timeout = common.doku_connect_timeout;
-        self.doku_max_attempts = common.doku_max_attempts;
-        if common.notification_max_bytes < 1024 {
-            return Err(ConfigError::new(
-                "--notification-max-bytes",
-                "must be at least 1024",
-            ));
-        }
-        self.max_notification_bytes = common.notification_max_bytes;
-        self.notification_skew_tolerance = common.notification_skew_tolerance;
-        self.notification_reject_skewed = common.notification_reject_skewed;
-        if common.event_retention < Duration::from_secs(3600) {
-            return Err(ConfigError::new(
-                "--event-retention",
-                "must be at least 1h (callers need time to resume)",
-            ));
-        }
-        self.event_retention = common.event_retention;
-        if let Some(path) = &common.api_token_file {
-            let token = SecretKeySource::from_file(path)
-                .map_err(|e| ConfigError::new("--api-token-file", e.to_string()))?;
-            self.api_token = Some(token);
-        }
-        self.grpc_timeout = common.grpc_timeout;
-        if common.grpc_concurrency_limit == 0 {
-            return Err(ConfigError::new(
-                "--grpc-concurrency-limit",
-                "must be at least 1",
-            ));
-        }
-        self.grpc_concurrency_limit = common.grpc_concurrency_limit;
+    /// Checks the shared flags and builds the configuration around the DOKU identity, key and
+    /// store (`serve` checks those first; `dev` makes its own).
+    pub fn from_flags(
+        doku_base_url: impl Into<String>,
+        doku_client_id: impl Into<String>,
+        secret_key: SecretSource,
+        store_url: impl Into<String>,
+        common: &CommonArgs,
+    ) -> Result<Self, FlagError> {
         let at_least_one = |n: usize, flag: &'static str| {
             if n == 0 {
-                Err(ConfigError::new(flag, "must be at least 1"))
+                Err(FlagError::new(flag, "must be at least 1"))
             } else {
                 Ok(n)
             }
         };
         let not_zero = |d: Duration, flag: &'static str| {
             if d.is_zero() {
-                Err(ConfigError::new(flag, "must be more than 0"))
+                Err(FlagError::new(flag, "must be more than 0"))
             } else {
                 Ok(d)
             }
         };
-        self.grpc_max_streams = at_least_one(common.grpc_max_streams, "--grpc-max-streams")?;
-        self.grpc_conn = crate::listen::Limits {
+        let path = &common.notification_path;
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(FlagError::new(
+                "--notification-path",
+                format!("{path:?} must be a URL path starting with '/'"),
+            ));
+        }
+        if common.notification_max_bytes < 1024 {
+            return Err(FlagError::new(
+                "--notification-max-bytes",
+                "must be at least 1024",
+            ));
+        }
+        if common.event_retention < Duration::from_secs(3600) {
+            return Err(FlagError::new(
+                "--event-retention",
+                "must be at least 1h (callers need time to resume)",
+            ));
+        }
+        let api_token = match &common.api_token_file {
+            Some(path) => Some(
+                SecretSource::from_file(path)
+                    .map_err(|e| FlagError::new("--api-token-file", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let grpc_concurrency_limit =
+            at_least_one(common.grpc_concurrency_limit, "--grpc-concurrency-limit")?;
+        let grpc_max_streams = at_least_one(common.grpc_max_streams, "--grpc-max-streams")?;
+        let grpc_conn = crate::listen::Limits {
             max_connections: at_least_one(common.grpc_max_connections, "--grpc-max-connections")?,
             idle_timeout: not_zero(common.grpc_idle_timeout, "--grpc-idle-timeout")?,
         };
-        self.grpc_keepalive = (
+        let grpc_keepalive = (
             not_zero(common.grpc_keepalive_interval, "--grpc-keepalive-interval")?,
             not_zero(common.grpc_keepalive_timeout, "--grpc-keepalive-timeout")?,
         );
@@ -457,79 +461,85 @@ impl Config {
             header_timeout,
             body_timeout,
         };
-        self.notification_limits = http(at_least_one(
+        let notification_limits = http(at_least_one(
             common.http_max_connections,
             "--http-max-connections",
         )?);
-        self.admin_limits = http(at_least_one(
+        let admin_limits = http(at_least_one(
             common.admin_max_connections,
             "--admin-max-connections",
         )?);
-        if let (Some(cert), Some(key)) = (&common.tls_cert_file, &common.tls_key_file) {
-            let identity = crate::tls::TlsIdentity::from_files(cert, key)
-                .map_err(|(flag, message)| ConfigError::new(flag, message))?;
-            self.tls = Some(identity);
-        }
-        if common.store_connect_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "--store-connect-timeout",
-                "must be more than 0",
-            ));
-        }
-        self.store_options = crate::store::StoreOptions {
+        let tls = match (&common.tls_cert_file, &common.tls_key_file) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::TlsIdentity::from_files(cert, key)
+                    .map_err(|(flag, message)| FlagError::new(flag, message))?,
+            ),
+            _ => None,
+        };
+        let store_options = crate::store::StoreOptions {
             pool_size: common.store_pool_size,
-            connect_timeout: common.store_connect_timeout,
+            connect_timeout: not_zero(common.store_connect_timeout, "--store-connect-timeout")?,
             statement_timeout: Some(common.store_statement_timeout).filter(|t| !t.is_zero()),
         };
-        self.previous_key_grace = common.previous_key_grace;
-        self.shutdown_timeout = common.shutdown_timeout;
-        Ok(self)
-    }
-}
-
-fn check_store_url(url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            "--store",
-            "must be sqlite://PATH or postgres://…",
-        ))
+        Ok(Self {
+            notification_path: path.clone(),
+            doku_base_url: doku_base_url.into(),
+            doku_client_id: doku_client_id.into(),
+            secret_key,
+            store_url: store_url.into(),
+            doku_timeout: common.doku_timeout,
+            doku_connect_timeout: common.doku_connect_timeout,
+            doku_max_attempts: common.doku_max_attempts,
+            max_notification_bytes: common.notification_max_bytes,
+            notification_skew_tolerance: common.notification_skew_tolerance,
+            notification_reject_skewed: common.notification_reject_skewed,
+            event_retention: common.event_retention,
+            api_token,
+            grpc_timeout: common.grpc_timeout,
+            grpc_concurrency_limit,
+            grpc_max_streams,
+            grpc_conn,
+            grpc_keepalive,
+            notification_limits,
+            admin_limits,
+            sweeper: crate::reconcile::SweeperConfig::default(),
+            tls,
+            store_options,
+            previous_key_grace: common.previous_key_grace,
+            shutdown_timeout: common.shutdown_timeout,
+        })
     }
 }
 
 impl ServeArgs {
     /// Checks the flags and reads the secret key file.
-    pub fn into_config(self) -> Result<Config, ConfigError> {
+    pub fn into_config(self) -> Result<Config, FlagError> {
         let client_id = self
             .doku_client_id
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| {
-                ConfigError::new(
+                FlagError::new(
                     "--doku-client-id",
                     "is required (or O2O_DOKU_CLIENT_ID): the Client-Id from DOKU's Back Office",
                 )
             })?;
         let key_file = self.doku_secret_key_file.ok_or_else(|| {
-            ConfigError::new(
+            FlagError::new(
                 "--doku-secret-key-file",
                 "is required (or O2O_DOKU_SECRET_KEY_FILE): a file holding DOKU's Secret Key",
             )
         })?;
-        let key = SecretKeySource::from_file(&key_file)
-            .map_err(|e| ConfigError::new("--doku-secret-key-file", e.to_string()))?;
+        let key = SecretSource::from_file(&key_file)
+            .map_err(|e| FlagError::new("--doku-secret-key-file", e.to_string()))?;
         let base = self.doku_base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(ConfigError::new(
+            return Err(FlagError::new(
                 "--doku-base-url",
                 "must be an http:// or https:// URL",
             ));
         }
-        check_store_url(&self.store)?;
-        Config::new(base, client_id, key, self.store).with_common(&self.common)
+        crate::store::Backend::of(&self.store).map_err(|e| FlagError::new("--store", e))?;
+        Config::from_flags(base, client_id, key, self.store, &self.common)
     }
 }
 
@@ -539,6 +549,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::parse_from_args(std::iter::once("o2o-sidecar").chain(args.iter().copied()))
+    }
+
+    fn from_flags(common: &CommonArgs) -> Result<Config, FlagError> {
+        Config::from_flags(
+            "http://x",
+            "c",
+            SecretSource::fixed("k"),
+            "sqlite://x",
+            common,
+        )
     }
 
     fn dev_addrs(args: &[&str]) -> (SocketAddr, SocketAddr, SocketAddr) {
@@ -593,10 +613,169 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5 parsecs").is_err());
+        let secs = Duration::from_secs;
+        // Every form the docs, the Helm chart (`^[0-9]+(ms|s|m|h)?$`) and the tests use.
+        for (text, want) in [
+            ("0", Duration::ZERO),
+            ("10", secs(10)),
+            ("0ms", Duration::ZERO),
+            ("300ms", Duration::from_millis(300)),
+            ("500ms", Duration::from_millis(500)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("1s", secs(1)),
+            ("10s", secs(10)),
+            ("30s", secs(30)),
+            ("5m", secs(300)),
+            ("15m", secs(15 * 60)),
+            ("1h", secs(3600)),
+            ("24h", secs(24 * 3600)),
+            ("720h", secs(720 * 3600)),
+            (" 10s ", secs(10)),
+            ("1h 30m", secs(90 * 60)),
+            ("2days", secs(2 * 24 * 3600)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+        for bad in ["", "5 parsecs", "-1s", "1.5.5s", "10 s s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // Too large: an error naming the value, never a wrapped-around duration.
+        let huge = format!("{}h", u64::MAX / 3600 + 1);
+        let err = parse_duration(&huge).unwrap_err();
+        assert!(err.contains(&huge), "{err}");
+        assert!(parse_duration("99999999999999999999").is_err());
+        // As a flag: clap's error names the flag.
+        let err = parse(&["dev", "--event-retention", &huge]).unwrap_err();
+        assert!(err.to_string().contains("--event-retention"), "{err}");
+    }
+
+    /// `Config::new` (tests) and `serve` (production) must start from the same defaults. The
+    /// pattern lists every field, so a new one fails to compile here until it is compared.
+    #[test]
+    fn config_new_has_the_flags_defaults() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SK-1").unwrap();
+        // `serve` with its required flags only, its env twins ignored (the test's environment
+        // must not count as a default).
+        let matches = Cli::command()
+            .mut_subcommand("serve", |s| s.mut_args(|a| a.env(None)))
+            .try_get_matches_from([
+                "o2o-sidecar",
+                "serve",
+                "--doku-client-id",
+                "MCH-1",
+                "--doku-secret-key-file",
+                key.to_str().unwrap(),
+            ])
+            .unwrap();
+        let Command::Serve(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!()
+        };
+        let served = args.into_config().unwrap();
+        let new = Config::new(
+            SANDBOX_BASE_URL,
+            "MCH-1",
+            SecretSource::fixed("SK-1"),
+            "sqlite://o2o-sidecar.db",
+        );
+        let Config {
+            notification_path,
+            doku_base_url,
+            doku_client_id,
+            secret_key: _,
+            store_url,
+            doku_timeout,
+            doku_connect_timeout,
+            doku_max_attempts,
+            max_notification_bytes,
+            notification_skew_tolerance,
+            notification_reject_skewed,
+            event_retention,
+            api_token,
+            grpc_timeout,
+            grpc_concurrency_limit,
+            grpc_max_streams,
+            grpc_conn,
+            grpc_keepalive,
+            notification_limits,
+            admin_limits,
+            sweeper,
+            tls,
+            store_options,
+            previous_key_grace,
+            shutdown_timeout,
+        } = served;
+        assert_eq!(notification_path, new.notification_path);
+        assert_eq!(doku_base_url, new.doku_base_url);
+        assert_eq!(doku_client_id, new.doku_client_id);
+        assert_eq!(store_url, new.store_url);
+        assert_eq!(doku_timeout, new.doku_timeout);
+        assert_eq!(doku_connect_timeout, new.doku_connect_timeout);
+        assert_eq!(doku_max_attempts, new.doku_max_attempts);
+        assert_eq!(max_notification_bytes, new.max_notification_bytes);
+        assert_eq!(notification_skew_tolerance, new.notification_skew_tolerance);
+        assert_eq!(notification_reject_skewed, new.notification_reject_skewed);
+        assert_eq!(event_retention, new.event_retention);
+        assert!(api_token.is_none() && new.api_token.is_none());
+        assert_eq!(grpc_timeout, new.grpc_timeout);
+        assert_eq!(grpc_concurrency_limit, new.grpc_concurrency_limit);
+        assert_eq!(grpc_max_streams, new.grpc_max_streams);
+        assert_eq!(grpc_conn, new.grpc_conn);
+        assert_eq!(grpc_keepalive, new.grpc_keepalive);
+        assert_eq!(notification_limits, new.notification_limits);
+        assert_eq!(admin_limits, new.admin_limits);
+        assert_eq!(format!("{sweeper:?}"), format!("{:?}", new.sweeper));
+        assert!(tls.is_none() && new.tls.is_none());
+        assert_eq!(store_options, new.store_options);
+        assert_eq!(previous_key_grace, new.previous_key_grace);
+        assert_eq!(shutdown_timeout, new.shutdown_timeout);
+
+        // The defaults other modules keep for callers that bypass the flags agree too.
+        assert_eq!(store_options, crate::store::StoreOptions::default());
+        let doku = crate::doku::DokuClientConfig::default();
+        assert_eq!(doku.base_url, doku_base_url);
+        assert_eq!(doku.request_timeout, doku_timeout);
+        assert_eq!(doku.connect_timeout, doku_connect_timeout);
+        assert_eq!(doku.max_attempts, doku_max_attempts);
+    }
+
+    #[test]
+    fn bad_store_url_names_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SK-1").unwrap();
+        for (store, ok) in [
+            ("sqlite://o2o.db", true),
+            ("postgres://u:pw@db/o2o", true),
+            ("postgresql://u:pw@db/o2o", true),
+            ("mysql://u:hunter2@db/o2o", false),
+            ("o2o.db", false),
+        ] {
+            let Command::Serve(args) = parse(&[
+                "serve",
+                "--doku-client-id",
+                "MCH-1",
+                "--doku-secret-key-file",
+                key.to_str().unwrap(),
+                "--store",
+                store,
+            ])
+            .unwrap()
+            .command
+            else {
+                panic!()
+            };
+            match args.into_config() {
+                Ok(_) => assert!(ok, "{store}"),
+                Err(e) => {
+                    assert!(!ok, "{store}: {e}");
+                    assert_eq!(e.flag, "--store");
+                    assert!(!e.message.contains("hunter2"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -681,9 +860,7 @@ mod tests {
         else {
             panic!()
         };
-        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x")
-            .with_common(&args.common)
-            .unwrap();
+        let cfg = from_flags(&args.common).unwrap();
         assert_eq!(
             cfg.store_options,
             crate::store::StoreOptions {
@@ -699,9 +876,8 @@ mod tests {
         else {
             panic!()
         };
-        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x");
         assert_eq!(
-            cfg.with_common(&args.common).unwrap_err().flag,
+            from_flags(&args.common).unwrap_err().flag,
             "--store-connect-timeout"
         );
     }
@@ -744,10 +920,6 @@ mod tests {
             Command::Dev(d) => d.common,
             Command::Serve(_) => panic!(),
         };
-        let cfg = Config::new("http://x", "c", SecretKeySource::fixed("k"), "sqlite://x");
-        assert_eq!(
-            cfg.with_common(&common).unwrap_err().flag,
-            "--notification-path"
-        );
+        assert_eq!(from_flags(&common).unwrap_err().flag, "--notification-path");
     }
 }

@@ -4,7 +4,7 @@
 use o2o_sidecar::{
     Listeners,
     config::{Cli, Command, Config, DevArgs},
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::{SimConfig, Simulator},
     telemetry,
 };
@@ -152,13 +152,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         notification_url: Some(notification_url),
         ..SimConfig::new(client_id.clone(), secret.clone())
     });
-    let config = Config::new(
+    let config = Config::from_flags(
         format!("http://{sim_addr}"),
         client_id,
-        SecretKeySource::fixed(secret),
+        SecretSource::fixed(secret),
         store.clone(),
-    )
-    .with_common(&common)?;
+        &common,
+    )?;
 
     let sim_stop = tokio_util::sync::CancellationToken::new();
     let sim_task = tokio::spawn(sim.serve(sim_listener, sim_stop.clone().cancelled_owned()));

@@ -32,7 +32,7 @@ use crate::{
         notification::{self, NotificationHeaders},
         parse_doku_time,
     },
-    secret::{KeyRole, SecretKeySource},
+    secret::{KeyRole, SecretSource},
     sidecar::{Notification, Sidecar},
 };
 
@@ -44,7 +44,7 @@ pub struct Ingress {
     /// Client-Id DOKU must send.
     pub client_id: String,
     /// Secret Key to verify with (current and, within the grace window, replaced ones).
-    pub key: SecretKeySource,
+    pub key: SecretSource,
     /// Public notification path (the signed Request-Target).
     pub path: String,
     /// Largest body accepted.

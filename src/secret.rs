@@ -11,7 +11,7 @@
 //! [`watch_key_file`] and [`watch_token_file`] are the two watchers the server runs.
 //!
 //! Trouble: a file that becomes unreadable or empty keeps the last good key in use, and
-//! [`SecretKeySource::problem`] says why until the file is good again (readiness turns false
+//! [`SecretSource::problem`] says why until the file is good again (readiness turns false
 //! and the key watcher logs it loudly). Write the file atomically (write elsewhere, rename),
 //! as a Kubernetes Secret volume does, to avoid a moment where it reads empty.
 
@@ -97,12 +97,13 @@ impl Loaded {
     }
 }
 
-/// The Secret Key, shared by the DOKU client and the notification ingress.
+/// A secret read from a file and re-read when it changes: DOKU's Secret Key (shared by the
+/// DOKU client and the notification ingress) or the API token callers present.
 ///
-/// Cloning shares the same key. [`SecretKeySource::refresh`] re-reads the file; a file that
+/// Cloning shares the same key. [`SecretSource::refresh`] re-reads the file; a file that
 /// became unreadable or empty keeps the last good key.
 #[derive(Clone, Debug)]
-pub struct SecretKeySource {
+pub struct SecretSource {
     path: Option<PathBuf>,
     loaded: Arc<RwLock<Loaded>>,
 }
@@ -120,7 +121,7 @@ fn read_key(path: &Path) -> Result<SecretString, KeyError> {
     Ok(SecretString::from(key))
 }
 
-impl SecretKeySource {
+impl SecretSource {
     /// Reads the key from `path`.
     pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, KeyError> {
         let path = path.into();
@@ -207,7 +208,7 @@ impl SecretKeySource {
     }
 
     /// Re-reads the key file. Returns `Ok(true)` when a new key was loaded; on error the last
-    /// good key stays in use and [`SecretKeySource::problem`] reports the error.
+    /// good key stays in use and [`SecretSource::problem`] reports the error.
     pub fn refresh(&self) -> Result<bool, KeyError> {
         let Some(path) = &self.path else {
             return Ok(false);
@@ -238,7 +239,7 @@ const TOKEN_POLL: Duration = Duration::from_secs(5);
 /// Re-reads the secret key file every [`KEY_POLL`] until `stop` is cancelled: a new key is
 /// used by outbound calls at once; an unreadable or empty file keeps the last good key, turns
 /// readiness off and is logged loudly (again every minute while it lasts).
-pub async fn watch_key_file(key: SecretKeySource, stop: CancellationToken) {
+pub async fn watch_key_file(key: SecretSource, stop: CancellationToken) {
     let mut tick = tokio::time::interval(KEY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since_log: Option<Instant> = None;
@@ -281,7 +282,7 @@ pub async fn watch_key_file(key: SecretKeySource, stop: CancellationToken) {
 
 /// Re-reads the API token file every [`TOKEN_POLL`] until `stop` is cancelled; an unreadable
 /// file keeps the last good token and is logged.
-pub async fn watch_token_file(token: SecretKeySource, stop: CancellationToken) {
+pub async fn watch_token_file(token: SecretSource, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TOKEN_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -298,11 +299,11 @@ pub async fn watch_token_file(token: SecretKeySource, stop: CancellationToken) {
 mod tests {
     use super::*;
 
-    fn names(src: &SecretKeySource) -> Vec<(KeyRole, String)> {
+    fn names(src: &SecretSource) -> Vec<(KeyRole, String)> {
         names_at(src, Instant::now())
     }
 
-    fn names_at(src: &SecretKeySource, at: Instant) -> Vec<(KeyRole, String)> {
+    fn names_at(src: &SecretSource, at: Instant) -> Vec<(KeyRole, String)> {
         src.verification_keys_at(at)
             .into_iter()
             .map(|(role, k)| (role, k.expose_secret().to_owned()))
@@ -314,7 +315,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "SK-abc\n").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         assert_eq!(src.current().expose_secret(), "SK-abc");
         assert!(!format!("{src:?}").contains("SK-abc"));
     }
@@ -324,16 +325,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         assert!(matches!(
-            SecretKeySource::from_file(&path),
+            SecretSource::from_file(&path),
             Err(KeyError::Read { .. })
         ));
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            SecretKeySource::from_file(&path),
+            SecretSource::from_file(&path),
             Err(KeyError::Empty(_))
         ));
         std::fs::write(&path, "SK-1").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         assert_eq!(src.problem(), None);
         std::fs::remove_file(&path).unwrap();
         assert!(src.refresh().is_err());
@@ -358,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "SK-1").unwrap();
-        let src = SecretKeySource::from_file(&path).unwrap();
+        let src = SecretSource::from_file(&path).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::fs::write(&path, "SK-2").unwrap();
         std::fs::File::options()
@@ -376,7 +377,7 @@ mod tests {
     fn a_rotated_key_verifies_until_its_grace_ends() {
         let t0 = Instant::now();
         let half_hours = |n: u64| t0 + Duration::from_secs(n * 1800);
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         src.set_previous_key_grace(Duration::from_secs(3600));
         assert_eq!(names(&src), [(KeyRole::Current, "SK-A".into())]);
 
@@ -416,14 +417,14 @@ mod tests {
 
     #[test]
     fn without_grace_only_the_current_key_verifies() {
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         assert!(src.install(SecretString::from("SK-B")));
         assert_eq!(names(&src), [(KeyRole::Current, "SK-B".into())]);
     }
 
     #[test]
     fn a_key_rotated_back_is_current_once_and_few_keys_are_kept() {
-        let src = SecretKeySource::fixed("SK-A");
+        let src = SecretSource::fixed("SK-A");
         src.set_previous_key_grace(Duration::from_secs(3600));
         src.install(SecretString::from("SK-B"));
         src.install(SecretString::from("SK-A"));

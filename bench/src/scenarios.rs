@@ -26,7 +26,7 @@ use o2o_sidecar::{
         convert,
         pb::{self, o2o_payments_client::O2oPaymentsClient},
     },
-    secret::SecretKeySource,
+    secret::SecretSource,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -390,7 +390,7 @@ impl Rig {
                 client_id: client_id.clone(),
                 ..DokuClientConfig::default()
             },
-            SecretKeySource::fixed(secret.clone()),
+            SecretSource::fixed(secret.clone()),
         )?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)

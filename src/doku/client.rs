@@ -32,7 +32,7 @@ use crate::{
         Amount, AmountRule, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity, ReportMismatch,
         ReportedIdentity, check_report,
     },
-    secret::SecretKeySource,
+    secret::SecretSource,
 };
 
 /// DOKU's sandbox, the default so that a missing setting never reaches production.
@@ -145,7 +145,7 @@ struct Inner {
     /// Path part of `base_url` without a trailing slash (usually empty).
     path_prefix: String,
     cfg: DokuClientConfig,
-    key: SecretKeySource,
+    key: SecretSource,
 }
 
 /// `Request-Timestamp` format: UTC, seconds, `Z`, no fraction.
@@ -225,7 +225,7 @@ enum Attempt {
 impl DokuClient {
     /// Builds the client. Installs ring as the process's rustls provider if none is installed
     /// yet (the crate does not build aws-lc).
-    pub fn new(cfg: DokuClientConfig, key: SecretKeySource) -> Result<Self, ConfigError> {
+    pub fn new(cfg: DokuClientConfig, key: SecretSource) -> Result<Self, ConfigError> {
         let url = Url::parse(&cfg.base_url)
             .map_err(|e| ConfigError(format!("base URL {:?}: {e}", cfg.base_url)))?;
         if !matches!(url.scheme(), "http" | "https")
@@ -995,7 +995,7 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        let key = SecretKeySource::fixed("SK-x");
+        let key = SecretSource::fixed("SK-x");
         let cfg = |base: &str, id: &str| DokuClientConfig {
             base_url: base.to_owned(),
             client_id: id.to_owned(),
@@ -1021,7 +1021,7 @@ mod tests {
                 client_id: CLIENT.into(),
                 ..Default::default()
             },
-            SecretKeySource::fixed("SK-x"),
+            SecretSource::fixed("SK-x"),
         )
         .unwrap();
         let a = c.prepare_payment_code(&v1_payment());
@@ -1070,7 +1070,7 @@ mod server_tests {
                 backoff_max: Duration::from_millis(20),
                 retry_after_max: Duration::from_millis(30),
             },
-            SecretKeySource::fixed(KEY),
+            SecretSource::fixed(KEY),
         )
         .unwrap()
     }

@@ -6,18 +6,18 @@ use subtle::ConstantTimeEq as _;
 use tonic::{Request, Status, service::Interceptor};
 
 use super::status::to_status;
-use crate::{error::Error, secret::SecretKeySource};
+use crate::{error::Error, secret::SecretSource};
 
 /// Checks the bearer token of each request against the token file (re-read when it changes,
 /// like the DOKU key).
 #[derive(Debug, Clone)]
 pub struct BearerAuth {
-    token: Option<SecretKeySource>,
+    token: Option<SecretSource>,
 }
 
 impl BearerAuth {
     /// `None`: every call is let through.
-    pub fn new(token: Option<SecretKeySource>) -> Self {
+    pub fn new(token: Option<SecretSource>) -> Self {
         Self { token }
     }
 }

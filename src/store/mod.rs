@@ -104,13 +104,34 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// [`open`] with connection settings (used by PostgreSQL; SQLite has its own fixed ones).
 pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    match scheme {
-        "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open_with(url, options).await?)),
-        _ => Err(StoreError::Unavailable(format!(
-            "unsupported store URL scheme {scheme:?}; expected sqlite:// or postgres://"
-        ))),
+    match Backend::of(url).map_err(StoreError::Unavailable)? {
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url).await?)),
+        Backend::Postgres => Ok(Arc::new(PostgresStore::open_with(url, options).await?)),
+    }
+}
+
+/// The backend a store URL names: the one scheme check, used by [`open_with`] and by the
+/// configuration, which refuses a bad `--store` before anything starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:…`
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of `url`, or why there is none; the message names the scheme only, never
+    /// the URL, which may hold a password.
+    pub fn of(url: &str) -> Result<Self, String> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            _ => Err(format!(
+                "unsupported store URL scheme {scheme:?}; expected sqlite:// or postgres://"
+            )),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     BoundAddrs, Listeners,
     config::Config,
     grpc::pb::{self, o2o_payments_client::O2oPaymentsClient},
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::SimConfig,
 };
 
@@ -62,7 +62,7 @@ pub fn config(options: &Options, doku_url: &str, store_url: &str) -> Config {
     let mut config = Config::new(
         doku_url,
         CLIENT_ID,
-        SecretKeySource::fixed(SECRET),
+        SecretSource::fixed(SECRET),
         store_url,
     );
     config.doku_timeout = options.doku_timeout;
@@ -71,7 +71,7 @@ pub fn config(options: &Options, doku_url: &str, store_url: &str) -> Config {
     config.sweeper.interval = options.sweep_interval;
     config.sweeper.first_check_after = options.first_check_after;
     config.sweeper.backoff = vec![options.sweep_interval];
-    config.api_token = options.api_token.clone().map(SecretKeySource::fixed);
+    config.api_token = options.api_token.clone().map(SecretSource::fixed);
     config
 }
 

@@ -12,7 +12,7 @@ use o2o_sidecar::{
         pb::{self, o2o_payments_client::O2oPaymentsClient},
         stream::resume_token,
     },
-    secret::SecretKeySource,
+    secret::SecretSource,
     sim::SimConfig,
 };
 use serde_json::json;
@@ -36,7 +36,7 @@ fn write_key(path: &Path, key: &str) {
 /// `sim_key`.
 struct KeyRig {
     rig: InProcessSidecar,
-    key: SecretKeySource,
+    key: SecretSource,
     key_file: std::path::PathBuf,
 }
 
@@ -50,7 +50,7 @@ impl KeyRig {
         let rig = InProcessSidecar::start_adjusted(options, |config, dir| {
             let path = dir.join("doku-secret-key");
             write_key(&path, file_key);
-            let key = SecretKeySource::from_file(&path).unwrap();
+            let key = SecretSource::from_file(&path).unwrap();
             source = Some((key.clone(), path));
             Config {
                 secret_key: key,
@@ -462,7 +462,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     write_key(&key_file, SECRET2);
 
     // Debug output of everything that holds the key.
-    let key = SecretKeySource::from_file(&key_file).unwrap();
+    let key = SecretSource::from_file(&key_file).unwrap();
     let config = Config::new(sim_url.clone(), CLIENT_ID, key.clone(), store.clone());
     let mut debug = format!("{config:?} {key:?} {:?}", sim.simulator().config());
     debug.push_str(&format!("{:?}", key.verification_keys()));
@@ -480,7 +480,7 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     ));
     debug.push_str(&format!(
         "{:?}",
-        SecretKeySource::from_file(dir.path().join("missing")).unwrap_err()
+        SecretSource::from_file(dir.path().join("missing")).unwrap_err()
     ));
 
     drop(stream);
