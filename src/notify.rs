@@ -245,6 +245,9 @@ async fn judge(ingress: &Ingress, report: NotificationReport) -> (Verdict, Optio
         },
         Err(_) => None,
     };
+    if let Some(creating) = stored.as_ref().and_then(|r| r.trace_context.as_deref()) {
+        crate::telemetry::link_to(&tracing::Span::current(), creating);
+    }
     assess(report, stored.as_ref().map(|r| &r.payment))
 }
 

@@ -171,6 +171,7 @@ impl Sidecar {
                 body: prepared.body,
             },
             request,
+            trace_context: crate::telemetry::current_traceparent(),
         };
         let rec = match self
             .store
