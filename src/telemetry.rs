@@ -365,6 +365,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rust_log_defaults_to_info_for_logs_and_spans() {
+        use tracing_subscriber::filter::LevelFilter;
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(filter(unset).max_level_hint(), Some(LevelFilter::INFO));
+        }
+        assert_eq!(
+            filter(Some("warn")).max_level_hint(),
+            Some(LevelFilter::WARN)
+        );
+        // A directive that does not parse is skipped, the others kept.
+        assert_eq!(
+            filter(Some("debug,o2o_sidecar=bogus")).max_level_hint(),
+            Some(LevelFilter::DEBUG)
+        );
+    }
+
+    #[test]
+    fn a_stored_traceparent_round_trips_into_a_link() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(otel_layer(&provider));
+        let creating = tracing::subscriber::with_default(subscriber, || {
+            assert_eq!(current_traceparent(), None, "outside any span");
+            let creating = tracing::info_span!("creating");
+            let stored = creating
+                .in_scope(current_traceparent)
+                .expect("a traceparent");
+            let sc = creating.context().span().span_context().clone();
+            assert_eq!(
+                stored,
+                format!("00-{}-{}-01", sc.trace_id(), sc.span_id()),
+                "W3C traceparent of the current span"
+            );
+            // Garbage adds no link (and does not panic).
+            let later = tracing::info_span!("later");
+            link_to(&later, "not a traceparent");
+            link_to(&later, &stored);
+            sc
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        let later = spans.iter().find(|s| s.name == "later").expect("exported");
+        let links: Vec<_> = later
+            .links
+            .iter()
+            .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+            .collect();
+        assert_eq!(links, vec![(creating.trace_id(), creating.span_id())]);
+    }
+
+    #[test]
     fn server_faults_only() {
         assert!(is_server_fault(tonic::Code::Unavailable));
         assert!(is_server_fault(tonic::Code::Internal));

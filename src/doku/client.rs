@@ -1043,6 +1043,13 @@ mod tests {
         let c = DokuClient::new(cfg("http://127.0.0.1:1/doku/", CLIENT), key).unwrap();
         assert_eq!(c.inner.base, "http://127.0.0.1:1/doku");
         assert_eq!(c.inner.path_prefix, "/doku");
+        assert_eq!(c.inner.span_base, "http://127.0.0.1:1/doku");
+        assert_eq!(c.inner.server, ("127.0.0.1".to_owned(), 1));
+        // Spans show no user info, and the scheme's port when none is written.
+        let key = SecretKeySource::fixed("SK-x");
+        let c = DokuClient::new(cfg("https://proxy:s3cret@doku.example/", CLIENT), key).unwrap();
+        assert_eq!(c.inner.span_base, "https://doku.example");
+        assert_eq!(c.inner.server, ("doku.example".to_owned(), 443));
     }
 
     #[test]
