@@ -41,7 +41,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Every metric of the sidecar with its HELP text, and the counters an alert needs, at zero.
+/// Every metric of the sidecar with its HELP text, the counters an alert needs at zero, and
+/// every histogram with the label values it will have (count zero).
 /// Called once at start-up ([`crate::run`]); calling it again changes nothing.
 ///
 /// Label values are lowercase snake case throughout (`ok`, `doku_unavailable`, `paid`); the
@@ -187,7 +188,7 @@ pub fn describe_metrics() {
     for key in ["current", "previous"] {
         zero("o2o_notifications_verified_total", &[("key", key)]);
     }
-    for endpoint in ["payment_code", "check_status"] {
+    for endpoint in crate::doku::client::ENDPOINTS {
         for status in ["200", "timeout", "error"] {
             zero(
                 "o2o_doku_requests_total",
@@ -206,23 +207,7 @@ pub fn describe_metrics() {
     for finding in ["paid", "expired", "failed", "code_recovered"] {
         zero("o2o_sweeper_findings_total", &[("finding", finding)]);
     }
-    for op in [
-        "ping",
-        "create_payment",
-        "find_by_idempotency_key",
-        "get_payment",
-        "claim_attempt",
-        "release_attempt",
-        "record_issued",
-        "apply_status",
-        "record_notification",
-        "events_after",
-        "last_seq",
-        "pruned_through",
-        "prune_events",
-        "due_for_check",
-        "schedule_check",
-    ] {
+    for op in crate::store::metered::OPS {
         zero("o2o_store_errors_total", &[("op", op)]);
     }
     for reason in ["connection_limit", "stream_limit"] {
@@ -244,6 +229,17 @@ pub fn describe_metrics() {
     }
     metrics::gauge!("o2o_open_streams").increment(0.0);
     crate::grpc::metrics::preset();
+    // The histograms, registered without an observation: the exporter renders a registered
+    // histogram with its buckets, `_sum` and `_count` at zero.
+    for endpoint in crate::doku::client::ENDPOINTS {
+        let _ = metrics::histogram!("o2o_doku_request_duration_seconds", "endpoint" => endpoint);
+    }
+    for op in crate::store::metered::OPS {
+        let _ = metrics::histogram!("o2o_store_operation_duration_seconds", "op" => op);
+    }
+    for (method, _) in crate::grpc::metrics::PRESET {
+        let _ = metrics::histogram!("o2o_grpc_server_duration_seconds", "method" => *method);
+    }
     process_collector().describe();
 }
 

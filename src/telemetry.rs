@@ -15,8 +15,17 @@
 //! JSON log lines carry the current span's `trace_id` and `span_id` at the top level, the
 //! fields Loki, Datadog and Cloud Logging link on. In JSON mode the OpenTelemetry layer is
 //! installed even without an exporter, so that every line inside a span has them.
+//!
+//! `RUST_LOG` (default `info`) filters both outputs, each through its own per-layer filter
+//! ([`filter`]): the log lines, and the spans (with the events recorded on them) handed to the
+//! exporter. The sidecar's spans are INFO, so the default exports them and `RUST_LOG=warn`
+//! exports none; dependencies' DEBUG and TRACE spans are exported only when asked for.
+//!
+//! A payment keeps the W3C `traceparent` of the call that created it
+//! ([`current_traceparent`]); the span of a DOKU notification about it links to that trace
+//! ([`link_to`]), since it starts a trace of its own.
 
-use std::io::IsTerminal as _;
+use std::{collections::HashMap, io::IsTerminal as _};
 
 use opentelemetry::{
     KeyValue,
@@ -167,23 +176,61 @@ pub fn init(format: LogFormat) -> Telemetry {
         None
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = provider.as_ref().map(otel_layer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let otel = provider
+        .as_ref()
+        .map(|p| otel_layer(p).with_filter(filter(rust_log.as_deref())));
+    let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
         // Colour only on a terminal, so that a log file or a test can parse the lines.
         LogFormat::Text => registry
             .with(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter(rust_log.as_deref())),
             )
             .try_init(),
-        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(json_layer(std::io::stderr).with_filter(filter(rust_log.as_deref())))
+            .try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
     Telemetry { provider }
+}
+
+/// The filter `RUST_LOG` (`directives`) sets on one output, logs or exported spans: `info`
+/// when unset or empty; directives that do not parse are skipped (with a warning on stderr),
+/// as `EnvFilter` does.
+pub fn filter(directives: Option<&str>) -> EnvFilter {
+    match directives.map(str::trim).filter(|d| !d.is_empty()) {
+        None => EnvFilter::new("info"),
+        Some(d) => EnvFilter::builder().parse_lossy(d),
+    }
+}
+
+/// The W3C `traceparent` of the current span, if it is an OpenTelemetry span (a layer from
+/// [`otel_layer`] is installed): stored with a payment as the trace that created it.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Adds to `span` an OpenTelemetry link to the span a W3C `traceparent` names (a payment's
+/// creating call, [`current_traceparent`]); a value that does not parse adds nothing.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
 }
 
 /// The JSON log layer: one object per line, the event's fields at the top level, the current
@@ -316,6 +363,58 @@ pub fn record_grpc_status(span: &tracing::Span, code: tonic::Code) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_defaults_to_info_for_logs_and_spans() {
+        use tracing_subscriber::filter::LevelFilter;
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(filter(unset).max_level_hint(), Some(LevelFilter::INFO));
+        }
+        assert_eq!(
+            filter(Some("warn")).max_level_hint(),
+            Some(LevelFilter::WARN)
+        );
+        // A directive that does not parse is skipped, the others kept.
+        assert_eq!(
+            filter(Some("debug,o2o_sidecar=bogus")).max_level_hint(),
+            Some(LevelFilter::DEBUG)
+        );
+    }
+
+    #[test]
+    fn a_stored_traceparent_round_trips_into_a_link() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(otel_layer(&provider));
+        let creating = tracing::subscriber::with_default(subscriber, || {
+            assert_eq!(current_traceparent(), None, "outside any span");
+            let creating = tracing::info_span!("creating");
+            let stored = creating
+                .in_scope(current_traceparent)
+                .expect("a traceparent");
+            let sc = creating.context().span().span_context().clone();
+            assert_eq!(
+                stored,
+                format!("00-{}-{}-01", sc.trace_id(), sc.span_id()),
+                "W3C traceparent of the current span"
+            );
+            // Garbage adds no link (and does not panic).
+            let later = tracing::info_span!("later");
+            link_to(&later, "not a traceparent");
+            link_to(&later, &stored);
+            sc
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        let later = spans.iter().find(|s| s.name == "later").expect("exported");
+        let links: Vec<_> = later
+            .links
+            .iter()
+            .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+            .collect();
+        assert_eq!(links, vec![(creating.trace_id(), creating.span_id())]);
+    }
 
     #[test]
     fn server_faults_only() {

@@ -1,5 +1,6 @@
 //! `/metrics` of a fresh sidecar: HELP text for every metric, the counters alerts need present
-//! at zero before their first event, and every metric the chart's dashboard and alerts use.
+//! at zero before their first event, every histogram present (count zero) before its first
+//! observation, and every metric the chart's dashboard and alerts use.
 //!
 //! Its own test binary: metrics are process-wide, and "fresh" means no other test's calls.
 
@@ -103,14 +104,58 @@ async fn a_fresh_sidecar_describes_every_metric_and_counts_from_zero() {
         "{fresh}"
     );
 
-    // Every metric an alert uses exists before its first event.
+    // Every histogram, with every label value it will have, before its first observation.
+    let histograms = families(&fresh, "# TYPE ")
+        .into_iter()
+        .filter(|f| fresh.contains(&format!("# TYPE {f} histogram")))
+        .collect::<BTreeSet<_>>();
+    assert_eq!(
+        histograms,
+        BTreeSet::from(
+            [
+                "o2o_doku_request_duration_seconds",
+                "o2o_grpc_server_duration_seconds",
+                "o2o_store_operation_duration_seconds",
+            ]
+            .map(str::to_owned)
+        ),
+        "{fresh}"
+    );
+    for endpoint in o2o_sidecar::doku::client::ENDPOINTS {
+        let series = format!("o2o_doku_request_duration_seconds_count{{endpoint=\"{endpoint}\"}}");
+        assert_eq!(sample(&fresh, &series), Some(0.0), "{series} in:\n{fresh}");
+        let bucket = format!(
+            "o2o_doku_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}}"
+        );
+        assert_eq!(sample(&fresh, &bucket), Some(0.0), "{bucket} in:\n{fresh}");
+    }
+    for (method, _) in o2o_sidecar::grpc::metrics::PRESET {
+        let series = format!("o2o_grpc_server_duration_seconds_count{{method=\"{method}\"}}");
+        assert_eq!(sample(&fresh, &series), Some(0.0), "{series} in:\n{fresh}");
+    }
+    for op in o2o_sidecar::store::metered::OPS {
+        // Start-up may already have used some operations: present, counted or not.
+        let series = format!("o2o_store_operation_duration_seconds_count{{op=\"{op}\"}}");
+        assert!(sample(&fresh, &series).is_some(), "{series} in:\n{fresh}");
+    }
+    let series = r#"o2o_store_operation_duration_seconds_count{op="record_rejected"}"#;
+    assert_eq!(sample(&fresh, series), Some(0.0), "{fresh}");
+
+    // Every metric an alert uses, and every metric the dashboard plots, exists before its
+    // first event.
     let alerting = referenced(RULES);
     assert!(alerting.len() >= 6, "{alerting:?}");
     let absent: Vec<_> = alerting.difference(&typed).collect();
     assert!(absent.is_empty(), "alerts use {absent:?}, not in:\n{fresh}");
+    let plotted = referenced(DASHBOARD);
+    assert!(plotted.len() >= 10, "{plotted:?}");
+    let absent: Vec<_> = plotted.difference(&typed).collect();
+    assert!(
+        absent.is_empty(),
+        "the dashboard uses {absent:?}, not in a fresh sidecar's:\n{fresh}"
+    );
 
-    // After one payment and its notification, every metric the dashboard plots exists (the
-    // histograms appear with their first observation).
+    // After one payment and its notification, still every metric the dashboard plots.
     h.grpc
         .generate_payment_code(request("INV-METRICS-1", 10_000))
         .await

@@ -7,9 +7,14 @@
 //! and 429 are retried, and after the last attempt the error says whether any attempt might
 //! have reached DOKU ([`DokuError::OutcomeUnknown`]) or none did ([`DokuError::Unavailable`]).
 //!
-//! Every attempt runs in a `doku.call` tracing span (endpoint, request id, attempt, HTTP
-//! status, elapsed time). DOKU's raw error bodies are logged (truncated to 2 KiB); the secret
-//! key and signatures never are.
+//! Every attempt is one HTTP request and runs in its own `doku.call` tracing span, a `CLIENT`
+//! span as the OpenTelemetry HTTP client conventions name it (`POST /indomaret-…/payment-code`,
+//! `GET /orders/v1/status/{invoice_number}`): `http.request.method`, `url.full` (the base URL
+//! without user info, and no query: DOKU's API has none), `url.template`, `server.address`,
+//! `server.port`, `http.response.status_code`, `http.request.resend_count` on a retry, and on
+//! failure (no answer, or a status of 400 and above) `error.type` and the status Error; plus the
+//! endpoint, Request-Id, attempt and elapsed time. DOKU's raw error bodies are logged (truncated
+//! to 2 KiB); the secret key and signatures never are, in a log or on a span.
 
 use std::{error::Error as StdError, sync::Arc, time::Duration};
 
@@ -41,6 +46,9 @@ pub const SANDBOX_BASE_URL: &str = "https://api-sandbox.doku.com";
 pub const PAYMENT_CODE_PATH: &str = "/indomaret-online-to-offline/v2/payment-code";
 /// Path of Check Status, followed by the invoice number.
 pub const CHECK_STATUS_PATH: &str = "/orders/v1/status/";
+
+/// The `endpoint` label of the DOKU metrics: one per API this client calls.
+pub const ENDPOINTS: [&str; 2] = ["payment_code", "check_status"];
 
 /// Largest answer read from DOKU; its answers are a few hundred bytes.
 const RESPONSE_BODY_MAX: usize = 1 << 20;
@@ -144,6 +152,10 @@ struct Inner {
     base: String,
     /// Path part of `base_url` without a trailing slash (usually empty).
     path_prefix: String,
+    /// `base` without user info, for `url.full` on spans.
+    span_base: String,
+    /// `server.address` and `server.port` on spans.
+    server: (String, u16),
     cfg: DokuClientConfig,
     key: SecretSource,
 }
@@ -202,6 +214,9 @@ struct Call<'a> {
     method: &'a Method,
     /// Path after the base URL (`/orders/v1/status/INV-1`).
     path: &'a str,
+    /// `path` with its variable part named (`/orders/v1/status/{invoice_number}`): the span's
+    /// name and `url.template`, low in cardinality.
+    template: &'static str,
     request_id: &'a str,
     body: Option<&'a [u8]>,
 }
@@ -255,10 +270,20 @@ impl DokuClient {
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {}", error_chain(&e))))?;
         let path_prefix = url.path().trim_end_matches('/').to_owned();
+        let server = (
+            url.host_str().unwrap_or_default().to_owned(),
+            url.port_or_known_default().unwrap_or_default(),
+        );
+        let mut shown = url.clone();
+        // Cannot fail for an http(s) URL with a host.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 base: cfg.base_url.trim_end_matches('/').to_owned(),
+                span_base: shown.as_str().trim_end_matches('/').to_owned(),
+                server,
                 path_prefix,
                 cfg,
                 key,
@@ -292,6 +317,7 @@ impl DokuClient {
                 endpoint: "payment_code",
                 method: &Method::POST,
                 path: PAYMENT_CODE_PATH,
+                template: PAYMENT_CODE_PATH,
                 request_id: &req.request_id,
                 body: Some(&req.body),
             })
@@ -369,6 +395,7 @@ impl DokuClient {
                 endpoint: "check_status",
                 method: &Method::GET,
                 path: &path,
+                template: "/orders/v1/status/{invoice_number}",
                 request_id: &request_id,
                 body: None,
             })
@@ -415,14 +442,7 @@ impl DokuClient {
         let mut last_detail = String::new();
         let mut last_retry_after = None;
         for attempt in 1..=cfg.max_attempts {
-            let span = tracing::info_span!(
-                "doku.call",
-                endpoint = call.endpoint,
-                request_id = call.request_id,
-                attempt,
-                http_status = field::Empty,
-                elapsed_ms = field::Empty,
-            );
+            let span = self.attempt_span(&call, attempt);
             let retry_after = match self.attempt(call).instrument(span).await {
                 Attempt::Answer(answer) => {
                     return Ok(Answer {
@@ -467,6 +487,36 @@ impl DokuClient {
         })
     }
 
+    /// The `CLIENT` span of one attempt (one HTTP request): see the module doc. The response
+    /// status, `error.type` and the elapsed time are recorded by [`Self::attempt`].
+    fn attempt_span(&self, call: &Call<'_>, attempt: u32) -> Span {
+        let inner = &*self.inner;
+        let (address, port) = &inner.server;
+        // Integers as i64: tracing-opentelemetry records a u64 as a string.
+        let span = tracing::info_span!(
+            "doku.call",
+            otel.name = %format_args!("{} {}", call.method, call.template),
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            http.request.method = %call.method,
+            url.full = %format_args!("{}{}", inner.span_base, call.path),
+            url.template = call.template,
+            server.address = %address,
+            server.port = i64::from(*port),
+            http.request.resend_count = field::Empty,
+            http.response.status_code = field::Empty,
+            "error.type" = field::Empty,
+            endpoint = call.endpoint,
+            request_id = call.request_id,
+            attempt = i64::from(attempt),
+            elapsed_ms = field::Empty,
+        );
+        if attempt > 1 {
+            span.record("http.request.resend_count", i64::from(attempt - 1));
+        }
+        span
+    }
+
     /// One signed attempt, inside its `doku.call` span.
     async fn attempt(&self, call: Call<'_>) -> Attempt {
         let inner = &*self.inner;
@@ -494,9 +544,13 @@ impl DokuClient {
 
         let started = Instant::now();
         let span = Span::current();
+        let failed = |span: &Span, error_type: &str| {
+            span.record("error.type", error_type);
+            span.record("otel.status_code", "error");
+        };
         let elapsed = |span: &Span, status: &str| {
             let took = started.elapsed();
-            let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+            let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
             span.record("elapsed_ms", ms);
             metrics::histogram!("o2o_doku_request_duration_seconds", "endpoint" => call.endpoint)
                 .record(took.as_secs_f64());
@@ -511,6 +565,16 @@ impl DokuClient {
             Ok(resp) => resp,
             Err(e) => {
                 elapsed(&span, if e.is_timeout() { "timeout" } else { "error" });
+                failed(
+                    &span,
+                    if e.is_timeout() {
+                        "timeout"
+                    } else if e.is_connect() {
+                        "connect"
+                    } else {
+                        "request"
+                    },
+                );
                 // Only a failed connect proves the request never left; anything later
                 // (timeout, reset, closed mid-answer) may be after DOKU acted on it.
                 let maybe_reached = !e.is_connect();
@@ -523,7 +587,11 @@ impl DokuClient {
             }
         };
         let status = resp.status();
-        span.record("http_status", status.as_u16());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.as_u16() >= 400 {
+            // The client conventions: every 4xx and 5xx is an error of the request.
+            failed(&span, status.as_str());
+        }
         let headers = resp.headers().clone();
         let body = read_body(&mut resp).await;
         elapsed(&span, status.as_str());
@@ -531,6 +599,7 @@ impl DokuClient {
         let body = match body {
             Ok(body) => body,
             Err(detail) => {
+                failed(&span, "response_body");
                 tracing::warn!(%detail, "DOKU's answer could not be read");
                 return Attempt::Failed {
                     detail: format!("HTTP {} answer unreadable: {detail}", status.as_u16()),
@@ -542,7 +611,12 @@ impl DokuClient {
 
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             let retry_after = retry_after(&headers);
-            tracing::warn!(body = %for_log(&body), ?retry_after, "DOKU is unavailable");
+            // `Option` values record nothing when absent: no `Some(..)`/`None` in the line.
+            tracing::warn!(
+                body = %for_log(&body),
+                retry_after_s = retry_after.map(|d| d.as_secs()),
+                "DOKU is unavailable"
+            );
             return Attempt::Retryable {
                 detail: format!("HTTP {}", status.as_u16()),
                 retry_after,
@@ -1012,6 +1086,13 @@ mod tests {
         let c = DokuClient::new(cfg("http://127.0.0.1:1/doku/", CLIENT), key).unwrap();
         assert_eq!(c.inner.base, "http://127.0.0.1:1/doku");
         assert_eq!(c.inner.path_prefix, "/doku");
+        assert_eq!(c.inner.span_base, "http://127.0.0.1:1/doku");
+        assert_eq!(c.inner.server, ("127.0.0.1".to_owned(), 1));
+        // Spans show no user info, and the scheme's port when none is written.
+        let key = SecretSource::fixed("SK-x");
+        let c = DokuClient::new(cfg("https://proxy:s3cret@doku.example/", CLIENT), key).unwrap();
+        assert_eq!(c.inner.span_base, "https://doku.example");
+        assert_eq!(c.inner.server, ("doku.example".to_owned(), 443));
     }
 
     #[test]

@@ -72,6 +72,8 @@ impl Sidecar {
                 body: prepared.body,
             },
             request,
+            // Kept so that the notification that settles it can link to this trace.
+            trace_context: crate::telemetry::current_traceparent(),
         };
         let rec = match self.store.create_payment(&draft).await? {
             Created::New(rec) => {

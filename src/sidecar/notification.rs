@@ -118,12 +118,18 @@ impl Sidecar {
         Ok(outcome)
     }
 
-    /// The stored payment a notification is about, if any. A store that cannot be read makes
-    /// the judgement conservative: recording fails the same way and DOKU retries.
+    /// The stored payment a notification is about, if any; the current span (the
+    /// notification's) is linked to the trace that created it. A store that cannot be read
+    /// makes the judgement conservative: recording fails the same way and DOKU retries.
     async fn stored_payment(&self, report: &NotificationReport) -> Option<Payment> {
         let invoice = InvoiceNumber::parse(&report.invoice_number).ok()?;
         match self.store.get_payment(&invoice).await {
-            Ok(rec) => rec.map(|r| r.payment),
+            Ok(rec) => rec.map(|r| {
+                if let Some(creating) = r.trace_context.as_deref() {
+                    crate::telemetry::link_to(&tracing::Span::current(), creating);
+                }
+                r.payment
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the stored payment");
                 None

@@ -174,8 +174,9 @@ pub(crate) async fn deliver(sim: Weak<Inner>, plan: Plan) {
             tracing::info!(
                 request_id = %plan.request_id,
                 url = %plan.url,
-                status = ?status,
-                error = ?error,
+                // An absent value records nothing (no `Some(..)`/`None` in the line).
+                status,
+                error = error.as_deref(),
                 "doku-sim notification attempt"
             );
             let mut st = lock(&inner.state);

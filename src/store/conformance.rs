@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             rejected_notifications_are_stored_without_effect,
             unknown_invoice_is_created_from_notification,
             a_rejected_draft_is_replaced_only_by_a_different_request,
+            the_creating_trace_is_kept,
             an_unknown_outcome_keeps_the_invoice_bound,
             racing_replacements_of_a_rejected_draft_have_one_winner,
             an_undated_repeat_paid_is_stored_not_emitted,
@@ -115,8 +116,13 @@ fn draft(invoice: &str, key: Option<&str>, reusable: bool) -> PaymentDraft {
         request,
         create_time: t(0),
         expire_time: t(3600),
+        trace_context: Some(TRACE_A.into()),
     }
 }
+
+/// W3C `traceparent` values of two creating calls.
+const TRACE_A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_B: &str = "00-5bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b8-00";
 
 fn reconciled(invoice: &str, status: PaymentStatus, occur: i64) -> StatusChange {
     StatusChange {
@@ -776,6 +782,41 @@ pub(crate) async fn unknown_invoice_is_created_from_notification(store: Arc<dyn 
     assert_eq!(store.get_payment(&inv("INV-PHANTOM")).await.unwrap(), None);
     create(store, &draft("INV-PHANTOM", None, false)).await;
     assert_eq!(all_events(store).await.len(), 1);
+}
+
+/// The creating call's trace context is stored with the payment and read back; a draft
+/// without one stores none; a corrected request that replaces a rejected draft brings its own.
+pub(crate) async fn the_creating_trace_is_kept(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let trace_of = |invoice: &'static str| async move {
+        store
+            .get_payment(&inv(invoice))
+            .await
+            .unwrap()
+            .unwrap()
+            .trace_context
+    };
+    create(store, &draft("INV-TRACE-1", None, false)).await;
+    assert_eq!(trace_of("INV-TRACE-1").await.as_deref(), Some(TRACE_A));
+    let mut untraced = draft("INV-TRACE-2", None, false);
+    untraced.trace_context = None;
+    create(store, &untraced).await;
+    assert_eq!(trace_of("INV-TRACE-2").await, None);
+
+    let i = inv("INV-TRACE-1");
+    assert!(
+        store
+            .record_rejected(&i, "req-INV-TRACE-1", &rejection_400())
+            .await
+            .unwrap()
+    );
+    let mut replacement = corrected("INV-TRACE-1", None, 150_001, "req-INV-TRACE-1b");
+    replacement.trace_context = Some(TRACE_B.into());
+    match store.create_payment(&replacement).await.unwrap() {
+        Created::New(r) => assert_eq!(r.trace_context.as_deref(), Some(TRACE_B)),
+        other => panic!("expected the replacement, got {other:?}"),
+    }
+    assert_eq!(trace_of("INV-TRACE-1").await.as_deref(), Some(TRACE_B));
 }
 
 /// `draft` for the same invoice with another amount (another fingerprint) and Request-Id.

@@ -27,6 +27,28 @@ impl Metered {
     }
 }
 
+/// The `op` label of the store metrics: every operation [`Metered`] measures.
+pub const OPS: [&str; 18] = [
+    "ping",
+    "create_payment",
+    "find_by_idempotency_key",
+    "get_payment",
+    "claim_attempt",
+    "release_attempt",
+    "record_outcome_unknown",
+    "record_rejected",
+    "rejected_attempts",
+    "record_issued",
+    "apply_status",
+    "record_notification",
+    "events_after",
+    "last_seq",
+    "pruned_through",
+    "prune_events",
+    "due_for_check",
+    "schedule_check",
+];
+
 async fn measured<T>(
     op: &'static str,
     f: impl Future<Output = Result<T, StoreError>>,

@@ -216,6 +216,10 @@ pub struct PaymentRecord {
     /// Whether any attempt of this payment ended with an unknown outcome: the invoice then
     /// stays bound to the draft's Request-Id, whatever DOKU answers later.
     pub outcome_unknown: bool,
+    /// The W3C `traceparent` of the trace that created the payment
+    /// ([`PaymentDraft::trace_context`]); `None` for a payment created from a DOKU
+    /// notification or without tracing.
+    pub trace_context: Option<String>,
 }
 
 impl PaymentRecord {
@@ -279,6 +283,10 @@ pub struct PaymentDraft {
     pub create_time: OffsetDateTime,
     /// Provisional expiry (create time + expiry minutes) until DOKU says otherwise.
     pub expire_time: OffsetDateTime,
+    /// The W3C `traceparent` of the span creating it
+    /// ([`crate::telemetry::current_traceparent`]), kept so that the span of a later DOKU
+    /// notification can link to that trace. Stored as given; a replacement draft replaces it.
+    pub trace_context: Option<String>,
 }
 
 /// Result of [`Store::create_payment`].

@@ -438,7 +438,8 @@ async fn create_over_existing(
          reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
          doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
          how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
-         check_count = 0, rejected_http_status = NULL, rejected_message = NULL \
+         check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
+         trace_context = $12 \
          WHERE invoice = $1 AND ",
         rejected_draft!(),
         " RETURNING ",
@@ -455,6 +456,7 @@ async fn create_over_existing(
     .bind(&draft.doku_request.request_id)
     .bind(&draft.doku_request.body)
     .bind(unix_now())
+    .bind(draft.trace_context.as_deref())
     .fetch_one(tx)
     .await
     .map_err(db_error)?;
@@ -481,8 +483,8 @@ impl Store for PostgresStore {
         let row = sqlx::query_as::<_, PaymentRow>(concat!(
             "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
              reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-             check_count, updated_at) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11) \
+             check_count, updated_at, trace_context) \
+             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12) \
              ON CONFLICT DO NOTHING RETURNING ",
             payment_columns!()
         ))
@@ -497,6 +499,7 @@ impl Store for PostgresStore {
         .bind(&draft.doku_request.request_id)
         .bind(&draft.doku_request.body)
         .bind(unix_now())
+        .bind(draft.trace_context.as_deref())
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_error)?;

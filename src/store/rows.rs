@@ -15,7 +15,7 @@ macro_rules! payment_columns {
         "invoice, amount, channel, payment_code, status, create_time, expire_time, pay_time, \
          how_to_pay_url, how_to_pay_api_url, reusable, fingerprint, idempotency_key, \
          doku_request_id, doku_request_body, attempt_lease_until, next_check_at, check_count, \
-         rejected_http_status, rejected_message, outcome_unknown"
+         rejected_http_status, rejected_message, outcome_unknown, trace_context"
     };
 }
 pub(super) use payment_columns;
@@ -52,6 +52,7 @@ pub(super) struct PaymentRow {
     rejected_http_status: Option<i64>,
     rejected_message: Option<String>,
     outcome_unknown: bool,
+    trace_context: Option<String>,
 }
 
 impl TryFrom<PaymentRow> for PaymentRecord {
@@ -110,6 +111,7 @@ impl TryFrom<PaymentRow> for PaymentRecord {
                 }),
             },
             outcome_unknown: row.outcome_unknown,
+            trace_context: row.trace_context,
             payment,
         })
     }

@@ -12,7 +12,8 @@
 //!   Request-Id and body bytes, the attempt lease, the sweeper's `next_check_at` and
 //!   `check_count`, `updated_at`; since migration 2, `rejected_http_status` and
 //!   `rejected_message` (DOKU's definitive rejection of the draft) and `outcome_unknown`
-//!   (some attempt's outcome was unknown: the draft can never be replaced).
+//!   (some attempt's outcome was unknown: the draft can never be replaced); since migration 3,
+//!   `trace_context` (the W3C `traceparent` of the call that created the payment).
 //! - `payment_attempts` (migration 2): the audit trail of rejected attempts, keyed by their
 //!   DOKU Request-Id: invoice, fingerprint, idempotency key, body bytes, outcome
 //!   (`REJECTED`), DOKU's status and message, created/ended times.
@@ -382,7 +383,8 @@ async fn replace_rejected(
          reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
          doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
          how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
-         check_count = 0, rejected_http_status = NULL, rejected_message = NULL \
+         check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
+         trace_context = $12 \
          WHERE invoice = $1 AND ",
         rejected_draft!(),
         " RETURNING ",
@@ -399,6 +401,7 @@ async fn replace_rejected(
     .bind(&draft.doku_request.request_id)
     .bind(&draft.doku_request.body)
     .bind(unix_now())
+    .bind(draft.trace_context.as_deref())
     .fetch_one(conn)
     .await
     .map_err(db_error)?;
@@ -442,8 +445,8 @@ impl Store for SqliteStore {
         let row = sqlx::query_as::<_, PaymentRow>(concat!(
             "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
              reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-             check_count, updated_at) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11) RETURNING ",
+             check_count, updated_at, trace_context) \
+             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12) RETURNING ",
             payment_columns!()
         ))
         .bind(request.invoice.as_str())
@@ -457,6 +460,7 @@ impl Store for SqliteStore {
         .bind(&draft.doku_request.request_id)
         .bind(&draft.doku_request.body)
         .bind(unix_now())
+        .bind(draft.trace_context.as_deref())
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -950,6 +954,7 @@ mod tests {
             },
             create_time: t(0),
             expire_time: t(3600),
+            trace_context: None,
         }
     }
 

@@ -59,12 +59,7 @@ impl Default for Options {
 /// The sidecar's config for `options` against DOKU at `doku_url` and the store at
 /// `store_url`: key [`SECRET`], a sweeper that stays quiet unless `options` say otherwise.
 pub fn config(options: &Options, doku_url: &str, store_url: &str) -> Config {
-    let mut config = Config::new(
-        doku_url,
-        CLIENT_ID,
-        SecretSource::fixed(SECRET),
-        store_url,
-    );
+    let mut config = Config::new(doku_url, CLIENT_ID, SecretSource::fixed(SECRET), store_url);
     config.doku_timeout = options.doku_timeout;
     config.doku_connect_timeout = Duration::from_secs(2);
     config.doku_max_attempts = options.max_attempts;

@@ -1,7 +1,7 @@
 //! The Secret Key: rotation without a restart (outbound calls switch at once, the previous
 //! key keeps verifying notifications for the grace window, a metric says which key verified),
 //! an unreadable key file (last good key kept, not ready), and secret hygiene: the key never
-//! appears in logs, error messages, `Debug` output or `/metrics`.
+//! appears in logs, error messages, `Debug` output, `/metrics` or exported spans.
 
 use std::{path::Path, time::Duration};
 
@@ -269,9 +269,10 @@ fn the_detector_finds_every_form_of_the_secret_and_full_signatures() {
 }
 
 /// The whole scenario against the real binary with a known secret, at the most verbose log
-/// level: generate (with DOKU failures and a lost answer), bad input, payments and bad
-/// notifications, a key rotation and an unreadable key file, `/metrics`, then SIGTERM. The
-/// secret must not appear in any output.
+/// level, exporting its spans to an OTLP collector: generate (with DOKU failures and a lost
+/// answer), bad input, payments and bad notifications, a key rotation and an unreadable key
+/// file, `/metrics`, then SIGTERM. The secret must not appear in any output, spans included
+/// (their attributes and the log events recorded on them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     const SECRET: &str = "SK-HYGIENE-4f1c2a9e7b3d5a60";
@@ -282,9 +283,17 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     let store = format!("sqlite://{}", dir.path().join("o2o.db").display());
     let sim_listener = Sim::bind().await;
     let sim_url = sim_listener.url.clone();
+    let spans = crate::otlp::Received::default();
+    let otlp = crate::otlp::collector("grpc", spans.clone()).await;
+    let exporting = format!(
+        "export OTEL_EXPORTER_OTLP_ENDPOINT={otlp} OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+         OTEL_SERVICE_NAME=o2o-hygiene"
+    );
     let sidecar = ChildSidecar::start(&ChildOptions {
         doku_base_url: sim_url.clone(),
         rust_log: "trace".into(),
+        keep_log: true,
+        wrap: Some(exporting.clone()),
         ..ChildOptions::new(crate::BIN, &key_file, &store).flags(&[
             "--doku-timeout",
             "300ms",
@@ -499,17 +508,25 @@ async fn the_secret_never_appears_in_logs_errors_debug_or_metrics() {
     }
     assert_clean("the admin listener", &admin_text, &secrets);
     assert_clean("Debug output", &debug, &secrets);
+    // The collector's requests, decoded: every span name, attribute and event.
+    let exported = format!("{:?}", spans.lock().unwrap());
+    assert!(
+        exported.contains("POST /indomaret-online-to-offline/v2/payment-code"),
+        "the DOKU calls' spans were exported"
+    );
+    assert_clean("the exported spans", &exported, &secrets);
     assert!(
         outputs.iter().all(|(_, t)| !t.is_empty()),
         "every error has a message"
     );
     println!(
         "secret hygiene: log_lines={} log_bytes={} grpc_errors={} admin_bytes={} debug_bytes={} \
-         leaks=0",
+         span_bytes={} leaks=0",
         log.lines().count(),
         log.len(),
         outputs.len(),
         admin_text.len(),
-        debug.len()
+        debug.len(),
+        exported.len()
     );
 }
