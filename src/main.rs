@@ -2,7 +2,7 @@
 //! listeners, log the bound addresses in one line, run until SIGINT/SIGTERM.
 
 use o2o_sidecar::{
-    Listeners,
+    BoundAddrs, Listeners,
     config::{Cli, Command, Config, DevArgs},
     secret::SecretSource,
     sim::{SimConfig, Simulator},
@@ -162,17 +162,35 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     let sim_stop = tokio_util::sync::CancellationToken::new();
     let sim_task = tokio::spawn(sim.serve(sim_listener, sim_stop.clone().cancelled_owned()));
-    let grpc = reachable(addrs.grpc);
-    let sim_url = format!("http://{}", reachable(sim_addr));
-    let http = reachable(addrs.http);
-    let admin = reachable(addrs.admin);
-    let path = &common.notification_path;
     let keep = match &_dir {
         Some(d) if d.keep => "   (kept on exit: --keep-dir)",
         Some(_) => "   (removed on exit; --keep-dir keeps it)",
         None => "",
     };
-    let banner = [
+    let banner = banner(&addrs, sim_addr, &common.notification_path, &store, keep);
+    // The handlers go in before the banner: a SIGTERM sent as soon as the banner is read is a
+    // graceful stop (the temporary directory is removed), not the default kill.
+    let shutdown = shutdown_signal();
+    // One write, and no panic when stdout is gone (`dev | head`, a test that stopped reading).
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().lock().write_all(banner.as_bytes());
+        let _ = std::io::stdout().flush();
+    }
+    let result = o2o_sidecar::run(config, listeners, shutdown).await;
+    sim_stop.cancel();
+    let _ = sim_task.await;
+    result
+}
+
+/// `dev`'s banner: the addresses bound (as URLs a user can open), the store, and the
+/// walk-through, streaming command first.
+fn banner(addrs: &BoundAddrs, sim_addr: SocketAddr, path: &str, store: &str, keep: &str) -> String {
+    let grpc = reachable(addrs.grpc);
+    let sim_url = format!("http://{}", reachable(sim_addr));
+    let http = reachable(addrs.http);
+    let admin = reachable(addrs.admin);
+    [
         String::new(),
         "o2o-sidecar dev: sidecar + in-process DOKU simulator (no DOKU account needed)".into(),
         format!(
@@ -208,22 +226,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","refresh":true}}' {grpc} o2o.v1.O2OPayments/GetStatus"#
         ),
         String::new(),
-    ];
-    // The handlers go in before the banner: a SIGTERM sent as soon as the banner is read is a
-    // graceful stop (the temporary directory is removed), not the default kill.
-    let shutdown = shutdown_signal();
-    // One write, and no panic when stdout is gone (`dev | head`, a test that stopped reading).
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout()
-            .lock()
-            .write_all(banner.join("\n").as_bytes());
-        let _ = std::io::stdout().flush();
-    }
-    let result = o2o_sidecar::run(config, listeners, shutdown).await;
-    sim_stop.cancel();
-    let _ = sim_task.await;
-    result
+    ]
+    .join("\n")
 }
 
 /// The banner's note for a listener bound beyond loopback (the user chose it).
