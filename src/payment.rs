@@ -640,6 +640,27 @@ pub struct PaymentIdentity<'a> {
     pub payment_code: Option<&'a PaymentCode>,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl Payment {
+    /// A PENDING Indomaret payment with epoch times, for unit tests and fuzz targets.
+    pub fn fixture(invoice: InvoiceNumber, amount: Amount, code: Option<PaymentCode>) -> Self {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        Self {
+            invoice,
+            amount,
+            channel: Channel::Indomaret,
+            payment_code: code,
+            status: PaymentStatus::Pending,
+            create_time: t,
+            expire_time: t,
+            pay_time: None,
+            how_to_pay_url: None,
+            how_to_pay_api_url: None,
+            reusable: false,
+        }
+    }
+}
+
 impl Payment {
     /// The fields a DOKU report must match to be about this payment.
     pub fn identity(&self) -> PaymentIdentity<'_> {

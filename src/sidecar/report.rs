@@ -152,23 +152,14 @@ fn unknown_invoice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payment::{Channel, PaymentStatus};
+    use crate::payment::PaymentStatus;
 
     fn stored(code: Option<&str>) -> Payment {
-        let t = OffsetDateTime::UNIX_EPOCH;
-        Payment {
-            invoice: InvoiceNumber::parse("INV-1").unwrap(),
-            amount: Amount::new(150_000).unwrap(),
-            channel: Channel::Indomaret,
-            payment_code: code.map(|c| PaymentCode::parse(c).unwrap()),
-            status: PaymentStatus::Pending,
-            create_time: t,
-            expire_time: t,
-            pay_time: None,
-            how_to_pay_url: None,
-            how_to_pay_api_url: None,
-            reusable: false,
-        }
+        Payment::fixture(
+            InvoiceNumber::parse("INV-1").unwrap(),
+            Amount::new(150_000).unwrap(),
+            code.map(|c| PaymentCode::parse(c).unwrap()),
+        )
     }
 
     fn report<'a>(
