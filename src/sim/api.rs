@@ -217,6 +217,33 @@ impl Simulator {
             );
         }
 
+        let response_body = self.issue(&mut st, req, notification_url, &request_id, headers, now);
+        st.replays.insert(
+            request_id.clone(),
+            Replay {
+                request_body: body.clone(),
+                response_body: response_body.clone(),
+            },
+        );
+        Answer {
+            status: StatusCode::OK,
+            headers: auth::response_headers(cfg, &request_id, path, Some(&response_body), now),
+            body: response_body,
+            verdict: Verdict::Accepted,
+        }
+    }
+
+    /// Issues a fresh payment code for a valid request and keeps the payment; returns DOKU's
+    /// answer body.
+    fn issue(
+        &self,
+        st: &mut super::state::State,
+        req: wire::GenerateRequest,
+        notification_url: Option<String>,
+        request_id: &str,
+        headers: &HeaderMap,
+        now: OffsetDateTime,
+    ) -> Bytes {
         let mut rng = rand::rng();
         let payment_code = loop {
             let c = format!(
@@ -254,7 +281,7 @@ impl Simulator {
             customer_name: req.customer_name,
             how_to_pay_url: how_to_pay_page,
             token,
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             reusable: req.reusable,
             info: req.info,
             created_at: now,
@@ -264,20 +291,8 @@ impl Simulator {
             failed_at: None,
             notification_url,
         });
-        st.replays.insert(
-            request_id.clone(),
-            Replay {
-                request_body: body.clone(),
-                response_body: response_body.clone(),
-            },
-        );
         tracing::info!(invoice = %req.invoice_number, "doku-sim issued a payment code");
-        Answer {
-            status: StatusCode::OK,
-            headers: auth::response_headers(cfg, &request_id, path, Some(&response_body), now),
-            body: response_body,
-            verdict: Verdict::Accepted,
-        }
+        response_body
     }
 
     /// DOKU's rule: an override URL keeps the configured Notification URL's path.
