@@ -90,45 +90,51 @@ fn keep(log: &Mutex<String>, line: &str) {
     l.push('\n');
 }
 
+/// `o2o-sidecar serve` on loopback port 0 with `options`, JSON logs on stderr, and none of
+/// the caller's `O2O_*`/`OTEL_*` environment.
+fn command(options: &ChildOptions) -> Command {
+    let mut cmd = match &options.wrap {
+        None => Command::new(&options.bin),
+        Some(wrap) => {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg(format!("{wrap}; exec \"$0\" \"$@\""))
+                .arg(&options.bin);
+            c
+        }
+    };
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("O2O_") || n.starts_with("OTEL_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.arg("serve")
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(["--doku-client-id", CLIENT_ID])
+        .arg("--doku-secret-key-file")
+        .arg(&options.key_file)
+        .args(["--doku-base-url", &options.doku_base_url])
+        .args(["--store", &options.store])
+        .args(["--log-format", "json"])
+        .args(&options.extra)
+        .env("RUST_LOG", &options.rust_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
 impl ChildSidecar {
     /// Starts the binary with JSON logs and waits (at most 60 s) for its "serving" line.
     /// Environment variables that configure the sidecar (`O2O_*`, `OTEL_*`) are not passed on.
     pub async fn start(options: &ChildOptions) -> Self {
         // The test's own HTTP clients need a TLS provider even for plain HTTP.
         crate::install_tls_provider();
-        let mut cmd = match &options.wrap {
-            None => Command::new(&options.bin),
-            Some(wrap) => {
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(format!("{wrap}; exec \"$0\" \"$@\""))
-                    .arg(&options.bin);
-                c
-            }
-        };
-        for (name, _) in std::env::vars_os() {
-            let n = name.to_string_lossy();
-            if n.starts_with("O2O_") || n.starts_with("OTEL_") {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .args(["--doku-client-id", CLIENT_ID])
-            .arg("--doku-secret-key-file")
-            .arg(&options.key_file)
-            .args(["--doku-base-url", &options.doku_base_url])
-            .args(["--store", &options.store])
-            .args(["--log-format", "json"])
-            .args(&options.extra)
-            .env("RUST_LOG", &options.rust_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("start o2o-sidecar");
+        let mut child = command(options).spawn().expect("start o2o-sidecar");
         let log = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let stderr = child.stderr.take().unwrap();
