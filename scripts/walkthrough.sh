@@ -70,6 +70,13 @@ check "simulator pay" "$work/pay.out" 'SUCCESS'
 eval "$status_line" >"$work/status.out"
 check "GetStatus refresh" "$work/status.out" 'PAYMENT_STATUS_PAID'
 
+# grpcurl decodes an INVALID_ARGUMENT's ErrorInfo and BadRequest through reflection alone (the
+# sidecar serves the google.rpc descriptors), rather than printing them as base64.
+grpcurl -plaintext -format-error -d '{"amount": "-1"}' 127.0.0.1:50051 \
+  o2o.v1.O2OPayments/GeneratePaymentCode >"$work/invalid.out" 2>&1 || true
+check "INVALID_ARGUMENT ErrorInfo decoded" "$work/invalid.out" '"reason": *"INVALID_FIELD"'
+check "INVALID_ARGUMENT BadRequest decoded" "$work/invalid.out" '"field": *"invoice_number"'
+
 # The stream sees the PAID event (wait for it at most until grpcurl's -max-time).
 for _ in $(seq 1 100); do grep -q 'PAYMENT_STATUS_PAID' "$work/stream.out" && break; sleep 0.2; done
 check "StreamNotifications" "$work/stream.out" 'PAYMENT_STATUS_PAID'

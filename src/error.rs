@@ -22,8 +22,9 @@ pub const RETRY_AFTER_DOKU: Duration = Duration::from_secs(2);
 /// What went wrong with a caller's request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// One or more fields are invalid; every violation is listed.
-    #[error("invalid request: {} field(s) violate DOKU's limits", .0.len())]
+    /// One or more fields are invalid; every violation is listed (in the `BadRequest`, which
+    /// says for each field what is wrong: missing, too long, outside DOKU's limits…).
+    #[error("invalid request: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// The invoice already has a payment created with different parameters.
     #[error("invoice {invoice} already has a payment code created with different parameters")]
@@ -81,6 +82,16 @@ pub enum Error {
     /// The resume token is not one this sidecar issued.
     #[error("resume token is malformed")]
     ResumeTokenInvalid,
+    /// The resume token is well formed but names a position the event log has not reached:
+    /// it is from another store (a new or restored database, another deployment).
+    #[error(
+        "resume token is ahead of this sidecar's event log; reopen from the oldest event or \
+         from now, and GetStatus the open invoices"
+    )]
+    ResumeTokenAhead {
+        /// The newest position of the log.
+        last: u64,
+    },
     /// The resume token points before the retained event log.
     #[error("resume token is older than the retained event log; resubscribe and GetStatus")]
     ResumeTokenExpired {
@@ -128,6 +139,7 @@ impl Error {
             Self::DokuAuthRejected => "doku_auth_rejected",
             Self::DokuRejected { .. } => "doku_rejected",
             Self::ResumeTokenInvalid => "resume_token_invalid",
+            Self::ResumeTokenAhead { .. } => "resume_token_ahead",
             Self::ResumeTokenExpired { .. } => "resume_token_expired",
             Self::ShuttingDown => "shutting_down",
             Self::TooManyCalls { .. } => "too_many_calls",
@@ -152,6 +164,7 @@ impl Error {
             Self::DokuAuthRejected => "DOKU_AUTH_REJECTED",
             Self::DokuRejected { .. } => "DOKU_REJECTED",
             Self::ResumeTokenInvalid => "RESUME_TOKEN_INVALID",
+            Self::ResumeTokenAhead { .. } => "RESUME_TOKEN_AHEAD",
             Self::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::TooManyCalls { .. } => "TOO_MANY_CALLS",
@@ -161,6 +174,19 @@ impl Error {
             Self::Internal => "INTERNAL",
         }
     }
+}
+
+/// Every violation as "field description" (`invoice_number is required; amount must be
+/// greater than 0`): the caller's own fields, safe to show.
+fn describe(violations: &[FieldViolation]) -> String {
+    if violations.is_empty() {
+        return "invalid fields".into();
+    }
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<StoreError> for Error {
@@ -264,6 +290,7 @@ mod tests {
                 message: String::new(),
             },
             Error::ResumeTokenInvalid,
+            Error::ResumeTokenAhead { last: 1 },
             Error::ResumeTokenExpired { oldest: 1 },
             Error::ShuttingDown,
             Error::TooManyCalls { limit: 1 },
@@ -275,5 +302,11 @@ mod tests {
         for e in all {
             assert_eq!(e.label(), e.reason().to_ascii_lowercase(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn invalid_argument_names_the_fields_and_what_is_wrong() {
+        let e = Error::InvalidArgument(vec![FieldViolation::new("invoice_number", "is required")]);
+        assert_eq!(e.to_string(), "invalid request: invoice_number is required");
     }
 }

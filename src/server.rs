@@ -270,14 +270,19 @@ fn serve_grpc(
     >,
     drain: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + Send + 'static> {
-    // Both reflection versions: grpcurl speaks v1alpha, newer clients v1.
+    // Both reflection versions: grpcurl speaks v1alpha, newer clients v1. Besides the
+    // contract and health, the google.rpc status and error details (tonic-types' descriptors),
+    // so that reflection clients decode ErrorInfo, BadRequest and RetryInfo instead of showing
+    // base64.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let auth = grpc::auth::BearerAuth::new(config.api_token.clone());
     let mut builder = tonic::transport::Server::builder();

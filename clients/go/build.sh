@@ -10,7 +10,8 @@ build=$here/build
 gopath=$build/gopath
 rm -rf "$build"
 mkdir -p "$gopath/src"
-# go_package puts the stubs at github.com/o2o-sidecar/o2o-sidecar/gen/go/o2o/v1 in the GOPATH.
+# go_package puts the stubs at github.com/o2o-sidecar/o2o-sidecar/clients/go/o2ov1 in the GOPATH
+# (in this repository: clients/go/o2ov1/, where `buf generate` writes them).
 protoc -I "$here/../../proto" --go_out="$gopath/src" --go-grpc_out="$gopath/src" o2o/v1/o2o_payments.proto
 cd "$here/example"
 GO111MODULE=off GOPROXY=off GOPATH="$gopath:/usr/share/gocode" go build -o "$build/o2o-example" .

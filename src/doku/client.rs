@@ -266,6 +266,10 @@ impl DokuClient {
             .timeout(cfg.request_timeout)
             // A redirect would change the signed Request-Target; DOKU does not redirect its API.
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP/1 header names in DOKU's own case (`Client-Id`, `Request-Id`,
+            // `Request-Timestamp`, `Signature`, `Content-Type`): hyper lower-cases them
+            // otherwise. Title case is exactly DOKU's spelling for every header we send.
+            .http1_title_case_headers()
             .user_agent(concat!("o2o-sidecar/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {}", error_chain(&e))))?;

@@ -82,6 +82,11 @@ pub fn to_status(err: Error) -> Status {
             (code, meta([("doku_http_status", http_status.to_string())]))
         }
         Error::ResumeTokenInvalid => (Code::InvalidArgument, HashMap::new()),
+        // Past the end of the log: OUT_OF_RANGE, like a read past the end of a file.
+        Error::ResumeTokenAhead { last } => (
+            Code::OutOfRange,
+            meta([("last_event_id", last.to_string())]),
+        ),
         Error::ResumeTokenExpired { oldest } => (
             Code::OutOfRange,
             meta([("oldest_event_id", oldest.to_string())]),

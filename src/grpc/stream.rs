@@ -22,7 +22,8 @@ use super::{convert, pb, status::to_status};
 use crate::{
     error::Error,
     payment::Event,
-    sidecar::{Sidecar, Subscription},
+    payment::{FieldViolation, InvoiceNumber},
+    sidecar::{Sidecar, StreamFrom, Subscription},
 };
 
 /// Events read from the store per query during replay.
@@ -32,6 +33,11 @@ pub const STREAM_BUFFER: usize = 64;
 const TOKEN_PREFIX: &str = "o2o.v1:";
 /// Most invoice numbers one stream may filter on (each event is compared with every one).
 pub const MAX_FILTER: usize = 1000;
+
+/// The documented resume token that replays from the oldest event the log still retains: the
+/// token of position 0, which no event has (event ids start at 1). Unlike an event's token it
+/// never expires.
+pub const OLDEST: &str = "bzJvLnYxOjA";
 
 /// The opaque resume token of an event.
 pub fn resume_token(seq: u64) -> String {
@@ -49,6 +55,37 @@ pub fn parse_resume_token(token: &str) -> Result<u64, Error> {
 
 type Item = Result<pb::StreamNotificationsResponse, Status>;
 
+/// Checks the request and says where its stream begins: `INVALID_ARGUMENT` with a
+/// `BadRequest` for a filter entry that is not an invoice number (`invoice_numbers[i]`) or too
+/// many of them; `RESUME_TOKEN_INVALID` for a malformed token. [`OLDEST`] starts at the oldest
+/// retained event.
+pub fn stream_from(request: &pb::StreamNotificationsRequest) -> Result<StreamFrom, Status> {
+    let mut violations = Vec::new();
+    if request.invoice_numbers.len() > MAX_FILTER {
+        violations.push(FieldViolation::new(
+            "invoice_numbers",
+            format!("at most {MAX_FILTER} invoice numbers per stream"),
+        ));
+    } else {
+        for (i, invoice) in request.invoice_numbers.iter().enumerate() {
+            if let Err(e) = InvoiceNumber::parse(invoice) {
+                violations.push(FieldViolation::new(format!("invoice_numbers[{i}]"), e));
+            }
+        }
+    }
+    if !violations.is_empty() {
+        return Err(to_status(Error::InvalidArgument(violations)));
+    }
+    Ok(match request.resume_token.as_str() {
+        "" => StreamFrom::Now,
+        token => match parse_resume_token(token).map_err(to_status)? {
+            // No event has position 0: its token means "from the oldest retained event".
+            0 => StreamFrom::Oldest,
+            seq => StreamFrom::After(seq),
+        },
+    })
+}
+
 /// Starts a stream that holds `slot` (its place under the open-streams bound) while it
 /// lasts; returns the receiving end for tonic.
 pub async fn start(
@@ -57,22 +94,11 @@ pub async fn start(
     shutdown: CancellationToken,
     slot: OwnedSemaphorePermit,
 ) -> Result<mpsc::Receiver<Item>, Status> {
-    if request.invoice_numbers.len() > MAX_FILTER {
-        return Err(to_status(Error::InvalidArgument(vec![
-            crate::payment::FieldViolation::new(
-                "invoice_numbers",
-                format!("at most {MAX_FILTER} invoice numbers per stream"),
-            ),
-        ])));
-    }
-    let resume_from = match request.resume_token.as_str() {
-        "" => None,
-        token => Some(parse_resume_token(token).map_err(to_status)?),
-    };
+    let from = stream_from(&request)?;
     // Subscribe first: anything committed from here on is either in the store read below or
     // arrives on `live` (this replica) or as a hint (any replica).
     let subscription = sidecar.subscribe();
-    let cursor = sidecar.stream_start(resume_from).await.map_err(to_status)?;
+    let cursor = sidecar.stream_start(from).await.map_err(to_status)?;
     let filter: Vec<String> = request.invoice_numbers;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
@@ -182,6 +208,21 @@ async fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_token_is_position_zero() {
+        assert_eq!(resume_token(0), OLDEST);
+        let request = |token: &str| pb::StreamNotificationsRequest {
+            resume_token: token.into(),
+            invoice_numbers: vec![],
+        };
+        assert_eq!(stream_from(&request(OLDEST)).unwrap(), StreamFrom::Oldest);
+        assert_eq!(stream_from(&request("")).unwrap(), StreamFrom::Now);
+        assert_eq!(
+            stream_from(&request(&resume_token(7))).unwrap(),
+            StreamFrom::After(7)
+        );
+    }
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {

@@ -78,6 +78,17 @@ pub struct Subscription {
     pub hints: Option<watch::Receiver<u64>>,
 }
 
+/// Where a `StreamNotifications` stream begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFrom {
+    /// After the newest event: only events committed from now on.
+    Now,
+    /// With the oldest event the log still retains (everything not yet pruned).
+    Oldest,
+    /// After the event at this position (a resume token's).
+    After(u64),
+}
+
 fn to_time(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
@@ -114,15 +125,19 @@ impl Sidecar {
         }
     }
 
-    /// Where a stream starts: after `resume_from` (an event position from a resume token) if
-    /// it is still retained, else after the newest event.
-    pub async fn stream_start(&self, resume_from: Option<u64>) -> Result<u64, Error> {
+    /// The position a stream starts after (its first event is the next one): the newest
+    /// event for [`StreamFrom::Now`], the last pruned one for [`StreamFrom::Oldest`] (so the
+    /// oldest retained event comes first), or a resume token's position if the log still
+    /// retains what follows it and has reached it.
+    pub async fn stream_start(&self, from: StreamFrom) -> Result<u64, Error> {
         let last = self.store.last_seq().await?;
-        let Some(seq) = resume_from else {
-            return Ok(last);
+        let seq = match from {
+            StreamFrom::Now => return Ok(last),
+            StreamFrom::Oldest => return Ok(self.store.pruned_through().await?),
+            StreamFrom::After(seq) => seq,
         };
         if seq > last {
-            return Err(Error::ResumeTokenInvalid);
+            return Err(Error::ResumeTokenAhead { last });
         }
         let pruned = self.store.pruned_through().await?;
         if seq < pruned {

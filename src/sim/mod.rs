@@ -220,6 +220,9 @@ impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
+            // DOKU's header names as DOKU spells them (`Client-Id`, not `client-id`): merchant
+            // code such as DOKU's own plugins looks them up case-sensitively (see notify.rs).
+            .http1_title_case_headers()
             .timeout(NOTIFY_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

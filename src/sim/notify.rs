@@ -4,6 +4,11 @@
 //! `2xx` arrives, and shaped by the notification faults (suppress, duplicate, bad signature,
 //! delay). Each attempt is recorded in the delivery list, with its timing and when the next
 //! one is due. A notification is kept after it is built, so that it can be resent as it was.
+//!
+//! The headers go on the wire as DOKU spells them (`Client-Id`, `Request-Id`,
+//! `Request-Timestamp`, `Signature`, `Content-Type`): DOKU's own merchant code looks them up
+//! case-sensitively, and the simulator's HTTP client writes HTTP/1 names in title case, which
+//! is exactly that spelling (`tests/it/wire_case.rs` checks the bytes).
 
 use std::{sync::Weak, time::Duration};
 

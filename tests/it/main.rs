@@ -8,6 +8,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_o2o-sidecar");
 mod admin;
 mod auth;
 mod cli;
+mod contract;
 mod dev;
 mod otlp;
 
@@ -26,3 +27,4 @@ mod shutdown;
 mod status;
 mod stream;
 mod tls;
+mod wire_case;

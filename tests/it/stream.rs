@@ -135,7 +135,8 @@ async fn the_invoice_filter_only_delivers_matching_events() {
 #[tokio::test]
 async fn malformed_and_foreign_tokens_are_invalid_argument() {
     let mut h = InProcessSidecar::start().await;
-    for token in ["not-a-token", "b2RkOjE", &resume_token(1_000_000)] {
+    // A well-formed token ahead of the log is RESUME_TOKEN_AHEAD (tests/it/contract.rs).
+    for token in ["not-a-token", "b2RkOjE"] {
         let err = h
             .grpc
             .stream_notifications(pb::StreamNotificationsRequest {
@@ -241,26 +242,30 @@ async fn replay_and_live_switch_has_no_gap_under_concurrent_appends() {
 async fn a_token_older_than_the_retained_log_is_out_of_range() {
     let mut h = InProcessSidecar::start().await;
     generate(&mut h, "INV-P-1").await;
+    generate(&mut h, "INV-P-2").await;
     let mut s = open(&mut h, "").await;
     h.pay("INV-P-1").await;
     let first = next_response(&mut s).await;
+    h.pay("INV-P-2").await;
+    let second = next_response(&mut s).await;
     drop(s);
     // Retention removes everything recorded so far (the same store file, as the pruning task
     // would).
     let store = o2o_sidecar::store::open(&h.store_url).await.unwrap();
     let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
-    assert_eq!(store.prune_events(cutoff).await.unwrap(), 1);
+    assert_eq!(store.prune_events(cutoff).await.unwrap(), 2);
     let err = h
         .grpc
         .stream_notifications(pb::StreamNotificationsRequest {
-            resume_token: resume_token(0),
+            resume_token: first.resume_token,
             invoice_numbers: vec![],
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert_eq!(reason(&err), "RESUME_TOKEN_EXPIRED");
-    // The newest token is still good.
-    open(&mut h, &first.resume_token).await;
+    // The newest token is still good, and so is the token for the oldest retained event.
+    open(&mut h, &second.resume_token).await;
+    open(&mut h, o2o_sidecar::grpc::stream::OLDEST).await;
     h.stop().await;
 }

@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	o2ov1 "github.com/o2o-sidecar/o2o-sidecar/gen/go/o2o/v1"
+	o2ov1 "github.com/o2o-sidecar/o2o-sidecar/clients/go/o2ov1"
 )
 
 // errorDomain is ErrorInfo.domain of every error the sidecar returns.
