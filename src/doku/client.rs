@@ -523,15 +523,49 @@ impl DokuClient {
 
     /// One signed attempt, inside its `doku.call` span.
     async fn attempt(&self, call: Call<'_>) -> Attempt {
+        let target = format!("{}{}", self.inner.path_prefix, call.path);
+        let key = self.inner.key.current();
+        let request = self.signed_request(&call, &target, key.expose_secret().as_bytes());
+        let started = Instant::now();
+        let span = Span::current();
+        let mut resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) => return send_failed(&e, &span, call.endpoint, started),
+        };
+        let status = resp.status();
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.as_u16() >= 400 {
+            // The client conventions: every 4xx and 5xx is an error of the request.
+            mark_failed(&span, status.as_str());
+        }
+        let headers = resp.headers().clone();
+        let body = read_body(&mut resp).await;
+        record_call(&span, call.endpoint, started, status.as_str());
+        warn_on_clock_skew(&headers);
+        let body = match body {
+            Ok(body) => body,
+            Err(detail) => {
+                mark_failed(&span, "response_body");
+                tracing::warn!(%detail, "DOKU's answer could not be read");
+                return Attempt::Failed {
+                    detail: format!("HTTP {} answer unreadable: {detail}", status.as_u16()),
+                    maybe_reached: true,
+                };
+            }
+        };
+        self.log_response_signature(&call, &target, &headers, &body, &key);
+        classify(status, &headers, body)
+    }
+
+    /// The request of one attempt, signed now with `key`.
+    fn signed_request(&self, call: &Call<'_>, target: &str, key: &[u8]) -> reqwest::RequestBuilder {
         let inner = &*self.inner;
-        let target = format!("{}{}", inner.path_prefix, call.path);
-        let key = inner.key.current();
         let headers = signed_headers(
             &inner.cfg.client_id,
-            key.expose_secret().as_bytes(),
+            key,
             call.request_id,
             OffsetDateTime::now_utc(),
-            &target,
+            target,
             call.body,
         );
         let mut req = inner
@@ -545,97 +579,7 @@ impl DokuClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-
-        let started = Instant::now();
-        let span = Span::current();
-        let failed = |span: &Span, error_type: &str| {
-            span.record("error.type", error_type);
-            span.record("otel.status_code", "error");
-        };
-        let elapsed = |span: &Span, status: &str| {
-            let took = started.elapsed();
-            let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-            span.record("elapsed_ms", ms);
-            metrics::histogram!("o2o_doku_request_duration_seconds", "endpoint" => call.endpoint)
-                .record(took.as_secs_f64());
-            metrics::counter!(
-                "o2o_doku_requests_total",
-                "endpoint" => call.endpoint,
-                "status" => status.to_owned()
-            )
-            .increment(1);
-        };
-        let mut resp = match req.send().await {
-            Ok(resp) => resp,
-            Err(e) => {
-                elapsed(&span, if e.is_timeout() { "timeout" } else { "error" });
-                failed(
-                    &span,
-                    if e.is_timeout() {
-                        "timeout"
-                    } else if e.is_connect() {
-                        "connect"
-                    } else {
-                        "request"
-                    },
-                );
-                // Only a failed connect proves the request never left; anything later
-                // (timeout, reset, closed mid-answer) may be after DOKU acted on it.
-                let maybe_reached = !e.is_connect();
-                let detail = error_chain(&e);
-                tracing::warn!(%detail, maybe_reached, "DOKU call failed");
-                return Attempt::Failed {
-                    detail,
-                    maybe_reached,
-                };
-            }
-        };
-        let status = resp.status();
-        span.record("http.response.status_code", i64::from(status.as_u16()));
-        if status.as_u16() >= 400 {
-            // The client conventions: every 4xx and 5xx is an error of the request.
-            failed(&span, status.as_str());
-        }
-        let headers = resp.headers().clone();
-        let body = read_body(&mut resp).await;
-        elapsed(&span, status.as_str());
-        warn_on_clock_skew(&headers);
-        let body = match body {
-            Ok(body) => body,
-            Err(detail) => {
-                failed(&span, "response_body");
-                tracing::warn!(%detail, "DOKU's answer could not be read");
-                return Attempt::Failed {
-                    detail: format!("HTTP {} answer unreadable: {detail}", status.as_u16()),
-                    maybe_reached: true,
-                };
-            }
-        };
-        self.log_response_signature(&call, &target, &headers, &body, &key);
-
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = retry_after(&headers);
-            // `Option` values record nothing when absent: no `Some(..)`/`None` in the line.
-            tracing::warn!(
-                body = %for_log(&body),
-                retry_after_s = retry_after.map(|d| d.as_secs()),
-                "DOKU is unavailable"
-            );
-            return Attempt::Retryable {
-                detail: format!("HTTP {}", status.as_u16()),
-                retry_after,
-            };
-        }
-        if status.is_success() {
-            tracing::info!("DOKU answered");
-        } else {
-            tracing::warn!(body = %for_log(&body), "DOKU refused the request");
-        }
-        Attempt::Answer(Answer {
-            status,
-            body,
-            after_unknown: false,
-        })
+        req
     }
 
     /// Checks DOKU's response signature when it sends one. How DOKU computes it is not
@@ -830,6 +774,89 @@ fn refusal(answer: Answer) -> DokuError {
         message,
         body,
     }
+}
+
+/// Marks an attempt's span as failed (`error.type`, status Error).
+fn mark_failed(span: &Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "error");
+}
+
+/// Records an attempt's duration on its span and in the metrics, with `status` (the HTTP
+/// status, or `timeout`/`error` when there was no answer).
+fn record_call(span: &Span, endpoint: &'static str, started: Instant, status: &str) {
+    let took = started.elapsed();
+    span.record(
+        "elapsed_ms",
+        i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
+    );
+    metrics::histogram!("o2o_doku_request_duration_seconds", "endpoint" => endpoint)
+        .record(took.as_secs_f64());
+    metrics::counter!(
+        "o2o_doku_requests_total",
+        "endpoint" => endpoint,
+        "status" => status.to_owned()
+    )
+    .increment(1);
+}
+
+/// An attempt that got no answer. Only a failed connect proves the request never left;
+/// anything later (timeout, reset, closed mid-answer) may be after DOKU acted on it.
+fn send_failed(
+    e: &reqwest::Error,
+    span: &Span,
+    endpoint: &'static str,
+    started: Instant,
+) -> Attempt {
+    record_call(
+        span,
+        endpoint,
+        started,
+        if e.is_timeout() { "timeout" } else { "error" },
+    );
+    let error_type = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    mark_failed(span, error_type);
+    let maybe_reached = !e.is_connect();
+    let detail = error_chain(e);
+    tracing::warn!(%detail, maybe_reached, "DOKU call failed");
+    Attempt::Failed {
+        detail,
+        maybe_reached,
+    }
+}
+
+/// What an answer means for the retry loop: 5xx and 429 are retried (after `Retry-After`,
+/// within bounds), anything else is DOKU's answer.
+fn classify(status: StatusCode, headers: &HeaderMap, body: Vec<u8>) -> Attempt {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = retry_after(headers);
+        // `Option` values record nothing when absent: no `Some(..)`/`None` in the line.
+        tracing::warn!(
+            body = %for_log(&body),
+            retry_after_s = retry_after.map(|d| d.as_secs()),
+            "DOKU is unavailable"
+        );
+        return Attempt::Retryable {
+            detail: format!("HTTP {}", status.as_u16()),
+            retry_after,
+        };
+    }
+    if status.is_success() {
+        tracing::info!("DOKU answered");
+    } else {
+        tracing::warn!(body = %for_log(&body), "DOKU refused the request");
+    }
+    Attempt::Answer(Answer {
+        status,
+        body,
+        after_unknown: false,
+    })
 }
 
 /// Full-jitter exponential backoff: a random wait in `[0, min(max, base * 2^(attempt-1))]`.
