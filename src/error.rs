@@ -176,17 +176,30 @@ impl Error {
     }
 }
 
-/// Every violation as "field description" (`invoice_number is required; amount must be
-/// greater than 0`): the caller's own fields, safe to show.
+/// Violations named in the message at most; the `BadRequest` lists them all. The message
+/// travels in the `grpc-message` trailer, which peers bound (often to 8–16 KiB).
+const MESSAGE_VIOLATIONS: usize = 5;
+
+/// The first violations as "field description" (`invoice_number is required; amount must be
+/// greater than 0`), then how many more: the caller's own fields, safe to show.
 fn describe(violations: &[FieldViolation]) -> String {
     if violations.is_empty() {
         return "invalid fields".into();
     }
-    violations
+    let mut text = violations
         .iter()
+        .take(MESSAGE_VIOLATIONS)
         .map(|v| format!("{} {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if let Some(more) = violations
+        .len()
+        .checked_sub(MESSAGE_VIOLATIONS)
+        .filter(|&n| n > 0)
+    {
+        text.push_str(&format!("; and {more} more (see BadRequest)"));
+    }
+    text
 }
 
 impl From<StoreError> for Error {
@@ -308,5 +321,11 @@ mod tests {
     fn invalid_argument_names_the_fields_and_what_is_wrong() {
         let e = Error::InvalidArgument(vec![FieldViolation::new("invoice_number", "is required")]);
         assert_eq!(e.to_string(), "invalid request: invoice_number is required");
+        let many: Vec<_> = (0..1000)
+            .map(|i| FieldViolation::new(format!("invoice_numbers[{i}]"), "is not valid"))
+            .collect();
+        let text = Error::InvalidArgument(many).to_string();
+        assert!(text.ends_with("; and 995 more (see BadRequest)"), "{text}");
+        assert!(text.len() < 300, "{text}");
     }
 }

@@ -33,6 +33,8 @@ pub const STREAM_BUFFER: usize = 64;
 const TOKEN_PREFIX: &str = "o2o.v1:";
 /// Most invoice numbers one stream may filter on (each event is compared with every one).
 pub const MAX_FILTER: usize = 1000;
+/// Bad filter entries reported at most (each is a `BadRequest` violation).
+const MAX_FILTER_VIOLATIONS: usize = 20;
 
 /// The documented resume token that replays from the oldest event the log still retains: the
 /// token of position 0, which no event has (event ids start at 1). Unlike an event's token it
@@ -67,10 +69,15 @@ pub fn stream_from(request: &pb::StreamNotificationsRequest) -> Result<StreamFro
             format!("at most {MAX_FILTER} invoice numbers per stream"),
         ));
     } else {
-        for (i, invoice) in request.invoice_numbers.iter().enumerate() {
-            if let Err(e) = InvoiceNumber::parse(invoice) {
-                violations.push(FieldViolation::new(format!("invoice_numbers[{i}]"), e));
-            }
+        // The first few bad entries: the details travel in a trailer, which peers bound.
+        let bad = request
+            .invoice_numbers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, invoice)| InvoiceNumber::parse(invoice).err().map(|e| (i, e)))
+            .take(MAX_FILTER_VIOLATIONS);
+        for (i, e) in bad {
+            violations.push(FieldViolation::new(format!("invoice_numbers[{i}]"), e));
         }
     }
     if !violations.is_empty() {
