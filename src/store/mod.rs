@@ -85,6 +85,8 @@ use crate::payment::{
 mod conformance;
 pub mod postgres;
 mod rows;
+mod shared;
+mod sql;
 pub mod sqlite;
 
 pub mod metered;
