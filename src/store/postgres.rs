@@ -53,14 +53,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
-use super::rows::{attempt_columns, payment_columns};
-use super::shared;
+use super::rows::{attempts_of_invoice, payment_of_invoice};
+use super::shared::{self, Backend};
 use super::sql::{Dialect, sqlx_conn};
-use super::{
-    Applied, AttemptRejection, Created, Election, InboundNotification, PaymentDraft, PaymentRecord,
-    Recorded, RejectedAttempt, Store, StoreError, StoreOptions,
-};
-use crate::payment::{Event, InvoiceNumber, IssuedCode, StatusChange};
+use super::{Created, Election, PaymentDraft, StoreError, StoreOptions};
+use crate::payment::InvoiceNumber;
 
 /// Advisory lock key serializing appends to `events` ("o2o-evts" in ASCII). Other
 /// advisory locks of the sidecar (the sweeper's) must use different keys.
@@ -165,10 +162,6 @@ impl PostgresStore {
         *self.hints.lock().unwrap_or_else(PoisonError::into_inner) = Hints::Closed;
         self.pool.close().await;
     }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool.begin().await.map_err(db_error)
-    }
 }
 
 /// SQLSTATEs that mean "the environment", not "the data": connection exceptions (08),
@@ -188,45 +181,37 @@ fn db_error(e: sqlx::Error) -> StoreError {
 
 /// The statements where PostgreSQL's text differs from SQLite's.
 const POSTGRES: Dialect = Dialect {
-    lock_payment: concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1 FOR UPDATE"
-    ),
+    lock_payment: payment_of_invoice!(" FOR UPDATE"),
     lock_events: Some(("SELECT pg_advisory_xact_lock($1)", EVENT_APPEND_LOCK)),
     last_seq: "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
                COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
     raise_pruned_through: "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
                            ON CONFLICT (key) DO UPDATE \
                            SET value = GREATEST(meta.value, EXCLUDED.value)",
-    rejected_attempts: concat!(
-        "SELECT ",
-        attempt_columns!(),
-        " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, doku_request_id"
-    ),
+    rejected_attempts: attempts_of_invoice!("doku_request_id"),
 };
 
 sqlx_conn!(PgConnection, sqlx::Postgres, &POSTGRES, db_error);
 
-impl PostgresStore {
-    /// A pooled connection, for reads and one-statement writes.
-    async fn conn(&self) -> Result<PoolConnection<sqlx::Postgres>, StoreError> {
+impl Backend for PostgresStore {
+    type Conn = PgConnection;
+    type Pooled = PoolConnection<sqlx::Postgres>;
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+    /// Reads and one-statement writes share the pool.
+    async fn reader(&self) -> Result<Self::Pooled, StoreError> {
         self.pool.acquire().await.map_err(db_error)
     }
-}
 
-/// Commits `tx`, then hands back what it produced.
-async fn commit<T>(
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    done: T,
-) -> Result<T, StoreError> {
-    tx.commit().await.map_err(db_error)?;
-    Ok(done)
-}
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        self.pool.begin().await.map_err(db_error)
+    }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn ping_database(&self) -> Result<(), StoreError> {
         let round_trip = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(PING_TIMEOUT, round_trip).await {
             Ok(done) => done.map(drop).map_err(db_error),
@@ -236,21 +221,22 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
+    async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
         // One statement: a concurrent insert of the same invoice or key makes this one wait
         // for it and then do nothing, so exactly one row is created.
-        if let Some(record) = shared::insert_draft(&mut *self.conn().await?, draft).await? {
+        if let Some(record) = shared::insert_draft(&mut *self.writer().await?, draft).await? {
             return Ok(Created::New(record));
         }
         // The conflicting row is committed (the insert waited for it): the invoice first, as
         // the trait orders the outcomes.
         let mut tx = self.begin().await?;
         let over_existing = shared::create_over_existing(&mut *tx, draft).await?;
-        commit(tx, ()).await?;
+        Self::commit(tx).await?;
         if let Some(created) = over_existing {
             return Ok(created);
         }
-        if let Some(owner) = shared::key_owner(&mut *self.conn().await?, &draft.request).await? {
+        let owner = shared::key_owner(&mut *self.reader().await?, &draft.request).await?;
+        if let Some(owner) = owner {
             return Ok(Created::IdempotencyKeyTaken(owner));
         }
         Err(StoreError::Unavailable(format!(
@@ -259,113 +245,18 @@ impl Store for PostgresStore {
         )))
     }
 
-    async fn find_by_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        shared::payment_by_key(&mut *self.conn().await?, key).await
-    }
-
-    async fn get_payment(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        shared::payment_in(&mut *self.conn().await?, invoice.as_str()).await
-    }
-
-    async fn claim_attempt(
+    async fn claim_lease(
         &self,
         invoice: &InvoiceNumber,
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        // No transaction: the claim is one statement that re-checks the latest row version.
-        shared::claim_attempt(&mut *self.conn().await?, invoice, now, until).await
+        // No transaction: the claim is one statement, which re-checks the latest version of
+        // the row after waiting for a concurrent claim.
+        shared::claim_attempt(&mut *self.writer().await?, invoice, now, until).await
     }
 
-    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        shared::release_attempt(&mut *self.conn().await?, invoice).await
-    }
-
-    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        shared::record_outcome_unknown(&mut *self.conn().await?, invoice).await
-    }
-
-    async fn record_rejected(
-        &self,
-        invoice: &InvoiceNumber,
-        request_id: &str,
-        rejection: &AttemptRejection,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let freed = shared::record_rejected(&mut *tx, invoice, request_id, rejection).await?;
-        commit(tx, freed).await
-    }
-
-    async fn rejected_attempts(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Vec<RejectedAttempt>, StoreError> {
-        shared::rejected_attempts(&mut *self.conn().await?, invoice).await
-    }
-
-    async fn record_issued(
-        &self,
-        invoice: &InvoiceNumber,
-        issued: &IssuedCode,
-    ) -> Result<PaymentRecord, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = shared::record_issued(&mut *tx, invoice, issued).await?;
-        commit(tx, record).await
-    }
-
-    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
-        let mut tx = self.begin().await?;
-        let applied = shared::apply_status(&mut *tx, change).await?;
-        commit(tx, applied).await
-    }
-
-    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
-        let mut tx = self.begin().await?;
-        let recorded = shared::record_notification(&mut *tx, n).await?;
-        commit(tx, recorded).await
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        shared::events_after(&mut *self.conn().await?, after, limit).await
-    }
-
-    async fn last_seq(&self) -> Result<u64, StoreError> {
-        shared::last_seq(&mut *self.conn().await?).await
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        shared::pruned_through(&mut *self.conn().await?).await
-    }
-
-    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut tx = self.begin().await?;
-        let removed = shared::prune_events(&mut *tx, before).await?;
-        commit(tx, removed).await
-    }
-
-    async fn due_for_check(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        shared::due_for_check(&mut *self.conn().await?, now, limit).await
-    }
-
-    async fn schedule_check(
-        &self,
-        invoice: &InvoiceNumber,
-        at: Option<OffsetDateTime>,
-    ) -> Result<(), StoreError> {
-        shared::schedule_check(&mut *self.conn().await?, invoice, at).await
-    }
-
-    fn commit_hints(&self) -> Option<watch::Receiver<u64>> {
+    fn hints(&self) -> Option<watch::Receiver<u64>> {
         let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
         match &*hints {
             Hints::Running { rx, .. } => Some(rx.clone()),
@@ -391,7 +282,7 @@ impl Store for PostgresStore {
         }
     }
 
-    fn sweeper_election(&self) -> Box<dyn Election> {
+    fn election(&self) -> Box<dyn Election> {
         Box::new(AdvisoryLockElection {
             options: self
                 .session_options
@@ -608,8 +499,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::payment::{Channel, PaymentStatus};
-    use crate::store::Verdict;
+    use crate::payment::{Channel, PaymentStatus, StatusChange};
+    use crate::store::{InboundNotification, Recorded, Store, Verdict};
     use crate::{
         store::conformance::{TestStore, conformance_tests},
         testing::postgres::{ScratchDb, admin_options},

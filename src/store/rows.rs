@@ -126,6 +126,32 @@ macro_rules! attempt_columns {
 }
 pub(super) use attempt_columns;
 
+/// `SELECT` of the payment of invoice `$1`, followed by `$suffix` (a lock clause, or `""`).
+macro_rules! payment_of_invoice {
+    ($suffix:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::store::rows::payment_columns!(),
+            " FROM payments WHERE invoice = $1",
+            $suffix
+        )
+    };
+}
+pub(super) use payment_of_invoice;
+
+/// `SELECT` of the `payment_attempts` of invoice `$1` by `ended_at`, then `$tiebreak`.
+macro_rules! attempts_of_invoice {
+    ($tiebreak:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::store::rows::attempt_columns!(),
+            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, ",
+            $tiebreak
+        )
+    };
+}
+pub(super) use attempts_of_invoice;
+
 /// SQL condition (on `payments`) of [`PaymentRecord::rejected_draft`]; both backends use it
 /// so that the replacement statement and the Rust predicate agree. `outcome_unknown` is
 /// compared as `= FALSE`, which SQLite reads as `= 0`.

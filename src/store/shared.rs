@@ -15,16 +15,21 @@
 //! read a payment before changing it use [`payment_locked`], which holds the row on
 //! PostgreSQL (SQLite's write transaction already holds the database).
 
+use std::future::Future;
+use std::ops::DerefMut;
+
+use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::rows::{
-    Transition, UNDATED_REPEAT_DETAIL, event_columns, payment_columns, rejected_draft, signed,
-    transition, unix, unix_now, unsigned,
+    Transition, UNDATED_REPEAT_DETAIL, event_columns, payment_columns, payment_of_invoice,
+    rejected_draft, signed, transition, unix, unix_now, unsigned,
 };
 use super::sql::{Conn, Stmt};
 use super::{
-    Applied, AttemptRejection, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded,
-    RejectedAttempt, StoreError, Verdict,
+    Applied, AttemptRejection, Created, Election, InboundNotification, PaymentDraft, PaymentRecord,
+    Recorded, RejectedAttempt, Store, StoreError, Verdict,
 };
 use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, NewPayment, PaymentCode, PaymentStatus, StatusChange,
@@ -202,12 +207,8 @@ pub(super) async fn payment_in<C: Conn>(
     conn: &mut C,
     invoice: &str,
 ) -> Result<Option<PaymentRecord>, StoreError> {
-    let sql = concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1"
-    );
-    conn.payment(Stmt::new(sql).bind(invoice)).await
+    conn.payment(Stmt::new(payment_of_invoice!("")).bind(invoice))
+        .await
 }
 
 /// The payment of `invoice`, held against other writers until the transaction ends.
@@ -787,6 +788,186 @@ pub(super) async fn prune_events<C: Conn>(
     conn.execute(Stmt::new(C::DIALECT.raise_pruned_through).bind(cutoff))
         .await?;
     Ok(removed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+
+/// What a SQL backend supplies so that [`Store`] is implemented once for all of them (below):
+/// its connections, and the operations whose concurrency story is its own. Method names
+/// differ from [`Store`]'s so that calls on a backend are never ambiguous.
+pub(super) trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The connection statements run on.
+    type Conn: Conn;
+    /// A pooled connection, for reads and one-statement writes outside a transaction.
+    type Pooled: DerefMut<Target = Self::Conn> + Send;
+    /// A write transaction, rolled back if dropped.
+    type Tx: DerefMut<Target = Self::Conn> + Send;
+
+    /// A connection for reads.
+    fn reader(&self) -> impl Future<Output = Result<Self::Pooled, StoreError>> + Send;
+
+    /// A connection for a write that is one statement; by default a reader's.
+    fn writer(&self) -> impl Future<Output = Result<Self::Pooled, StoreError>> + Send {
+        self.reader()
+    }
+
+    /// Begins a write transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Commits a write transaction.
+    fn commit(tx: Self::Tx) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// [`Store::ping`].
+    fn ping_database(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// [`Store::create_payment`].
+    fn create_draft(
+        &self,
+        draft: &PaymentDraft,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// [`Store::claim_attempt`]: [`claim_attempt`] on the connection or transaction the
+    /// backend needs.
+    fn claim_lease(
+        &self,
+        invoice: &InvoiceNumber,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// [`Store::commit_hints`].
+    fn hints(&self) -> Option<watch::Receiver<u64>>;
+
+    /// [`Store::sweeper_election`].
+    fn election(&self) -> Box<dyn Election>;
+}
+
+/// Runs `op` in a write transaction of `backend` and commits what it did.
+macro_rules! in_transaction {
+    ($backend:expr, |$tx:ident| $op:expr) => {{
+        let mut tx = $backend.begin().await?;
+        let $tx = &mut *tx;
+        let done = $op.await?;
+        B::commit(tx).await?;
+        Ok(done)
+    }};
+}
+
+#[async_trait]
+impl<B: Backend> Store for B {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_database().await
+    }
+
+    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
+        self.create_draft(draft).await
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        payment_by_key(&mut *self.reader().await?, key).await
+    }
+
+    async fn get_payment(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        payment_in(&mut *self.reader().await?, invoice.as_str()).await
+    }
+
+    async fn claim_attempt(
+        &self,
+        invoice: &InvoiceNumber,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.claim_lease(invoice, now, until).await
+    }
+
+    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
+        release_attempt(&mut *self.writer().await?, invoice).await
+    }
+
+    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
+        record_outcome_unknown(&mut *self.writer().await?, invoice).await
+    }
+
+    async fn record_rejected(
+        &self,
+        invoice: &InvoiceNumber,
+        request_id: &str,
+        rejection: &AttemptRejection,
+    ) -> Result<bool, StoreError> {
+        in_transaction!(self, |tx| record_rejected(
+            tx, invoice, request_id, rejection
+        ))
+    }
+
+    async fn rejected_attempts(
+        &self,
+        invoice: &InvoiceNumber,
+    ) -> Result<Vec<RejectedAttempt>, StoreError> {
+        rejected_attempts(&mut *self.reader().await?, invoice).await
+    }
+
+    async fn record_issued(
+        &self,
+        invoice: &InvoiceNumber,
+        issued: &IssuedCode,
+    ) -> Result<PaymentRecord, StoreError> {
+        in_transaction!(self, |tx| record_issued(tx, invoice, issued))
+    }
+
+    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
+        in_transaction!(self, |tx| apply_status(tx, change))
+    }
+
+    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
+        in_transaction!(self, |tx| record_notification(tx, n))
+    }
+
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        events_after(&mut *self.reader().await?, after, limit).await
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        last_seq(&mut *self.reader().await?).await
+    }
+
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        pruned_through(&mut *self.reader().await?).await
+    }
+
+    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        in_transaction!(self, |tx| prune_events(tx, before))
+    }
+
+    async fn due_for_check(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        due_for_check(&mut *self.reader().await?, now, limit).await
+    }
+
+    async fn schedule_check(
+        &self,
+        invoice: &InvoiceNumber,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        schedule_check(&mut *self.writer().await?, invoice, at).await
+    }
+
+    fn commit_hints(&self) -> Option<watch::Receiver<u64>> {
+        self.hints()
+    }
+
+    fn sweeper_election(&self) -> Box<dyn Election> {
+        self.election()
+    }
 }
 
 #[cfg(test)]

@@ -173,34 +173,65 @@ pub(super) trait Conn: Send {
 /// Implements [`Conn`] for a sqlx connection type: `sqlx_conn!(SqliteConnection, Sqlite,
 /// &SQLITE, db_error)` with the backend's [`Dialect`] and error mapping. A macro rather than a
 /// generic impl over `sqlx::Database`: the bounds such an impl needs (an `Executor` for every
-/// borrow, `Encode` and `Type` for each parameter type, `FromRow` for each row) would say less
+/// borrow, `Encode` and `Type` for each parameter type, `FromRow` for each row, a
+/// `rows_affected` that sqlx has on each driver's result type but in no trait) would say less
 /// than the two lines that invoke it.
 macro_rules! sqlx_conn {
     ($conn:ty, $db:ty, $dialect:expr, $error:path) => {
-        /// The parameters of `stmt` in the driver's form (an unencodable value fails the
-        /// statement, as a failed `bind` does).
-        fn sql_arguments(
+        /// The parameters of `stmt` in the driver's form; a value the driver cannot encode
+        /// fails the statement, as a failed `bind` does.
+        fn sqlx_arguments(
             stmt: $crate::store::sql::Stmt<'_>,
         ) -> Result<<$db as sqlx::Database>::Arguments, $crate::store::StoreError> {
-            encode(stmt).map_err(|e| $error(sqlx::Error::Encode(e)))
-        }
-
-        fn encode(
-            stmt: $crate::store::sql::Stmt<'_>,
-        ) -> Result<<$db as sqlx::Database>::Arguments, sqlx::error::BoxDynError> {
             use sqlx::Arguments as _;
             use $crate::store::sql::Arg;
             let mut args = <$db as sqlx::Database>::Arguments::default();
             args.reserve(stmt.args.len(), 0);
             for arg in stmt.args {
                 match arg {
-                    Arg::Int(v) => args.add(v)?,
-                    Arg::Text(v) => args.add(v)?,
-                    Arg::Bytes(v) => args.add(v)?,
-                    Arg::Bool(v) => args.add(v)?,
+                    Arg::Int(v) => args.add(v),
+                    Arg::Text(v) => args.add(v),
+                    Arg::Bytes(v) => args.add(v),
+                    Arg::Bool(v) => args.add(v),
                 }
+                .map_err(|e| $error(sqlx::Error::Encode(e)))?;
             }
             Ok(args)
+        }
+
+        /// Every row `stmt` returns, decoded from its row type `R`.
+        async fn sqlx_fetch_all<R, T>(
+            conn: &mut $conn,
+            stmt: $crate::store::sql::Stmt<'_>,
+        ) -> Result<Vec<T>, $crate::store::StoreError>
+        where
+            R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            T: TryFrom<R, Error = $crate::store::StoreError>,
+        {
+            let sql = stmt.sql;
+            let rows = sqlx::query_as_with::<_, R, _>(sql, sqlx_arguments(stmt)?)
+                .fetch_all(conn)
+                .await
+                .map_err($error)?;
+            $crate::store::rows::decode_all(rows)
+        }
+
+        /// The first row `stmt` returns, if any, decoded from its row type `R`.
+        async fn sqlx_fetch_optional<R, T>(
+            conn: &mut $conn,
+            stmt: $crate::store::sql::Stmt<'_>,
+        ) -> Result<Option<T>, $crate::store::StoreError>
+        where
+            R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            T: TryFrom<R, Error = $crate::store::StoreError>,
+        {
+            let sql = stmt.sql;
+            sqlx::query_as_with::<_, R, _>(sql, sqlx_arguments(stmt)?)
+                .fetch_optional(conn)
+                .await
+                .map_err($error)?
+                .map(T::try_from)
+                .transpose()
         }
 
         impl $crate::store::sql::Conn for $conn {
@@ -211,7 +242,7 @@ macro_rules! sqlx_conn {
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<u64, $crate::store::StoreError> {
                 let sql = stmt.sql;
-                let done = sqlx::query_with(sql, sql_arguments(stmt)?)
+                let done = sqlx::query_with(sql, sqlx_arguments(stmt)?)
                     .execute(self)
                     .await
                     .map_err($error)?;
@@ -222,76 +253,37 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<$crate::store::PaymentRecord>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                sqlx::query_as_with::<_, $crate::store::rows::PaymentRow, _>(
-                    sql,
-                    sql_arguments(stmt)?,
-                )
-                .fetch_optional(self)
-                .await
-                .map_err($error)?
-                .map($crate::store::PaymentRecord::try_from)
-                .transpose()
+                sqlx_fetch_optional::<$crate::store::rows::PaymentRow, _>(self, stmt).await
             }
 
             async fn payments(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<$crate::store::PaymentRecord>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let rows = sqlx::query_as_with::<_, $crate::store::rows::PaymentRow, _>(
-                    sql,
-                    sql_arguments(stmt)?,
-                )
-                .fetch_all(self)
-                .await
-                .map_err($error)?;
-                $crate::store::rows::decode_all(rows)
+                sqlx_fetch_all::<$crate::store::rows::PaymentRow, _>(self, stmt).await
             }
 
             async fn event(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<$crate::payment::Event, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let row = sqlx::query_as_with::<_, $crate::store::rows::EventRow, _>(
-                    sql,
-                    sql_arguments(stmt)?,
-                )
-                .fetch_one(self)
-                .await
-                .map_err($error)?;
-                $crate::payment::Event::try_from(row)
+                sqlx_fetch_optional::<$crate::store::rows::EventRow, _>(self, stmt)
+                    .await?
+                    .ok_or_else(|| $error(sqlx::Error::RowNotFound))
             }
 
             async fn events(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<$crate::payment::Event>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let rows = sqlx::query_as_with::<_, $crate::store::rows::EventRow, _>(
-                    sql,
-                    sql_arguments(stmt)?,
-                )
-                .fetch_all(self)
-                .await
-                .map_err($error)?;
-                $crate::store::rows::decode_all(rows)
+                sqlx_fetch_all::<$crate::store::rows::EventRow, _>(self, stmt).await
             }
 
             async fn attempts(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<$crate::store::RejectedAttempt>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let rows = sqlx::query_as_with::<_, $crate::store::rows::AttemptRow, _>(
-                    sql,
-                    sql_arguments(stmt)?,
-                )
-                .fetch_all(self)
-                .await
-                .map_err($error)?;
-                $crate::store::rows::decode_all(rows)
+                sqlx_fetch_all::<$crate::store::rows::AttemptRow, _>(self, stmt).await
             }
 
             async fn int(
@@ -299,10 +291,11 @@ macro_rules! sqlx_conn {
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<i64>, $crate::store::StoreError> {
                 let sql = stmt.sql;
-                let value: Option<Option<i64>> = sqlx::query_scalar_with(sql, sql_arguments(stmt)?)
-                    .fetch_optional(self)
-                    .await
-                    .map_err($error)?;
+                let value: Option<Option<i64>> =
+                    sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
+                        .fetch_optional(self)
+                        .await
+                        .map_err($error)?;
                 Ok(value.flatten())
             }
 
@@ -311,7 +304,7 @@ macro_rules! sqlx_conn {
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<bool, $crate::store::StoreError> {
                 let sql = stmt.sql;
-                sqlx::query_scalar_with(sql, sql_arguments(stmt)?)
+                sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
                     .fetch_one(self)
                     .await
                     .map_err($error)

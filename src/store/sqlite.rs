@@ -43,7 +43,6 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -51,14 +50,11 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
-use super::rows::{attempt_columns, payment_columns};
-use super::shared;
+use super::rows::{attempts_of_invoice, payment_of_invoice};
+use super::shared::{self, Backend};
 use super::sql::{Dialect, sqlx_conn};
-use super::{
-    Applied, AttemptRejection, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded,
-    RejectedAttempt, Store, StoreError,
-};
-use crate::payment::{Event, InvoiceNumber, IssuedCode, StatusChange};
+use super::{Created, PaymentDraft, StoreError};
+use crate::payment::InvoiceNumber;
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,13 +127,6 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)
-    }
 }
 
 /// Whether the writer connection can start a transaction. When a COMMIT fails with an I/O
@@ -168,46 +157,42 @@ fn db_error(e: sqlx::Error) -> StoreError {
 /// The statements where SQLite's text differs from PostgreSQL's.
 const SQLITE: Dialect = Dialect {
     // The `BEGIN IMMEDIATE` transaction already holds the database.
-    lock_payment: concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1"
-    ),
+    lock_payment: payment_of_invoice!(""),
     lock_events: None,
     last_seq: "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), \
                COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
     raise_pruned_through: "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
                            ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-    rejected_attempts: concat!(
-        "SELECT ",
-        attempt_columns!(),
-        " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, rowid"
-    ),
+    rejected_attempts: attempts_of_invoice!("rowid"),
 };
 
 sqlx_conn!(SqliteConnection, sqlx::Sqlite, &SQLITE, db_error);
 
-impl SqliteStore {
-    /// A connection for reads outside write transactions.
-    async fn read(&self) -> Result<PoolConnection<sqlx::Sqlite>, StoreError> {
+impl Backend for SqliteStore {
+    type Conn = SqliteConnection;
+    type Pooled = PoolConnection<sqlx::Sqlite>;
+    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+    async fn reader(&self) -> Result<Self::Pooled, StoreError> {
         self.reader.acquire().await.map_err(db_error)
     }
 
-    /// The writer connection, for a write that is one statement.
-    async fn write(&self) -> Result<PoolConnection<sqlx::Sqlite>, StoreError> {
+    async fn writer(&self) -> Result<Self::Pooled, StoreError> {
         self.writer.acquire().await.map_err(db_error)
     }
-}
 
-/// Commits `tx`, then hands back what it produced.
-async fn commit<T>(tx: sqlx::Transaction<'static, sqlx::Sqlite>, done: T) -> Result<T, StoreError> {
-    tx.commit().await.map_err(db_error)?;
-    Ok(done)
-}
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn ping_database(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
@@ -215,7 +200,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
+    async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
         // The write lock, held from `BEGIN IMMEDIATE`, keeps every other writer out: look,
         // then insert.
         let mut tx = self.begin().await?;
@@ -234,122 +219,29 @@ impl Store for SqliteStore {
                 },
             },
         };
-        commit(tx, created).await
+        Self::commit(tx).await?;
+        Ok(created)
     }
 
-    async fn find_by_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        shared::payment_by_key(&mut *self.read().await?, key).await
-    }
-
-    async fn get_payment(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        shared::payment_in(&mut *self.read().await?, invoice.as_str()).await
-    }
-
-    async fn claim_attempt(
+    async fn claim_lease(
         &self,
         invoice: &InvoiceNumber,
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        // In a write transaction, so that the claim and the look at the row see one state.
         let mut tx = self.begin().await?;
         let taken = shared::claim_attempt(&mut *tx, invoice, now, until).await?;
-        commit(tx, taken).await
+        Self::commit(tx).await?;
+        Ok(taken)
     }
 
-    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        shared::release_attempt(&mut *self.write().await?, invoice).await
-    }
-
-    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        shared::record_outcome_unknown(&mut *self.write().await?, invoice).await
-    }
-
-    async fn record_rejected(
-        &self,
-        invoice: &InvoiceNumber,
-        request_id: &str,
-        rejection: &AttemptRejection,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let freed = shared::record_rejected(&mut *tx, invoice, request_id, rejection).await?;
-        commit(tx, freed).await
-    }
-
-    async fn rejected_attempts(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Vec<RejectedAttempt>, StoreError> {
-        shared::rejected_attempts(&mut *self.read().await?, invoice).await
-    }
-
-    async fn record_issued(
-        &self,
-        invoice: &InvoiceNumber,
-        issued: &IssuedCode,
-    ) -> Result<PaymentRecord, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = shared::record_issued(&mut *tx, invoice, issued).await?;
-        commit(tx, record).await
-    }
-
-    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
-        let mut tx = self.begin().await?;
-        let applied = shared::apply_status(&mut *tx, change).await?;
-        commit(tx, applied).await
-    }
-
-    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
-        let mut tx = self.begin().await?;
-        let recorded = shared::record_notification(&mut *tx, n).await?;
-        commit(tx, recorded).await
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        shared::events_after(&mut *self.read().await?, after, limit).await
-    }
-
-    async fn last_seq(&self) -> Result<u64, StoreError> {
-        shared::last_seq(&mut *self.read().await?).await
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        shared::pruned_through(&mut *self.read().await?).await
-    }
-
-    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut tx = self.begin().await?;
-        let removed = shared::prune_events(&mut *tx, before).await?;
-        commit(tx, removed).await
-    }
-
-    async fn due_for_check(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        shared::due_for_check(&mut *self.read().await?, now, limit).await
-    }
-
-    async fn schedule_check(
-        &self,
-        invoice: &InvoiceNumber,
-        at: Option<OffsetDateTime>,
-    ) -> Result<(), StoreError> {
-        shared::schedule_check(&mut *self.write().await?, invoice, at).await
-    }
-
-    fn commit_hints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn hints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         // One process writes the file: its in-process fan-out sees every commit.
         None
     }
 
-    fn sweeper_election(&self) -> Box<dyn super::Election> {
+    fn election(&self) -> Box<dyn super::Election> {
         Box::new(super::SoleReplica)
     }
 }
@@ -359,9 +251,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::payment::{Channel, PaymentCode, PaymentStatus};
-    use crate::store::Verdict;
+    use crate::payment::{Channel, PaymentCode, PaymentStatus, StatusChange};
     use crate::store::conformance::{TestStore, conformance_tests};
+    use crate::store::{InboundNotification, Recorded, Store, Verdict};
 
     async fn fixture() -> Option<TestStore> {
         let dir = tempfile::tempdir().unwrap();
