@@ -53,6 +53,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
+#[cfg(doc)]
+use super::Store;
 use super::rows::{attempts_of_invoice, payment_of_invoice};
 use super::shared::{self, Backend};
 use super::sql::{Dialect, sqlx_conn};

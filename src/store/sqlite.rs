@@ -50,6 +50,8 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
+#[cfg(doc)]
+use super::Store;
 use super::rows::{attempts_of_invoice, payment_of_invoice};
 use super::shared::{self, Backend};
 use super::sql::{Dialect, sqlx_conn};
