@@ -59,6 +59,12 @@
 //!   with `None` it clears the time and leaves the count.
 //! - Backends: [`sqlite`] (one pod) and [`postgres`] (many replicas); [`open`] picks one from
 //!   the URL. `conformance.rs` is the test suite both pass.
+//! - What the backends share is written once: `decide.rs` (the rules above as plain
+//!   functions), `shared.rs` (every operation's statements, and the one [`Store`]
+//!   implementation for both), `sql.rs` (statements as SQL text and parameters, with the few
+//!   that differ per engine in a `Dialect`), `rows.rs` (row shapes and their decoding). A
+//!   backend file holds only its connections, its dialect, its error mapping and what its
+//!   concurrency makes its own.
 //!
 //! # Many replicas
 //!
@@ -83,8 +89,11 @@ use crate::payment::{
 
 #[cfg(test)]
 mod conformance;
+mod decide;
 pub mod postgres;
 mod rows;
+mod shared;
+mod sql;
 pub mod sqlite;
 
 pub mod metered;

@@ -48,22 +48,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Connection as _;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
-use super::rows::{
-    AttemptRow, EventRow, PaymentRow, Transition, UNDATED_REPEAT_DETAIL, attempt_columns,
-    decode_all, event_columns, payment_columns, rejected_draft, signed, transition, unix, unix_now,
-    unsigned,
-};
-use super::{
-    Applied, AttemptRejection, Created, Election, InboundNotification, PaymentDraft, PaymentRecord,
-    Recorded, RejectedAttempt, Store, StoreError, StoreOptions, Verdict,
-};
-use crate::payment::{
-    Channel, Event, InvoiceNumber, IssuedCode, PaymentCode, PaymentStatus, StatusChange,
-};
+#[cfg(doc)]
+use super::Store;
+use super::rows::{attempts_of_invoice, payment_of_invoice};
+use super::shared::{self, Backend};
+use super::sql::{Dialect, sqlx_conn};
+use super::{Created, Election, PaymentDraft, StoreError, StoreOptions};
+use crate::payment::InvoiceNumber;
 
 /// Advisory lock key serializing appends to `events` ("o2o-evts" in ASCII). Other
 /// advisory locks of the sidecar (the sweeper's) must use different keys.
@@ -168,10 +164,6 @@ impl PostgresStore {
         *self.hints.lock().unwrap_or_else(PoisonError::into_inner) = Hints::Closed;
         self.pool.close().await;
     }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool.begin().await.map_err(db_error)
-    }
 }
 
 /// SQLSTATEs that mean "the environment", not "the data": connection exceptions (08),
@@ -189,283 +181,39 @@ fn db_error(e: sqlx::Error) -> StoreError {
     super::rows::store_error(e, outside_data)
 }
 
-async fn payment_in(
-    conn: &mut PgConnection,
-    invoice: &str,
-) -> Result<Option<PaymentRecord>, StoreError> {
-    sqlx::query_as::<_, PaymentRow>(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1"
-    ))
-    .bind(invoice)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_error)?
-    .map(PaymentRecord::try_from)
-    .transpose()
-}
+/// The statements where PostgreSQL's text differs from SQLite's.
+const POSTGRES: Dialect = Dialect {
+    lock_payment: payment_of_invoice!(" FOR UPDATE"),
+    lock_events: Some(("SELECT pg_advisory_xact_lock($1)", EVENT_APPEND_LOCK)),
+    last_seq: "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
+               COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
+    raise_pruned_through: "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
+                           ON CONFLICT (key) DO UPDATE \
+                           SET value = GREATEST(meta.value, EXCLUDED.value)",
+    rejected_attempts: attempts_of_invoice!("doku_request_id"),
+};
 
-/// The row of `invoice`, locked until the end of the transaction.
-async fn payment_for_update(
-    conn: &mut PgConnection,
-    invoice: &str,
-) -> Result<Option<PaymentRecord>, StoreError> {
-    sqlx::query_as::<_, PaymentRow>(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1 FOR UPDATE"
-    ))
-    .bind(invoice)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_error)?
-    .map(PaymentRecord::try_from)
-    .transpose()
-}
+sqlx_conn!(PgConnection, sqlx::Postgres, &POSTGRES, db_error);
 
-async fn payment_by_key(
-    conn: &mut PgConnection,
-    key: &str,
-) -> Result<Option<PaymentRecord>, StoreError> {
-    sqlx::query_as::<_, PaymentRow>(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE idempotency_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_error)?
-    .map(PaymentRecord::try_from)
-    .transpose()
-}
+impl Backend for PostgresStore {
+    type Conn = PgConnection;
+    type Pooled = PoolConnection<sqlx::Postgres>;
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-/// Appends an event for `change` on a payment of `channel` at `occur` (DOKU's time, or when
-/// the sidecar learned an undated change), after taking the append lock.
-async fn append_event(
-    conn: &mut PgConnection,
-    change: &StatusChange,
-    occur: OffsetDateTime,
-    code: Option<&PaymentCode>,
-    channel: Channel,
-    doku_request_id: Option<&str>,
-) -> Result<Event, StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(EVENT_APPEND_LOCK)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    let row = sqlx::query_as::<_, EventRow>(concat!(
-        "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, \
-         source, doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         RETURNING ",
-        event_columns!()
-    ))
-    .bind(change.invoice.as_str())
-    .bind(change.status.as_str())
-    .bind(change.amount.rupiah())
-    .bind(code.map(PaymentCode::as_str))
-    .bind(channel.as_str())
-    .bind(unix(occur))
-    .bind(change.source.as_str())
-    .bind(doku_request_id)
-    .bind(unix_now())
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)?;
-    Event::try_from(row)
-}
-
-/// Applies `change` to the locked payment `record` (inside the caller's transaction), by the
-/// rule of [`transition`]; an undated change happens at `learned_at`. Returns the payment
-/// afterwards, the event, if any, and whether it was an undated repeat PAID (withheld).
-async fn apply_change(
-    conn: &mut PgConnection,
-    record: PaymentRecord,
-    change: &StatusChange,
-    repeat_allowed: bool,
-    doku_request_id: Option<&str>,
-    learned_at: OffsetDateTime,
-) -> Result<(PaymentRecord, Option<Event>, bool), StoreError> {
-    let p = &record.payment;
-    let code = p
-        .payment_code
-        .clone()
-        .or_else(|| change.payment_code.clone());
-    let mut withheld = false;
-    let emit = match transition(p.status, p.reusable, change.status, repeat_allowed) {
-        Transition::Forward => true,
-        Transition::RepeatPaid if change.occur_time.is_none() => {
-            // Not distinguishable from a redelivery under a new Request-Id.
-            withheld = true;
-            false
-        }
-        Transition::RepeatPaid => {
-            // The row lock held since payment_for_update serializes this check with every
-            // other change of the payment.
-            let same_payment_seen: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events \
-                 WHERE invoice = $1 AND status = 'PAID' AND occur_time = $2)",
-            )
-            .bind(p.invoice.as_str())
-            .bind(change.occur_time.map(unix))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_error)?;
-            !same_payment_seen
-        }
-        Transition::Stay => false,
-    };
-    if !emit {
-        if code == p.payment_code {
-            return Ok((record, None, withheld));
-        }
-        let row = sqlx::query_as::<_, PaymentRow>(concat!(
-            "UPDATE payments SET payment_code = $2, updated_at = $3 WHERE invoice = $1 \
-             RETURNING ",
-            payment_columns!()
-        ))
-        .bind(p.invoice.as_str())
-        .bind(code.as_ref().map(PaymentCode::as_str))
-        .bind(unix_now())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        return Ok((PaymentRecord::try_from(row)?, None, withheld));
+    /// Reads and one-statement writes share the pool.
+    async fn reader(&self) -> Result<Self::Pooled, StoreError> {
+        self.pool.acquire().await.map_err(db_error)
     }
-    let occur_time = change.occur_time.unwrap_or(learned_at);
-    let occur = unix(occur_time);
-    let pay_time = match change.status {
-        // The latest payment of a reusable code; out-of-order notifications do not move it back.
-        PaymentStatus::Paid => Some(p.pay_time.map_or(occur, |t| unix(t).max(occur))),
-        _ => p.pay_time.map(unix),
-    };
-    let row = sqlx::query_as::<_, PaymentRow>(concat!(
-        "UPDATE payments SET status = $2, pay_time = $3, payment_code = $4, updated_at = $5 \
-         WHERE invoice = $1 RETURNING ",
-        payment_columns!()
-    ))
-    .bind(p.invoice.as_str())
-    .bind(change.status.as_str())
-    .bind(pay_time)
-    .bind(code.as_ref().map(PaymentCode::as_str))
-    .bind(unix_now())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    let updated = PaymentRecord::try_from(row)?;
-    let event_code = change.payment_code.as_ref().or(code.as_ref());
-    let event = append_event(
-        conn,
-        change,
-        occur_time,
-        event_code,
-        updated.payment.channel,
-        doku_request_id,
-    )
-    .await?;
-    Ok((updated, Some(event), false))
-}
 
-/// Creates the payment of an accepted notification for an invoice the store did not know,
-/// from what DOKU sent, and appends its event. `false` if another transaction created the
-/// invoice meanwhile (the caller then applies the change to it).
-async fn create_from_notification(
-    conn: &mut PgConnection,
-    change: &StatusChange,
-    channel: Channel,
-    doku_request_id: &str,
-    received_at: OffsetDateTime,
-) -> Result<Option<Event>, StoreError> {
-    let occur_time = change.occur_time.unwrap_or(received_at);
-    let occur = unix(occur_time);
-    let inserted = sqlx::query(
-        "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
-         expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, FALSE, '', 0, $8) \
-         ON CONFLICT (invoice) DO NOTHING",
-    )
-    .bind(change.invoice.as_str())
-    .bind(change.amount.rupiah())
-    .bind(channel.as_str())
-    .bind(change.payment_code.as_ref().map(PaymentCode::as_str))
-    .bind(change.status.as_str())
-    .bind(occur)
-    .bind((change.status == PaymentStatus::Paid).then_some(occur))
-    .bind(unix_now())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error)?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(None);
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        self.pool.begin().await.map_err(db_error)
     }
-    let event = append_event(
-        conn,
-        change,
-        occur_time,
-        change.payment_code.as_ref(),
-        channel,
-        Some(doku_request_id),
-    )
-    .await?;
-    Ok(Some(event))
-}
 
-/// After an insert that conflicted: replaces the invoice's rejected draft with `draft` if
-/// there is one and the request differs (one transaction, the row locked: of racing
-/// replacements exactly one finds it still rejected), else reports what is there.
-async fn create_over_existing(
-    tx: &mut PgConnection,
-    draft: &PaymentDraft,
-) -> Result<Option<Created>, StoreError> {
-    let request = &draft.request;
-    let Some(record) = payment_for_update(tx, request.invoice.as_str()).await? else {
-        return Ok(None);
-    };
-    if record.rejected_draft().is_none() || record.fingerprint == draft.fingerprint {
-        return Ok(Some(Created::Existing(record)));
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db_error)
     }
-    if let Some(key) = &request.idempotency_key
-        && let Some(owner) = payment_by_key(tx, key).await?
-        && owner.payment.invoice != request.invoice
-    {
-        return Ok(Some(Created::IdempotencyKeyTaken(owner)));
-    }
-    let row = sqlx::query_as::<_, PaymentRow>(concat!(
-        "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
-         reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
-         doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
-         how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
-         check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
-         trace_context = $12 \
-         WHERE invoice = $1 AND ",
-        rejected_draft!(),
-        " RETURNING ",
-        payment_columns!()
-    ))
-    .bind(request.invoice.as_str())
-    .bind(request.amount.rupiah())
-    .bind(request.channel.as_str())
-    .bind(unix(draft.create_time))
-    .bind(unix(draft.expire_time))
-    .bind(request.reusable)
-    .bind(&draft.fingerprint)
-    .bind(request.idempotency_key.as_deref())
-    .bind(&draft.doku_request.request_id)
-    .bind(&draft.doku_request.body)
-    .bind(unix_now())
-    .bind(draft.trace_context.as_deref())
-    .fetch_one(tx)
-    .await
-    .map_err(db_error)?;
-    Ok(Some(Created::New(PaymentRecord::try_from(row)?)))
-}
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping_database(&self) -> Result<(), StoreError> {
         let round_trip = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(PING_TIMEOUT, round_trip).await {
             Ok(done) => done.map(drop).map_err(db_error),
@@ -475,506 +223,42 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
-        let request = &draft.request;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+    async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
         // One statement: a concurrent insert of the same invoice or key makes this one wait
         // for it and then do nothing, so exactly one row is created.
-        let row = sqlx::query_as::<_, PaymentRow>(concat!(
-            "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
-             reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-             check_count, updated_at, trace_context) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12) \
-             ON CONFLICT DO NOTHING RETURNING ",
-            payment_columns!()
-        ))
-        .bind(request.invoice.as_str())
-        .bind(request.amount.rupiah())
-        .bind(request.channel.as_str())
-        .bind(unix(draft.create_time))
-        .bind(unix(draft.expire_time))
-        .bind(request.reusable)
-        .bind(&draft.fingerprint)
-        .bind(request.idempotency_key.as_deref())
-        .bind(&draft.doku_request.request_id)
-        .bind(&draft.doku_request.body)
-        .bind(unix_now())
-        .bind(draft.trace_context.as_deref())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        if let Some(row) = row {
-            return Ok(Created::New(PaymentRecord::try_from(row)?));
+        if let Some(record) = shared::insert_draft(&mut *self.writer().await?, draft).await? {
+            return Ok(Created::New(record));
         }
-        drop(conn);
         // The conflicting row is committed (the insert waited for it): the invoice first, as
         // the trait orders the outcomes.
         let mut tx = self.begin().await?;
-        if let Some(created) = create_over_existing(&mut tx, draft).await? {
-            tx.commit().await.map_err(db_error)?;
+        let over_existing = shared::create_over_existing(&mut *tx, draft).await?;
+        Self::commit(tx).await?;
+        if let Some(created) = over_existing {
             return Ok(created);
         }
-        tx.commit().await.map_err(db_error)?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        if let Some(key) = &request.idempotency_key
-            && let Some(record) = payment_by_key(&mut conn, key).await?
-        {
-            return Ok(Created::IdempotencyKeyTaken(record));
+        let owner = shared::key_owner(&mut *self.reader().await?, &draft.request).await?;
+        if let Some(owner) = owner {
+            return Ok(Created::IdempotencyKeyTaken(owner));
         }
         Err(StoreError::Unavailable(format!(
             "creating invoice {} conflicted with a row that then vanished; retry",
-            request.invoice
+            draft.request.invoice
         )))
     }
 
-    async fn find_by_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        payment_by_key(&mut conn, key).await
-    }
-
-    async fn get_payment(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        payment_in(&mut conn, invoice.as_str()).await
-    }
-
-    async fn claim_attempt(
+    async fn claim_lease(
         &self,
         invoice: &InvoiceNumber,
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        // One statement: PostgreSQL re-checks the WHERE clause on the latest row version
-        // after waiting for a concurrent claim, so only one succeeds. A lease still set when
-        // it is taken over was never released: its holder vanished mid-call, so that
-        // attempt's outcome is unknown.
-        let taken = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4, \
-             outcome_unknown = outcome_unknown OR attempt_lease_until IS NOT NULL \
-             WHERE invoice = $1 AND payment_code IS NULL AND rejected_http_status IS NULL \
-             AND (attempt_lease_until IS NULL OR attempt_lease_until <= $3)",
-        )
-        .bind(invoice.as_str())
-        .bind(unix(until))
-        .bind(unix(now))
-        .bind(unix_now())
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .rows_affected()
-            == 1;
-        if !taken && payment_in(&mut conn, invoice.as_str()).await?.is_none() {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(taken)
+        // No transaction: the claim is one statement, which re-checks the latest version of
+        // the row after waiting for a concurrent claim.
+        shared::claim_attempt(&mut *self.writer().await?, invoice, now, until).await
     }
 
-    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET outcome_unknown = TRUE, attempt_lease_until = NULL, \
-             updated_at = $2 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    async fn record_rejected(
-        &self,
-        invoice: &InvoiceNumber,
-        request_id: &str,
-        rejection: &AttemptRejection,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = payment_for_update(&mut tx, invoice.as_str())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(invoice.clone()))?;
-        let ours = record
-            .doku_request
-            .as_ref()
-            .is_some_and(|r| r.request_id == request_id);
-        if !ours {
-            // Another draft now: nothing of ours to end.
-            return Ok(false);
-        }
-        let freed = record.payment.payment_code.is_none()
-            && record.payment.status == PaymentStatus::Pending
-            && !record.outcome_unknown;
-        if freed {
-            let body = record.doku_request.as_ref().map(|r| r.body.clone());
-            sqlx::query(
-                "INSERT INTO payment_attempts (doku_request_id, invoice, fingerprint, \
-                 idempotency_key, request_body, outcome, http_status, message, created_at, \
-                 ended_at) VALUES ($1, $2, $3, $4, $5, 'REJECTED', $6, $7, $8, $9) \
-                 ON CONFLICT (doku_request_id) DO NOTHING",
-            )
-            .bind(request_id)
-            .bind(invoice.as_str())
-            .bind(&record.fingerprint)
-            .bind(record.idempotency_key.as_deref())
-            .bind(body.unwrap_or_default())
-            .bind(i64::from(rejection.http_status))
-            .bind(&rejection.message)
-            .bind(unix(record.payment.create_time))
-            .bind(unix_now())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        }
-        sqlx::query(
-            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2, \
-             rejected_http_status = CASE WHEN $3 THEN $4 ELSE rejected_http_status END, \
-             rejected_message = CASE WHEN $3 THEN $5 ELSE rejected_message END, \
-             next_check_at = CASE WHEN $3 THEN NULL ELSE next_check_at END \
-             WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .bind(freed)
-        .bind(i64::from(rejection.http_status))
-        .bind(&rejection.message)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(freed)
-    }
-
-    async fn rejected_attempts(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Vec<RejectedAttempt>, StoreError> {
-        let rows = sqlx::query_as::<_, AttemptRow>(concat!(
-            "SELECT ",
-            attempt_columns!(),
-            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, doku_request_id"
-        ))
-        .bind(invoice.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn record_issued(
-        &self,
-        invoice: &InvoiceNumber,
-        issued: &IssuedCode,
-    ) -> Result<PaymentRecord, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = payment_for_update(&mut tx, invoice.as_str())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(invoice.clone()))?;
-        let row = match &record.payment.payment_code {
-            Some(code) if *code != issued.payment_code => {
-                return Err(StoreError::CodeConflict {
-                    invoice: invoice.clone(),
-                    existing: code.clone(),
-                    offered: issued.payment_code.clone(),
-                });
-            }
-            // The same code again (a retry, or reconciliation saw it first): keep what is
-            // stored, fill in URLs not known yet, end the attempt.
-            Some(_) => sqlx::query_as::<_, PaymentRow>(concat!(
-                "UPDATE payments SET how_to_pay_url = COALESCE(how_to_pay_url, $2), \
-                 how_to_pay_api_url = COALESCE(how_to_pay_api_url, $3), \
-                 attempt_lease_until = NULL, updated_at = $4 WHERE invoice = $1 RETURNING ",
-                payment_columns!()
-            ))
-            .bind(invoice.as_str())
-            .bind(issued.how_to_pay_url.as_deref())
-            .bind(issued.how_to_pay_api_url.as_deref())
-            .bind(unix_now()),
-            None => sqlx::query_as::<_, PaymentRow>(concat!(
-                "UPDATE payments SET payment_code = $2, \
-                 create_time = COALESCE($3, create_time), \
-                 expire_time = COALESCE($4, expire_time), \
-                 how_to_pay_url = COALESCE($5, how_to_pay_url), \
-                 how_to_pay_api_url = COALESCE($6, how_to_pay_api_url), \
-                 attempt_lease_until = NULL, updated_at = $7 WHERE invoice = $1 RETURNING ",
-                payment_columns!()
-            ))
-            .bind(invoice.as_str())
-            .bind(issued.payment_code.as_str())
-            .bind(issued.create_time.map(unix))
-            .bind(issued.expire_time.map(unix))
-            .bind(issued.how_to_pay_url.as_deref())
-            .bind(issued.how_to_pay_api_url.as_deref())
-            .bind(unix_now()),
-        }
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let record = PaymentRecord::try_from(row)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(record)
-    }
-
-    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = payment_for_update(&mut tx, change.invoice.as_str())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(change.invoice.clone()))?;
-        let (record, event, _) = apply_change(
-            &mut tx,
-            record,
-            change,
-            false,
-            change.doku_request_id.as_deref(),
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Applied { record, event })
-    }
-
-    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
-        let mut tx = self.begin().await?;
-        let detail = match &n.verdict {
-            Verdict::Accepted => None,
-            Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
-            Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
-        };
-        // A concurrent insert of the same Request-Id makes this wait for it, then do nothing.
-        let inserted = sqlx::query(
-            "INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict, \
-             verdict_detail, invoice) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (doku_request_id) DO NOTHING",
-        )
-        .bind(&n.doku_request_id)
-        .bind(unix(n.received_at))
-        .bind(&n.headers)
-        .bind(&n.body)
-        .bind(n.verdict.as_str())
-        .bind(detail)
-        .bind(n.change.as_ref().map(|c| c.invoice.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(Recorded::Duplicate);
-        }
-        let mut withheld = false;
-        let event = match (&n.verdict, &n.change) {
-            (Verdict::Accepted, Some(change)) => {
-                let request_id = Some(n.doku_request_id.as_str());
-                match payment_for_update(&mut tx, change.invoice.as_str()).await? {
-                    Some(record) => {
-                        let (_, event, undated_repeat) =
-                            apply_change(&mut tx, record, change, true, request_id, n.received_at)
-                                .await?;
-                        withheld = undated_repeat;
-                        event
-                    }
-                    // A PENDING for an unknown invoice reserves nothing: audit row only.
-                    None if change.status == PaymentStatus::Pending => None,
-                    None => {
-                        match create_from_notification(
-                            &mut tx,
-                            change,
-                            n.channel,
-                            &n.doku_request_id,
-                            n.received_at,
-                        )
-                        .await?
-                        {
-                            Some(event) => Some(event),
-                            // Created by another transaction since the lookup.
-                            None => {
-                                let record = payment_for_update(&mut tx, change.invoice.as_str())
-                                    .await?
-                                    .ok_or_else(|| {
-                                        StoreError::Unavailable(format!(
-                                            "invoice {} conflicted with a row that then \
-                                             vanished; retry",
-                                            change.invoice
-                                        ))
-                                    })?;
-                                let (_, event, undated_repeat) = apply_change(
-                                    &mut tx,
-                                    record,
-                                    change,
-                                    true,
-                                    request_id,
-                                    n.received_at,
-                                )
-                                .await?;
-                                withheld = undated_repeat;
-                                event
-                            }
-                        }
-                    }
-                }
-            }
-            _ => None,
-        };
-        if withheld {
-            sqlx::query(
-                "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
-                 WHERE doku_request_id = $1",
-            )
-            .bind(&n.doku_request_id)
-            .bind(Verdict::UndatedRepeat.as_str())
-            .bind(UNDATED_REPEAT_DETAIL)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
-            return Ok(Recorded::UndatedRepeat);
-        }
-        if let Some(event) = &event {
-            sqlx::query("UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1")
-                .bind(&n.doku_request_id)
-                .bind(signed(event.seq))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Recorded::Stored { event })
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query_as::<_, EventRow>(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(signed(after))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn last_seq(&self) -> Result<u64, StoreError> {
-        // Pruning may have removed the newest events; their seqs still count as seen.
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM events), 0), \
-             COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        unsigned("last seq", seq)
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'pruned_through'")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        unsigned("pruned_through", seq.unwrap_or(0))
-    }
-
-    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut tx = self.begin().await?;
-        // A prefix of the log: everything up to the newest event recorded before `before`,
-        // so that "a token below pruned_through is expired" stays exact. An append in flight
-        // draws a seq above every committed one, so it is never inside the prefix.
-        let cutoff: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE recorded_at < $1")
-                .bind(unix(before))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let Some(cutoff) = cutoff else {
-            return Ok(0);
-        };
-        let removed = sqlx::query("DELETE FROM events WHERE seq <= $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(removed)
-    }
-
-    async fn due_for_check(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        let rows = sqlx::query_as::<_, PaymentRow>(concat!(
-            "SELECT ",
-            payment_columns!(),
-            " FROM payments WHERE status = 'PENDING' AND next_check_at IS NOT NULL \
-             AND next_check_at <= $1 AND rejected_http_status IS NULL \
-             ORDER BY next_check_at, invoice LIMIT $2"
-        ))
-        .bind(unix(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn schedule_check(
-        &self,
-        invoice: &InvoiceNumber,
-        at: Option<OffsetDateTime>,
-    ) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET next_check_at = $2, \
-             check_count = check_count + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END), \
-             updated_at = $3 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(at.map(unix))
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    fn commit_hints(&self) -> Option<watch::Receiver<u64>> {
+    fn hints(&self) -> Option<watch::Receiver<u64>> {
         let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
         match &*hints {
             Hints::Running { rx, .. } => Some(rx.clone()),
@@ -1000,7 +284,7 @@ impl Store for PostgresStore {
         }
     }
 
-    fn sweeper_election(&self) -> Box<dyn Election> {
+    fn election(&self) -> Box<dyn Election> {
         Box::new(AdvisoryLockElection {
             options: self
                 .session_options
@@ -1217,6 +501,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::payment::{Channel, PaymentStatus, StatusChange};
+    use crate::store::{InboundNotification, Recorded, Store, Verdict};
     use crate::{
         store::conformance::{TestStore, conformance_tests},
         testing::postgres::{ScratchDb, admin_options},

@@ -1,6 +1,6 @@
-//! What the SQL backends share: the row shapes both schemas return, their decoding into
-//! domain types (a value this version cannot read is [`StoreError::Corrupt`]), the time
-//! encoding, and the status-transition rule both backends apply inside their transactions.
+//! What the SQL backends share about rows: the shapes both schemas return, their decoding
+//! into domain types (a value this version cannot read is [`StoreError::Corrupt`]), the column
+//! lists and `SELECT`s built from them, the time encoding and the error mapping.
 
 use time::OffsetDateTime;
 
@@ -125,6 +125,32 @@ macro_rules! attempt_columns {
     };
 }
 pub(super) use attempt_columns;
+
+/// `SELECT` of the payment of invoice `$1`, followed by `$suffix` (a lock clause, or `""`).
+macro_rules! payment_of_invoice {
+    ($suffix:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::store::rows::payment_columns!(),
+            " FROM payments WHERE invoice = $1",
+            $suffix
+        )
+    };
+}
+pub(super) use payment_of_invoice;
+
+/// `SELECT` of the `payment_attempts` of invoice `$1` by `ended_at`, then `$tiebreak`.
+macro_rules! attempts_of_invoice {
+    ($tiebreak:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::store::rows::attempt_columns!(),
+            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, ",
+            $tiebreak
+        )
+    };
+}
+pub(super) use attempts_of_invoice;
 
 /// SQL condition (on `payments`) of [`PaymentRecord::rejected_draft`]; both backends use it
 /// so that the replacement statement and the Rust predicate agree. `outcome_unknown` is
@@ -292,42 +318,6 @@ pub(super) fn migrate_error(
     }
 }
 
-/// What a status change does to a stored payment, by the rule of the module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Transition {
-    /// The status moves forward: update it and append an event.
-    Forward,
-    /// A reusable code that is already PAID was paid again: append a PAID event unless the
-    /// log already has a PAID event for the invoice with the same `occur_time` (the same
-    /// payment, seen first by reconciliation).
-    RepeatPaid,
-    /// Not forward: nothing is emitted.
-    Stay,
-}
-
-/// Decides how `new` applies to a payment in `current`. `repeat_allowed` is true only for
-/// accepted DOKU notifications (each carries its own Request-Id); reconciliation never
-/// repeats a PAID, because Check Status cannot tell one payment of a reusable code from the
-/// next.
-pub(super) fn transition(
-    current: PaymentStatus,
-    reusable: bool,
-    new: PaymentStatus,
-    repeat_allowed: bool,
-) -> Transition {
-    if new.rank() > current.rank() {
-        Transition::Forward
-    } else if repeat_allowed
-        && reusable
-        && current == PaymentStatus::Paid
-        && new == PaymentStatus::Paid
-    {
-        Transition::RepeatPaid
-    } else {
-        Transition::Stay
-    }
-}
-
 fn corrupt(invoice: &InvoiceNumber, what: &str) -> StoreError {
     StoreError::Corrupt(format!("payment {invoice}: {what}"))
 }
@@ -364,19 +354,6 @@ fn from_unix(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use PaymentStatus::*;
-
-    #[test]
-    fn forward_only_with_reusable_repeat_for_notifications() {
-        assert_eq!(transition(Pending, false, Paid, false), Transition::Forward);
-        assert_eq!(transition(Expired, false, Paid, true), Transition::Forward);
-        assert_eq!(transition(Paid, false, Expired, true), Transition::Stay);
-        assert_eq!(transition(Pending, false, Pending, true), Transition::Stay);
-        assert_eq!(transition(Paid, false, Paid, true), Transition::Stay);
-        assert_eq!(transition(Paid, true, Paid, true), Transition::RepeatPaid);
-        assert_eq!(transition(Paid, true, Paid, false), Transition::Stay);
-        assert_eq!(transition(Expired, true, Expired, true), Transition::Stay);
-    }
 
     #[test]
     fn unreadable_values_are_corrupt() {

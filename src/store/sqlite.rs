@@ -43,25 +43,20 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
 use time::OffsetDateTime;
 
-use super::rows::{
-    AttemptRow, EventRow, PaymentRow, Transition, UNDATED_REPEAT_DETAIL, attempt_columns,
-    decode_all, event_columns, payment_columns, rejected_draft, signed, transition, unix, unix_now,
-    unsigned,
-};
-use super::{
-    Applied, AttemptRejection, Created, InboundNotification, PaymentDraft, PaymentRecord, Recorded,
-    RejectedAttempt, Store, StoreError, Verdict,
-};
-use crate::payment::{
-    Channel, Event, InvoiceNumber, IssuedCode, PaymentCode, PaymentStatus, StatusChange,
-};
+#[cfg(doc)]
+use super::Store;
+use super::rows::{attempts_of_invoice, payment_of_invoice};
+use super::shared::{self, Backend};
+use super::sql::{Dialect, sqlx_conn};
+use super::{Created, PaymentDraft, StoreError};
+use crate::payment::InvoiceNumber;
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,13 +129,6 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)
-    }
 }
 
 /// Whether the writer connection can start a transaction. When a COMMIT fails with an I/O
@@ -168,249 +156,45 @@ fn db_error(e: sqlx::Error) -> StoreError {
     super::rows::store_error(e, outside_data)
 }
 
-async fn payment_in(
-    conn: &mut SqliteConnection,
-    invoice: &str,
-) -> Result<Option<PaymentRecord>, StoreError> {
-    sqlx::query_as::<_, PaymentRow>(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE invoice = $1"
-    ))
-    .bind(invoice)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_error)?
-    .map(PaymentRecord::try_from)
-    .transpose()
-}
+/// The statements where SQLite's text differs from PostgreSQL's.
+const SQLITE: Dialect = Dialect {
+    // The `BEGIN IMMEDIATE` transaction already holds the database.
+    lock_payment: payment_of_invoice!(""),
+    lock_events: None,
+    last_seq: "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), \
+               COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
+    raise_pruned_through: "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
+                           ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+    rejected_attempts: attempts_of_invoice!("rowid"),
+};
 
-async fn payment_by_key(
-    conn: &mut SqliteConnection,
-    key: &str,
-) -> Result<Option<PaymentRecord>, StoreError> {
-    sqlx::query_as::<_, PaymentRow>(concat!(
-        "SELECT ",
-        payment_columns!(),
-        " FROM payments WHERE idempotency_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_error)?
-    .map(PaymentRecord::try_from)
-    .transpose()
-}
+sqlx_conn!(SqliteConnection, sqlx::Sqlite, &SQLITE, db_error);
 
-/// The row of `invoice`, or [`StoreError::NotFound`].
-async fn existing(
-    conn: &mut SqliteConnection,
-    invoice: &InvoiceNumber,
-) -> Result<PaymentRecord, StoreError> {
-    payment_in(conn, invoice.as_str())
-        .await?
-        .ok_or_else(|| StoreError::NotFound(invoice.clone()))
-}
+impl Backend for SqliteStore {
+    type Conn = SqliteConnection;
+    type Pooled = PoolConnection<sqlx::Sqlite>;
+    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
-/// Appends an event for `change` on a payment of `channel`, at `occur` (DOKU's time, or when
-/// the sidecar learned an undated change).
-async fn append_event(
-    conn: &mut SqliteConnection,
-    change: &StatusChange,
-    occur: OffsetDateTime,
-    code: Option<&PaymentCode>,
-    channel: Channel,
-    doku_request_id: Option<&str>,
-) -> Result<Event, StoreError> {
-    let row = sqlx::query_as::<_, EventRow>(concat!(
-        "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, \
-         source, doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         RETURNING ",
-        event_columns!()
-    ))
-    .bind(change.invoice.as_str())
-    .bind(change.status.as_str())
-    .bind(change.amount.rupiah())
-    .bind(code.map(PaymentCode::as_str))
-    .bind(channel.as_str())
-    .bind(unix(occur))
-    .bind(change.source.as_str())
-    .bind(doku_request_id)
-    .bind(unix_now())
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)?;
-    Event::try_from(row)
-}
-
-/// Applies `change` to the stored payment `record` (inside the caller's transaction), by
-/// the rule of [`transition`]; an undated change happens at `learned_at`. Returns the payment
-/// afterwards, the event, if any, and whether it was an undated repeat PAID (withheld).
-async fn apply_change(
-    conn: &mut SqliteConnection,
-    record: PaymentRecord,
-    change: &StatusChange,
-    repeat_allowed: bool,
-    doku_request_id: Option<&str>,
-    learned_at: OffsetDateTime,
-) -> Result<(PaymentRecord, Option<Event>, bool), StoreError> {
-    let p = &record.payment;
-    let code = p
-        .payment_code
-        .clone()
-        .or_else(|| change.payment_code.clone());
-    let mut withheld = false;
-    let emit = match transition(p.status, p.reusable, change.status, repeat_allowed) {
-        Transition::Forward => true,
-        Transition::RepeatPaid if change.occur_time.is_none() => {
-            // Not distinguishable from a redelivery under a new Request-Id.
-            withheld = true;
-            false
-        }
-        Transition::RepeatPaid => {
-            let same_payment_seen: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events \
-                 WHERE invoice = $1 AND status = 'PAID' AND occur_time = $2)",
-            )
-            .bind(p.invoice.as_str())
-            .bind(change.occur_time.map(unix))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_error)?;
-            !same_payment_seen
-        }
-        Transition::Stay => false,
-    };
-    if !emit {
-        if code == p.payment_code {
-            return Ok((record, None, withheld));
-        }
-        let row = sqlx::query_as::<_, PaymentRow>(concat!(
-            "UPDATE payments SET payment_code = $2, updated_at = $3 WHERE invoice = $1 \
-             RETURNING ",
-            payment_columns!()
-        ))
-        .bind(p.invoice.as_str())
-        .bind(code.as_ref().map(PaymentCode::as_str))
-        .bind(unix_now())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        return Ok((PaymentRecord::try_from(row)?, None, withheld));
+    async fn reader(&self) -> Result<Self::Pooled, StoreError> {
+        self.reader.acquire().await.map_err(db_error)
     }
-    let occur_time = change.occur_time.unwrap_or(learned_at);
-    let occur = unix(occur_time);
-    let pay_time = match change.status {
-        // The latest payment of a reusable code; out-of-order notifications do not move it back.
-        PaymentStatus::Paid => Some(p.pay_time.map_or(occur, |t| unix(t).max(occur))),
-        _ => p.pay_time.map(unix),
-    };
-    let row = sqlx::query_as::<_, PaymentRow>(concat!(
-        "UPDATE payments SET status = $2, pay_time = $3, payment_code = $4, updated_at = $5 \
-         WHERE invoice = $1 RETURNING ",
-        payment_columns!()
-    ))
-    .bind(p.invoice.as_str())
-    .bind(change.status.as_str())
-    .bind(pay_time)
-    .bind(code.as_ref().map(PaymentCode::as_str))
-    .bind(unix_now())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    let updated = PaymentRecord::try_from(row)?;
-    let event_code = change.payment_code.as_ref().or(code.as_ref());
-    let event = append_event(
-        conn,
-        change,
-        occur_time,
-        event_code,
-        updated.payment.channel,
-        doku_request_id,
-    )
-    .await?;
-    Ok((updated, Some(event), false))
-}
 
-/// Creates the payment of an accepted notification for an invoice the store did not know,
-/// from what DOKU sent, and appends its event. The caller never passes a PENDING change.
-async fn create_from_notification(
-    conn: &mut SqliteConnection,
-    change: &StatusChange,
-    channel: Channel,
-    doku_request_id: &str,
-    received_at: OffsetDateTime,
-) -> Result<Event, StoreError> {
-    let occur_time = change.occur_time.unwrap_or(received_at);
-    let occur = unix(occur_time);
-    sqlx::query(
-        "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
-         expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, 0, '', 0, $8)",
-    )
-    .bind(change.invoice.as_str())
-    .bind(change.amount.rupiah())
-    .bind(channel.as_str())
-    .bind(change.payment_code.as_ref().map(PaymentCode::as_str))
-    .bind(change.status.as_str())
-    .bind(occur)
-    .bind((change.status == PaymentStatus::Paid).then_some(occur))
-    .bind(unix_now())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    append_event(
-        conn,
-        change,
-        occur_time,
-        change.payment_code.as_ref(),
-        channel,
-        Some(doku_request_id),
-    )
-    .await
-}
+    async fn writer(&self) -> Result<Self::Pooled, StoreError> {
+        self.writer.acquire().await.map_err(db_error)
+    }
 
-/// Replaces the rejected draft of the draft's invoice with `draft` (inside the caller's
-/// transaction, which holds the write lock): new request, Request-Id, key and times; the
-/// rejection, lease and schedule cleared.
-async fn replace_rejected(
-    conn: &mut SqliteConnection,
-    draft: &PaymentDraft,
-) -> Result<PaymentRecord, StoreError> {
-    let request = &draft.request;
-    let row = sqlx::query_as::<_, PaymentRow>(concat!(
-        "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
-         reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
-         doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
-         how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
-         check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
-         trace_context = $12 \
-         WHERE invoice = $1 AND ",
-        rejected_draft!(),
-        " RETURNING ",
-        payment_columns!()
-    ))
-    .bind(request.invoice.as_str())
-    .bind(request.amount.rupiah())
-    .bind(request.channel.as_str())
-    .bind(unix(draft.create_time))
-    .bind(unix(draft.expire_time))
-    .bind(request.reusable)
-    .bind(&draft.fingerprint)
-    .bind(request.idempotency_key.as_deref())
-    .bind(&draft.doku_request.request_id)
-    .bind(&draft.doku_request.body)
-    .bind(unix_now())
-    .bind(draft.trace_context.as_deref())
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)?;
-    PaymentRecord::try_from(row)
-}
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn ping_database(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
@@ -418,481 +202,48 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_payment(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
+    async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
+        // The write lock, held from `BEGIN IMMEDIATE`, keeps every other writer out: look,
+        // then insert.
         let mut tx = self.begin().await?;
-        let request = &draft.request;
-        if let Some(record) = payment_in(&mut tx, request.invoice.as_str()).await? {
-            if record.rejected_draft().is_none() || record.fingerprint == draft.fingerprint {
-                return Ok(Created::Existing(record));
-            }
-            // A different request for an invoice DOKU never processed: it replaces the
-            // rejected draft, unless its key belongs to another invoice.
-            if let Some(key) = &request.idempotency_key
-                && let Some(owner) = payment_by_key(&mut tx, key).await?
-                && owner.payment.invoice != request.invoice
-            {
-                return Ok(Created::IdempotencyKeyTaken(owner));
-            }
-            let record = replace_rejected(&mut tx, draft).await?;
-            tx.commit().await.map_err(db_error)?;
-            return Ok(Created::New(record));
-        }
-        if let Some(key) = &request.idempotency_key
-            && let Some(record) = payment_by_key(&mut tx, key).await?
-        {
-            return Ok(Created::IdempotencyKeyTaken(record));
-        }
-        let row = sqlx::query_as::<_, PaymentRow>(concat!(
-            "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
-             reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-             check_count, updated_at, trace_context) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12) RETURNING ",
-            payment_columns!()
-        ))
-        .bind(request.invoice.as_str())
-        .bind(request.amount.rupiah())
-        .bind(request.channel.as_str())
-        .bind(unix(draft.create_time))
-        .bind(unix(draft.expire_time))
-        .bind(request.reusable)
-        .bind(&draft.fingerprint)
-        .bind(request.idempotency_key.as_deref())
-        .bind(&draft.doku_request.request_id)
-        .bind(&draft.doku_request.body)
-        .bind(unix_now())
-        .bind(draft.trace_context.as_deref())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let record = PaymentRecord::try_from(row)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Created::New(record))
+        let created = match shared::create_over_existing(&mut *tx, draft).await? {
+            Some(created) => created,
+            None => match shared::key_owner(&mut *tx, &draft.request).await? {
+                Some(owner) => Created::IdempotencyKeyTaken(owner),
+                None => match shared::insert_draft(&mut *tx, draft).await? {
+                    Some(record) => Created::New(record),
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "payment {}: insert under the write lock conflicted",
+                            draft.request.invoice
+                        )));
+                    }
+                },
+            },
+        };
+        Self::commit(tx).await?;
+        Ok(created)
     }
 
-    async fn find_by_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        let mut conn = self.reader.acquire().await.map_err(db_error)?;
-        payment_by_key(&mut conn, key).await
-    }
-
-    async fn get_payment(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        let mut conn = self.reader.acquire().await.map_err(db_error)?;
-        payment_in(&mut conn, invoice.as_str()).await
-    }
-
-    async fn claim_attempt(
+    async fn claim_lease(
         &self,
         invoice: &InvoiceNumber,
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        // In a write transaction, so that the claim and the look at the row see one state.
         let mut tx = self.begin().await?;
-        // A lease still set when it is taken over was never released: its holder vanished
-        // mid-call, so that attempt's outcome is unknown.
-        let taken = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = $2, updated_at = $4, \
-             outcome_unknown = CASE WHEN attempt_lease_until IS NULL THEN outcome_unknown \
-             ELSE 1 END \
-             WHERE invoice = $1 AND payment_code IS NULL AND rejected_http_status IS NULL \
-             AND (attempt_lease_until IS NULL OR attempt_lease_until <= $3)",
-        )
-        .bind(invoice.as_str())
-        .bind(unix(until))
-        .bind(unix(now))
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected()
-            == 1;
-        if !taken {
-            existing(&mut tx, invoice).await?;
-        }
-        tx.commit().await.map_err(db_error)?;
+        let taken = shared::claim_attempt(&mut *tx, invoice, now, until).await?;
+        Self::commit(tx).await?;
         Ok(taken)
     }
 
-    async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET outcome_unknown = 1, attempt_lease_until = NULL, \
-             updated_at = $2 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    async fn record_rejected(
-        &self,
-        invoice: &InvoiceNumber,
-        request_id: &str,
-        rejection: &AttemptRejection,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = existing(&mut tx, invoice).await?;
-        let ours = record
-            .doku_request
-            .as_ref()
-            .is_some_and(|r| r.request_id == request_id);
-        if !ours {
-            // Another draft now: nothing of ours to end.
-            return Ok(false);
-        }
-        let freed = record.payment.payment_code.is_none()
-            && record.payment.status == PaymentStatus::Pending
-            && !record.outcome_unknown;
-        if freed {
-            let body = record.doku_request.as_ref().map(|r| r.body.clone());
-            sqlx::query(
-                "INSERT INTO payment_attempts (doku_request_id, invoice, fingerprint, \
-                 idempotency_key, request_body, outcome, http_status, message, created_at, \
-                 ended_at) VALUES ($1, $2, $3, $4, $5, 'REJECTED', $6, $7, $8, $9) \
-                 ON CONFLICT (doku_request_id) DO NOTHING",
-            )
-            .bind(request_id)
-            .bind(invoice.as_str())
-            .bind(&record.fingerprint)
-            .bind(record.idempotency_key.as_deref())
-            .bind(body.unwrap_or_default())
-            .bind(i64::from(rejection.http_status))
-            .bind(&rejection.message)
-            .bind(unix(record.payment.create_time))
-            .bind(unix_now())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        }
-        sqlx::query(
-            "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2, \
-             rejected_http_status = CASE WHEN $3 THEN $4 ELSE rejected_http_status END, \
-             rejected_message = CASE WHEN $3 THEN $5 ELSE rejected_message END, \
-             next_check_at = CASE WHEN $3 THEN NULL ELSE next_check_at END \
-             WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(unix_now())
-        .bind(freed)
-        .bind(i64::from(rejection.http_status))
-        .bind(&rejection.message)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(freed)
-    }
-
-    async fn rejected_attempts(
-        &self,
-        invoice: &InvoiceNumber,
-    ) -> Result<Vec<RejectedAttempt>, StoreError> {
-        let rows = sqlx::query_as::<_, AttemptRow>(concat!(
-            "SELECT ",
-            attempt_columns!(),
-            " FROM payment_attempts WHERE invoice = $1 ORDER BY ended_at, rowid"
-        ))
-        .bind(invoice.as_str())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn record_issued(
-        &self,
-        invoice: &InvoiceNumber,
-        issued: &IssuedCode,
-    ) -> Result<PaymentRecord, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = existing(&mut tx, invoice).await?;
-        let row = match &record.payment.payment_code {
-            Some(code) if *code != issued.payment_code => {
-                return Err(StoreError::CodeConflict {
-                    invoice: invoice.clone(),
-                    existing: code.clone(),
-                    offered: issued.payment_code.clone(),
-                });
-            }
-            // The same code again (a retry, or reconciliation saw it first): keep what is
-            // stored, fill in URLs not known yet, end the attempt.
-            Some(_) => sqlx::query_as::<_, PaymentRow>(concat!(
-                "UPDATE payments SET how_to_pay_url = COALESCE(how_to_pay_url, $2), \
-                 how_to_pay_api_url = COALESCE(how_to_pay_api_url, $3), \
-                 attempt_lease_until = NULL, updated_at = $4 WHERE invoice = $1 RETURNING ",
-                payment_columns!()
-            ))
-            .bind(invoice.as_str())
-            .bind(issued.how_to_pay_url.as_deref())
-            .bind(issued.how_to_pay_api_url.as_deref())
-            .bind(unix_now()),
-            None => sqlx::query_as::<_, PaymentRow>(concat!(
-                "UPDATE payments SET payment_code = $2, \
-                 create_time = COALESCE($3, create_time), \
-                 expire_time = COALESCE($4, expire_time), \
-                 how_to_pay_url = COALESCE($5, how_to_pay_url), \
-                 how_to_pay_api_url = COALESCE($6, how_to_pay_api_url), \
-                 attempt_lease_until = NULL, updated_at = $7 WHERE invoice = $1 RETURNING ",
-                payment_columns!()
-            ))
-            .bind(invoice.as_str())
-            .bind(issued.payment_code.as_str())
-            .bind(issued.create_time.map(unix))
-            .bind(issued.expire_time.map(unix))
-            .bind(issued.how_to_pay_url.as_deref())
-            .bind(issued.how_to_pay_api_url.as_deref())
-            .bind(unix_now()),
-        }
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let record = PaymentRecord::try_from(row)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(record)
-    }
-
-    async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {
-        let mut tx = self.begin().await?;
-        let record = existing(&mut tx, &change.invoice).await?;
-        let (record, event, _) = apply_change(
-            &mut tx,
-            record,
-            change,
-            false,
-            change.doku_request_id.as_deref(),
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Applied { record, event })
-    }
-
-    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
-        let mut tx = self.begin().await?;
-        let detail = match &n.verdict {
-            Verdict::Accepted => None,
-            Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
-            Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict, \
-             verdict_detail, invoice) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (doku_request_id) DO NOTHING",
-        )
-        .bind(&n.doku_request_id)
-        .bind(unix(n.received_at))
-        .bind(&n.headers)
-        .bind(&n.body)
-        .bind(n.verdict.as_str())
-        .bind(detail)
-        .bind(n.change.as_ref().map(|c| c.invoice.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(Recorded::Duplicate);
-        }
-        let mut withheld = false;
-        let event = match (&n.verdict, &n.change) {
-            (Verdict::Accepted, Some(change)) => {
-                match payment_in(&mut tx, change.invoice.as_str()).await? {
-                    Some(record) => {
-                        let (_, event, undated_repeat) = apply_change(
-                            &mut tx,
-                            record,
-                            change,
-                            true,
-                            Some(&n.doku_request_id),
-                            n.received_at,
-                        )
-                        .await?;
-                        withheld = undated_repeat;
-                        event
-                    }
-                    // A PENDING for an unknown invoice reserves nothing: audit row only.
-                    None if change.status == PaymentStatus::Pending => None,
-                    None => Some(
-                        create_from_notification(
-                            &mut tx,
-                            change,
-                            n.channel,
-                            &n.doku_request_id,
-                            n.received_at,
-                        )
-                        .await?,
-                    ),
-                }
-            }
-            _ => None,
-        };
-        if withheld {
-            sqlx::query(
-                "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
-                 WHERE doku_request_id = $1",
-            )
-            .bind(&n.doku_request_id)
-            .bind(Verdict::UndatedRepeat.as_str())
-            .bind(UNDATED_REPEAT_DETAIL)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
-            return Ok(Recorded::UndatedRepeat);
-        }
-        if let Some(event) = &event {
-            sqlx::query("UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1")
-                .bind(&n.doku_request_id)
-                .bind(signed(event.seq))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Recorded::Stored { event })
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query_as::<_, EventRow>(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(signed(after))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn last_seq(&self) -> Result<u64, StoreError> {
-        // Pruning may have removed the newest events; their seqs still count as seen.
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), \
-             COALESCE((SELECT value FROM meta WHERE key = 'pruned_through'), 0))",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db_error)?;
-        unsigned("last seq", seq)
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'pruned_through'")
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(db_error)?;
-        unsigned("pruned_through", seq.unwrap_or(0))
-    }
-
-    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut tx = self.begin().await?;
-        // A prefix of the log: everything up to the newest event recorded before `before`,
-        // so that "a token below pruned_through is expired" stays exact.
-        let cutoff: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE recorded_at < $1")
-                .bind(unix(before))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let Some(cutoff) = cutoff else {
-            return Ok(0);
-        };
-        let removed = sqlx::query("DELETE FROM events WHERE seq <= $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(removed)
-    }
-
-    async fn due_for_check(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<PaymentRecord>, StoreError> {
-        let rows = sqlx::query_as::<_, PaymentRow>(concat!(
-            "SELECT ",
-            payment_columns!(),
-            " FROM payments WHERE status = 'PENDING' AND next_check_at IS NOT NULL \
-             AND next_check_at <= $1 AND rejected_http_status IS NULL \
-             ORDER BY next_check_at, invoice LIMIT $2"
-        ))
-        .bind(unix(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
-        decode_all(rows)
-    }
-
-    async fn schedule_check(
-        &self,
-        invoice: &InvoiceNumber,
-        at: Option<OffsetDateTime>,
-    ) -> Result<(), StoreError> {
-        let found = sqlx::query(
-            "UPDATE payments SET next_check_at = $2, \
-             check_count = check_count + (CASE WHEN $2 IS NULL THEN 0 ELSE 1 END), \
-             updated_at = $3 WHERE invoice = $1",
-        )
-        .bind(invoice.as_str())
-        .bind(at.map(unix))
-        .bind(unix_now())
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if found == 0 {
-            return Err(StoreError::NotFound(invoice.clone()));
-        }
-        Ok(())
-    }
-
-    fn commit_hints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn hints(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         // One process writes the file: its in-process fan-out sees every commit.
         None
     }
 
-    fn sweeper_election(&self) -> Box<dyn super::Election> {
+    fn election(&self) -> Box<dyn super::Election> {
         Box::new(super::SoleReplica)
     }
 }
@@ -902,7 +253,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::payment::{Channel, PaymentCode, PaymentStatus, StatusChange};
     use crate::store::conformance::{TestStore, conformance_tests};
+    use crate::store::{InboundNotification, Recorded, Store, Verdict};
 
     async fn fixture() -> Option<TestStore> {
         let dir = tempfile::tempdir().unwrap();
