@@ -10,7 +10,7 @@
 //! (GetStatus with refresh still works).
 //!
 //! One replica at a time sweeps: [`run`] campaigns through the store's
-//! [`Election`](crate::store::Election) every [`SweeperConfig::leader_check`], sweeps only
+//! [`Election`] every [`SweeperConfig::leader_check`], sweeps only
 //! while it holds the right, and abandons a round in flight as soon as a campaign fails to
 //! confirm it. A follower takes over within about one `leader_check` after the leader's
 //! session ends (see the store's doc for how long that takes when a leader dies). Even an

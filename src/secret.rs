@@ -236,7 +236,7 @@ const KEY_PROBLEM_REPEAT: Duration = Duration::from_secs(60);
 /// How often the API token file is re-read.
 const TOKEN_POLL: Duration = Duration::from_secs(5);
 
-/// Re-reads the secret key file every [`KEY_POLL`] until `stop` is cancelled: a new key is
+/// Re-reads the secret key file every second (`KEY_POLL`) until `stop` is cancelled: a new key is
 /// used by outbound calls at once; an unreadable or empty file keeps the last good key, turns
 /// readiness off and is logged loudly (again every minute while it lasts).
 pub async fn watch_key_file(key: SecretSource, stop: CancellationToken) {
@@ -280,7 +280,7 @@ pub async fn watch_key_file(key: SecretSource, stop: CancellationToken) {
     }
 }
 
-/// Re-reads the API token file every [`TOKEN_POLL`] until `stop` is cancelled; an unreadable
+/// Re-reads the API token file every 5 s (`TOKEN_POLL`) until `stop` is cancelled; an unreadable
 /// file keeps the last good token and is logged.
 pub async fn watch_token_file(token: SecretSource, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TOKEN_POLL);

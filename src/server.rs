@@ -1,14 +1,14 @@
 //! The sidecar as a server, built then run (the shape of mini-redis' `Listener`):
 //! [`Server::build`] opens the store and assembles the domain service; [`Server::run`] starts
-//! each listener from its one assembly function ([`serve_grpc`], [`serve_notifications`],
-//! [`serve_admin`]) and
+//! each listener from its one assembly function (`serve_grpc`, `serve_notifications`,
+//! `serve_admin`) and
 //! the background tasks, serves until the shutdown signal, then drains.
 //!
 //! Shutdown uses two [`CancellationToken`]s and a [`TaskTracker`]:
 //! - `drain`, a child of `lifetime`, stops what serves payments: the gRPC and notification
 //!   listeners stop accepting, open streams end with `SHUTTING_DOWN`, in-flight calls and
 //!   notifications being stored run to completion, the sweeper finishes its round; all within
-//!   `--shutdown-timeout`, past which the rest is abandoned (see [`drain_within`]);
+//!   `--shutdown-timeout`, past which the rest is abandoned (see `drain_within`);
 //! - `lifetime` stops the rest last: the admin listener, so that `/ready` says "draining" and
 //!   `/metrics` can be scraped for as long as the drain lasts, and the file and store watchers.
 

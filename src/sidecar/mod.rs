@@ -11,7 +11,7 @@
 //! - [`report`]: the one rule for believing what DOKU reports about a payment;
 //! - events: [`Sidecar::subscribe`] and [`Sidecar::events_after`] for streams. An event is
 //!   announced to live streams by the use case that committed it, right after the commit
-//!   ([`Sidecar::announce`] is private: no path can append an event and forget to announce it).
+//!   (`Sidecar::announce` is private: no path can append an event and forget to announce it).
 //!
 //! The rules that keep money safe live here:
 //! - a request is validated completely before DOKU is called;

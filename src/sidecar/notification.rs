@@ -1,5 +1,5 @@
 //! Record a verified DOKU notification: compare it with the stored payment
-//! ([`assess`](super::report::assess)), store it (deduplicated on DOKU's Request-Id) together
+//! ([`report::assess`](super::report::assess)), store it (deduplicated on DOKU's Request-Id) together
 //! with the status change and its event in one transaction, then announce the event.
 //!
 //! A mismatch is stored for audit, logged loudly and never emitted. For an invoice this
