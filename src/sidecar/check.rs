@@ -4,6 +4,7 @@
 
 use super::{
     Sidecar,
+    generate::Lease,
     report::{Assessment, Report, assess},
 };
 use crate::{
@@ -102,7 +103,7 @@ impl Sidecar {
     /// DOKU issued, if any. A request DOKU definitively rejected is never replayed again.
     async fn recover_code(&self, rec: PaymentRecord) -> CheckOutcome {
         let invoice = rec.payment.invoice.clone();
-        let recovered_code = match self.ensure_issued(rec).await {
+        let recovered_code = match self.ensure_issued(rec, Lease::Claim).await {
             Ok(p) => p.payment_code.is_some(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not recover the payment code yet");

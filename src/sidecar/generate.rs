@@ -11,6 +11,15 @@ use crate::{
     store::{AttemptRejection, Created, PaymentDraft, PaymentRecord, StoredRequest},
 };
 
+/// Whether a call already holds its payment's attempt lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lease {
+    /// Taken when this call created the payment.
+    Held,
+    /// To be claimed before DOKU is called.
+    Claim,
+}
+
 /// When the sweeper replays a request whose answer was lost, if the caller has not.
 const RECOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -46,7 +55,7 @@ impl Sidecar {
             && let Some(rec) = self.store.find_by_idempotency_key(key).await?
         {
             if rec.fingerprint == fingerprint {
-                return self.ensure_issued(rec).await;
+                return self.ensure_issued(rec, Lease::Claim).await;
             }
             // The key of a request DOKU rejected may carry the corrected request for the same
             // invoice (no code exists); anything else is a reused key.
@@ -74,11 +83,13 @@ impl Sidecar {
             request,
             // Kept so that the notification that settles it can link to this trace.
             trace_context: crate::telemetry::current_traceparent(),
+            // Created claimed: the first DOKU call needs no transaction of its own to claim.
+            attempt_lease_until: Some(now + to_time(self.settings.attempt_lease)),
         };
         let rec = match self.store.create_payment(&draft).await? {
             Created::New(rec) => {
                 tracing::info!(request_id = %draft.doku_request.request_id, "payment created");
-                rec
+                return self.ensure_issued(rec, Lease::Held).await;
             }
             Created::Existing(rec) if rec.fingerprint == fingerprint => rec,
             Created::Existing(rec) => {
@@ -92,13 +103,18 @@ impl Sidecar {
                 });
             }
         };
-        self.ensure_issued(rec).await
+        self.ensure_issued(rec, Lease::Claim).await
     }
 
     /// Returns the payment if it has a code; DOKU's rejection again, without calling DOKU, if
     /// its request was definitively rejected; otherwise sends (or replays) its stored DOKU
-    /// request under the attempt lease.
-    pub(super) async fn ensure_issued(&self, rec: PaymentRecord) -> Result<Payment, Error> {
+    /// request under the attempt lease (`lease`: already held by this call since the payment
+    /// was created, or to be claimed now).
+    pub(super) async fn ensure_issued(
+        &self,
+        rec: PaymentRecord,
+        lease: Lease,
+    ) -> Result<Payment, Error> {
         if rec.payment.payment_code.is_some() {
             return Ok(rec.payment);
         }
@@ -113,10 +129,12 @@ impl Sidecar {
             // Created from a DOKU notification: DOKU issued the code outside this sidecar.
             return Ok(rec.payment);
         };
-        let now = OffsetDateTime::now_utc();
-        let lease_until = now + to_time(self.settings.attempt_lease);
-        if !self.store.claim_attempt(&invoice, now, lease_until).await? {
-            return Err(self.not_claimed(invoice).await?);
+        if lease == Lease::Claim {
+            let now = OffsetDateTime::now_utc();
+            let lease_until = now + to_time(self.settings.attempt_lease);
+            if !self.store.claim_attempt(&invoice, now, lease_until).await? {
+                return Err(self.not_claimed(invoice).await?);
+            }
         }
         let request = PreparedRequest {
             request_id: stored.request_id,
@@ -124,11 +142,12 @@ impl Sidecar {
         };
         match self.doku.generate_payment_code(&request).await {
             Ok(issued) => {
-                let rec = self.store.record_issued(&invoice, &issued).await?;
+                // The code and the sweeper's first check commit together: one transaction.
                 let first_check =
                     OffsetDateTime::now_utc() + to_time(self.settings.first_check_after);
-                self.store
-                    .schedule_check(&invoice, Some(first_check))
+                let rec = self
+                    .store
+                    .record_issued(&invoice, &issued, Some(first_check))
                     .await?;
                 tracing::info!(code = %issued.payment_code, "payment code issued");
                 Ok(rec.payment)

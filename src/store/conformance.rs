@@ -41,6 +41,8 @@ macro_rules! conformance_tests {
             concurrent_creates_make_one_row,
             claim_lease_expiry_and_release,
             record_issued_is_idempotent_and_refuses_another_code,
+            record_issued_schedules_the_first_check_with_the_code,
+            a_draft_created_with_a_lease_is_held_until_it_ends,
             status_moves_forward_only,
             reusable_code_paid_twice_makes_two_events,
             reconciliation_then_notification_is_one_event,
@@ -117,6 +119,7 @@ fn draft(invoice: &str, key: Option<&str>, reusable: bool) -> PaymentDraft {
         create_time: t(0),
         expire_time: t(3600),
         trace_context: Some(TRACE_A.into()),
+        attempt_lease_until: None,
     }
 }
 
@@ -350,7 +353,7 @@ pub(crate) async fn claim_lease_expiry_and_release(shared: Arc<dyn Store>) {
     assert_eq!(winners, 1);
 
     store
-        .record_issued(&i, &issued("1234567890123456", None, None))
+        .record_issued(&i, &issued("1234567890123456", None, None), None)
         .await
         .unwrap();
     assert!(!store.claim_attempt(&i, t(1000), t(1030)).await.unwrap());
@@ -375,6 +378,51 @@ fn issued(c: &str, create: Option<i64>, expire: Option<i64>) -> IssuedCode {
     }
 }
 
+/// A draft created with the creator's lease is claimed from the insert on: nobody else can
+/// claim it before the lease ends, and a takeover after that marks the outcome unknown.
+pub(crate) async fn a_draft_created_with_a_lease_is_held_until_it_ends(store: Arc<dyn Store>) {
+    let store = &*store;
+    let i = inv("INV-1");
+    let held = PaymentDraft {
+        attempt_lease_until: Some(t(30)),
+        ..draft("INV-1", None, false)
+    };
+    let Created::New(rec) = store.create_payment(&held).await.unwrap() else {
+        panic!("not created");
+    };
+    assert_eq!(rec.attempt_lease_until, Some(t(30)));
+    assert!(!store.claim_attempt(&i, t(29), t(59)).await.unwrap());
+    // Its holder vanished: the taker cannot know what DOKU did with that attempt.
+    assert!(store.claim_attempt(&i, t(30), t(60)).await.unwrap());
+    let rec = store.get_payment(&i).await.unwrap().unwrap();
+    assert!(rec.outcome_unknown);
+}
+
+/// record_issued with a first check: the code and the sweeper's schedule commit together;
+/// the payment is due at that time and not before.
+pub(crate) async fn record_issued_schedules_the_first_check_with_the_code(store: Arc<dyn Store>) {
+    let store = &*store;
+    let i = inv("INV-1");
+    create(store, &draft("INV-1", None, false)).await;
+    assert!(store.claim_attempt(&i, t(0), t(30)).await.unwrap());
+    let rec = store
+        .record_issued(&i, &issued("8888001", Some(5), Some(3605)), Some(t(60)))
+        .await
+        .unwrap();
+    assert_eq!(rec.payment.payment_code, Some(code("8888001")));
+    let due = |at| async move {
+        store
+            .due_for_check(t(at), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payment.invoice)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due(59).await, Vec::<InvoiceNumber>::new());
+    assert_eq!(due(60).await, vec![i.clone()]);
+}
+
 /// record_issued: sets code, DOKU's times and URLs and ends the lease; the same code again is
 /// fine; another code is refused and changes nothing.
 pub(crate) async fn record_issued_is_idempotent_and_refuses_another_code(store: Arc<dyn Store>) {
@@ -383,7 +431,7 @@ pub(crate) async fn record_issued_is_idempotent_and_refuses_another_code(store: 
     create(store, &draft("INV-1", None, false)).await;
     assert!(store.claim_attempt(&i, t(0), t(30)).await.unwrap());
     let first = store
-        .record_issued(&i, &issued("8888001", Some(5), Some(3605)))
+        .record_issued(&i, &issued("8888001", Some(5), Some(3605)), None)
         .await
         .unwrap();
     let p = &first.payment;
@@ -402,13 +450,13 @@ pub(crate) async fn record_issued_is_idempotent_and_refuses_another_code(store: 
 
     // Same code again (a replayed answer): unchanged.
     let again = store
-        .record_issued(&i, &issued("8888001", Some(7), Some(9)))
+        .record_issued(&i, &issued("8888001", Some(7), Some(9)), None)
         .await
         .unwrap();
     assert_eq!(again, first);
 
     match store
-        .record_issued(&i, &issued("9999002", None, None))
+        .record_issued(&i, &issued("9999002", None, None), None)
         .await
     {
         Err(StoreError::CodeConflict {
@@ -427,7 +475,7 @@ pub(crate) async fn record_issued_is_idempotent_and_refuses_another_code(store: 
     // Without DOKU times the provisional ones stay.
     create(store, &draft("INV-2", None, false)).await;
     let second = store
-        .record_issued(&inv("INV-2"), &issued("8888002", None, None))
+        .record_issued(&inv("INV-2"), &issued("8888002", None, None), None)
         .await
         .unwrap();
     assert_eq!(
@@ -437,7 +485,7 @@ pub(crate) async fn record_issued_is_idempotent_and_refuses_another_code(store: 
 
     assert!(matches!(
         store
-            .record_issued(&inv("NOPE"), &issued("1", None, None))
+            .record_issued(&inv("NOPE"), &issued("1", None, None), None)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -952,7 +1000,7 @@ pub(crate) async fn a_rejected_draft_is_replaced_only_by_a_different_request(
     ));
     assert!(store.claim_attempt(&i, t(60), t(90)).await.unwrap());
     store
-        .record_issued(&i, &issued("4242", None, None))
+        .record_issued(&i, &issued("4242", None, None), None)
         .await
         .unwrap();
     // A rejection can no longer free an invoice with a code.

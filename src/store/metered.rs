@@ -141,8 +141,13 @@ impl Store for Metered {
         &self,
         invoice: &InvoiceNumber,
         issued: &IssuedCode,
+        first_check: Option<OffsetDateTime>,
     ) -> Result<PaymentRecord, StoreError> {
-        measured("record_issued", self.inner.record_issued(invoice, issued)).await
+        measured(
+            "record_issued",
+            self.inner.record_issued(invoice, issued, first_check),
+        )
+        .await
     }
 
     async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {

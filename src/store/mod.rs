@@ -296,6 +296,10 @@ pub struct PaymentDraft {
     /// ([`crate::telemetry::current_traceparent`]), kept so that the span of a later DOKU
     /// notification can link to that trace. Stored as given; a replacement draft replaces it.
     pub trace_context: Option<String>,
+    /// The creator's attempt lease ([`Store::claim_attempt`]), taken with the insert: a new
+    /// payment's first DOKU call needs no transaction of its own to claim it. `None` leaves
+    /// the payment unclaimed.
+    pub attempt_lease_until: Option<OffsetDateTime>,
 }
 
 /// Result of [`Store::create_payment`].
@@ -475,12 +479,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         invoice: &InvoiceNumber,
     ) -> Result<Vec<RejectedAttempt>, StoreError>;
 
-    /// Records the code DOKU issued, with DOKU's times and how-to-pay URLs, and clears the
-    /// lease. Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
+    /// Records the code DOKU issued, with DOKU's times and how-to-pay URLs, clears the lease
+    /// and, with `first_check`, schedules the sweeper's first check, in one transaction.
+    /// Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
     async fn record_issued(
         &self,
         invoice: &InvoiceNumber,
         issued: &IssuedCode,
+        first_check: Option<OffsetDateTime>,
     ) -> Result<PaymentRecord, StoreError>;
 
     /// Applies a status change from reconciliation: moves the status forward (appending an

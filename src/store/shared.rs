@@ -61,25 +61,27 @@ fn draft_stmt<'a>(sql: &'static str, draft: &'a PaymentDraft) -> Stmt<'a> {
         .bind(draft.doku_request.body.as_slice())
         .bind(unix_now())
         .bind(draft.trace_context.as_deref())
+        .bind(draft.attempt_lease_until)
 }
 
 /// A new draft; nothing where the invoice or the key exists (the caller then looks).
 const INSERT_DRAFT: &str = concat!(
     "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
      reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-     check_count, updated_at, trace_context) \
-     VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12) \
+     check_count, updated_at, trace_context, attempt_lease_until) \
+     VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $13) \
      ON CONFLICT DO NOTHING RETURNING ",
     payment_columns!()
 );
 
-/// A draft replacing the invoice's rejected one: new request, Request-Id, key and times; the
-/// rejection, lease and schedule cleared. Only while the row is still a rejected draft.
+/// A draft replacing the invoice's rejected one: new request, Request-Id, key, times and
+/// lease (the replacing creator's); the rejection and schedule cleared. Only while the row is
+/// still a rejected draft.
 const REPLACE_REJECTED: &str = concat!(
     "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
      reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
      doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
-     how_to_pay_api_url = NULL, attempt_lease_until = NULL, next_check_at = NULL, \
+     how_to_pay_api_url = NULL, attempt_lease_until = $13, next_check_at = NULL, \
      check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
      trace_context = $12 \
      WHERE invoice = $1 AND ",
@@ -329,6 +331,7 @@ pub(super) async fn record_issued<C: Conn>(
     conn: &mut C,
     invoice: &InvoiceNumber,
     issued: &IssuedCode,
+    first_check: Option<OffsetDateTime>,
 ) -> Result<PaymentRecord, StoreError> {
     let record = existing_locked(conn, invoice).await?;
     let stmt = match &record.payment.payment_code {
@@ -367,6 +370,9 @@ pub(super) async fn record_issued<C: Conn>(
         .bind(issued.how_to_pay_api_url.as_deref())
         .bind(unix_now()),
     };
+    if first_check.is_some() {
+        schedule_check(conn, invoice, first_check).await?;
+    }
     returned(conn.payment(stmt).await?, invoice)
 }
 
@@ -815,8 +821,9 @@ impl<B: Backend> Store for B {
         &self,
         invoice: &InvoiceNumber,
         issued: &IssuedCode,
+        first_check: Option<OffsetDateTime>,
     ) -> Result<PaymentRecord, StoreError> {
-        in_transaction!(self, |tx| record_issued(tx, invoice, issued))
+        in_transaction!(self, |tx| record_issued(tx, invoice, issued, first_check))
     }
 
     async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {

@@ -308,6 +308,7 @@ mod tests {
             create_time: t(0),
             expire_time: t(3600),
             trace_context: None,
+            attempt_lease_until: None,
         }
     }
 
