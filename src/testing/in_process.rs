@@ -248,6 +248,17 @@ impl InProcessSidecar {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// GeneratePaymentCode, which must succeed: the payment.
+    pub async fn generate(&mut self, request: pb::GeneratePaymentCodeRequest) -> pb::Payment {
+        self.grpc
+            .generate_payment_code(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .payment
+            .unwrap()
+    }
+
     /// GetStatus of an invoice, which must exist.
     pub async fn status(&mut self, invoice: &str, refresh: bool) -> pb::Payment {
         self.grpc

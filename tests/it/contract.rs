@@ -36,16 +36,11 @@ async fn run(
     reports: &[(&str, &str)],
 ) -> Vec<S> {
     let code = h
-        .grpc
-        .generate_payment_code(pb::GeneratePaymentCodeRequest {
+        .generate(pb::GeneratePaymentCodeRequest {
             reusable,
             ..request(invoice, 10_000)
         })
         .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap()
         .payment_code;
     for (i, (status, date)) in reports.iter().enumerate() {
         let b = body(invoice, &code, status, date);
@@ -58,15 +53,7 @@ async fn run(
     }
     // A marker event after the last report: everything streamed for `invoice` comes before it.
     let marker = format!("{invoice}-END");
-    let marker_code = h
-        .grpc
-        .generate_payment_code(request(&marker, 10_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap()
-        .payment_code;
+    let marker_code = h.generate(request(&marker, 10_000)).await.payment_code;
     let b = body(&marker, &marker_code, "SUCCESS", DATE_1);
     let headers = signed_headers(b.as_bytes(), SECRET, PATH, &format!("req-{marker}"));
     assert_eq!(post(h, b.as_bytes(), &headers).await, 200);

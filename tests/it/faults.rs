@@ -463,15 +463,7 @@ async fn every_bad_notification_is_rejected_or_deduplicated_and_nothing_is_emitt
 async fn a_read_only_store_acknowledges_nothing_and_loses_nothing() {
     let options = Options::default();
     let mut rig = InProcessSidecar::start_adjusted(options.clone(), |c, _| c).await;
-    let code = rig
-        .grpc
-        .generate_payment_code(request("INV-RO-1", 10_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap()
-        .payment_code;
+    let code = rig.generate(request("INV-RO-1", 10_000)).await.payment_code;
     rig.shutdown().await;
     // The volume becomes read-only.
     let mut config = rig.config();

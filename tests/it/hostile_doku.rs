@@ -180,15 +180,7 @@ async fn hostile_check_status_about_another_payment_changes_nothing() {
     )
     .await;
     let invoice = "INV-LIE-1";
-    let code = rig
-        .grpc
-        .generate_payment_code(request(invoice, 10_000))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap()
-        .payment_code;
+    let code = rig.generate(request(invoice, 10_000)).await.payment_code;
 
     let lies = [
         (

@@ -176,15 +176,7 @@ async fn the_ingress_accepts_header_names_in_any_case() {
         }),
     ];
     for (invoice, name) in spellings {
-        let code = h
-            .grpc
-            .generate_payment_code(request(invoice, 10_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .payment
-            .unwrap()
-            .payment_code;
+        let code = h.generate(request(invoice, 10_000)).await.payment_code;
         let body = notification_body(invoice, 10_000, &code, "SUCCESS");
         let status = post_raw(&h, &body, &format!("req-{invoice}"), name).await;
         assert_eq!(status, "HTTP/1.1 200 OK", "{invoice}");
