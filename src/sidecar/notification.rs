@@ -89,7 +89,7 @@ impl Sidecar {
             change,
             channel: Channel::Indomaret,
         };
-        let outcome = match self.store.record_notification(&record).await {
+        let outcome = match self.store.record_notification(record).await {
             Ok(Recorded::Duplicate) => {
                 tracing::info!("duplicate DOKU notification; already recorded");
                 NotificationOutcome::Duplicate

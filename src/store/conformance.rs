@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             prune_keeps_the_resume_position,
             due_for_check_is_oldest_first,
             concurrent_appends_never_appear_behind_a_reader,
+            concurrent_notifications_are_each_answered_as_if_alone,
             event_log_matches_model,
         );
     };
@@ -186,7 +187,7 @@ async fn status_of(store: &dyn Store, invoice: &str) -> PaymentStatus {
 
 /// The event a notification produced (`None` when stored without one); panics on Duplicate.
 async fn record(store: &dyn Store, n: &InboundNotification) -> Option<Event> {
-    match store.record_notification(n).await.unwrap() {
+    match store.record_notification(n.clone()).await.unwrap() {
         Recorded::Stored { event } => event,
         Recorded::Duplicate => panic!("{} reported as duplicate", n.doku_request_id),
         Recorded::UndatedRepeat => panic!("{} reported as an undated repeat", n.doku_request_id),
@@ -735,7 +736,7 @@ pub(crate) async fn duplicate_request_id_changes_nothing(store: Arc<dyn Store>) 
         ),
     ] {
         assert_eq!(
-            store.record_notification(&repeat).await.unwrap(),
+            store.record_notification(repeat.clone()).await.unwrap(),
             Recorded::Duplicate
         );
     }
@@ -766,11 +767,11 @@ pub(crate) async fn rejected_notifications_are_stored_without_effect(store: Arc<
     no_change.change = None;
     for n in [&mismatch, &unknown, &unknown_invoice, &no_change] {
         assert_eq!(
-            store.record_notification(n).await.unwrap(),
+            store.record_notification(n.clone()).await.unwrap(),
             Recorded::Stored { event: None }
         );
         assert_eq!(
-            store.record_notification(n).await.unwrap(),
+            store.record_notification(n.clone()).await.unwrap(),
             Recorded::Duplicate,
             "{} was stored",
             n.doku_request_id
@@ -823,7 +824,7 @@ pub(crate) async fn unknown_invoice_is_created_from_notification(store: Arc<dyn 
     let pending = accepted(notified("INV-PHANTOM", PaymentStatus::Pending, 100, "p1"));
     assert_eq!(self::record(store, &pending).await, None);
     assert_eq!(
-        store.record_notification(&pending).await.unwrap(),
+        store.record_notification(pending.clone()).await.unwrap(),
         Recorded::Duplicate,
         "stored"
     );
@@ -1136,11 +1137,11 @@ pub(crate) async fn an_undated_repeat_paid_is_stored_not_emitted(store: Arc<dyn 
     assert_eq!(first.occur_time, t(10_000), "the receive time");
     for id in ["u2", "u3"] {
         assert_eq!(
-            store.record_notification(&undated(id)).await.unwrap(),
+            store.record_notification(undated(id)).await.unwrap(),
             Recorded::UndatedRepeat
         );
         assert_eq!(
-            store.record_notification(&undated(id)).await.unwrap(),
+            store.record_notification(undated(id)).await.unwrap(),
             Recorded::Duplicate,
             "stored for audit"
         );
@@ -1370,6 +1371,93 @@ pub(crate) async fn concurrent_appends_never_appear_behind_a_reader(store: Arc<d
     assert_eq!(seen, log, "the tailing reader skipped or repeated an event");
 }
 
+/// Notifications recorded concurrently (so in shared transactions: group commit) are each
+/// answered as if recorded alone: each Request-Id is stored once and its redeliveries in the
+/// same burst are duplicates; each event answered is in the log, once. Reconciliation changes
+/// the same payments meanwhile, in transactions of their own (on PostgreSQL this would
+/// deadlock if the two took the event log's lock and the payment rows in different orders).
+pub(crate) async fn concurrent_notifications_are_each_answered_as_if_alone(store: Arc<dyn Store>) {
+    const INVOICES: usize = 40;
+    for i in 0..INVOICES {
+        create(&*store, &draft(&format!("INV-K{i}"), None, false)).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..INVOICES {
+        // A known invoice and one DOKU knows but the store does not, each notified three
+        // times under one Request-Id.
+        for invoice in [format!("INV-K{i}"), format!("INV-U{i}")] {
+            let n = accepted(notified(
+                &invoice,
+                PaymentStatus::Paid,
+                7,
+                &format!("n-{invoice}"),
+            ));
+            for _ in 0..3 {
+                let (store, n) = (store.clone(), n.clone());
+                tasks.spawn(async move {
+                    (
+                        n.doku_request_id.clone(),
+                        store.record_notification(n).await,
+                    )
+                });
+            }
+        }
+        let store = store.clone();
+        tasks.spawn(async move {
+            let change = reconciled(&format!("INV-K{i}"), PaymentStatus::Expired, 3);
+            let applied = store.apply_status(&change).await.unwrap();
+            (
+                String::new(),
+                Ok(Recorded::Stored {
+                    event: applied.event,
+                }),
+            )
+        });
+    }
+    let mut outcomes: std::collections::HashMap<String, Vec<Recorded>> = Default::default();
+    let mut answered = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (request_id, recorded) = joined.unwrap();
+        let recorded = recorded.unwrap();
+        if let Recorded::Stored { event: Some(e) } = &recorded {
+            answered.push(e.seq);
+        }
+        if !request_id.is_empty() {
+            outcomes.entry(request_id).or_default().push(recorded);
+        }
+    }
+    assert_eq!(outcomes.len(), 2 * INVOICES);
+    for (request_id, recorded) in &outcomes {
+        let duplicates = recorded
+            .iter()
+            .filter(|r| **r == Recorded::Duplicate)
+            .count();
+        assert_eq!(duplicates, 2, "{request_id}: {recorded:?}");
+    }
+    for i in 0..INVOICES {
+        for invoice in [format!("INV-K{i}"), format!("INV-U{i}")] {
+            assert_eq!(
+                status_of(&*store, &invoice).await,
+                PaymentStatus::Paid,
+                "{invoice}"
+            );
+        }
+    }
+    let log = all_events(&*store).await;
+    assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+    let paid = log
+        .iter()
+        .filter(|e| e.status == PaymentStatus::Paid)
+        .count();
+    assert_eq!(paid, 2 * INVOICES, "one PAID event per invoice");
+    answered.sort_unstable();
+    let logged: Vec<u64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        answered, logged,
+        "every answered event is in the log, and only those"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The model test
 
@@ -1542,7 +1630,7 @@ async fn model_case(store: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError
                     Verdict::Mismatch("amount".into())
                 };
                 let recorded = store
-                    .record_notification(&notification(verdict, change))
+                    .record_notification(notification(verdict, change))
                     .await
                     .map_err(fail)?;
                 if !model.requests.insert(request) {

@@ -156,7 +156,7 @@ impl Store for Metered {
 
     async fn record_notification(
         &self,
-        notification: &InboundNotification,
+        notification: InboundNotification,
     ) -> Result<Recorded, StoreError> {
         measured(
             "record_notification",

@@ -90,6 +90,7 @@ use crate::payment::{
 #[cfg(test)]
 mod conformance;
 mod decide;
+mod group;
 pub mod postgres;
 mod rows;
 mod shared;
@@ -394,7 +395,7 @@ pub struct Applied {
 }
 
 /// Store failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused the operation for reasons outside the data
     /// (I/O, disk full, read-only, pool timeout).
@@ -499,9 +500,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// together or not at all. A repeated Request-Id is [`Recorded::Duplicate`] and changes
     /// nothing. An accepted notification for an unknown invoice creates the payment from the
     /// data DOKU sent.
+    ///
+    /// Concurrent calls share a transaction (group commit, `group.rs`): one commit, one
+    /// `fsync`, and still no answer before the commit.
     async fn record_notification(
         &self,
-        notification: &InboundNotification,
+        notification: InboundNotification,
     ) -> Result<Recorded, StoreError>;
 
     /// Events with `seq > after`, in order, at most `limit`.

@@ -56,7 +56,7 @@ use tokio::sync::{oneshot, watch};
 #[cfg(doc)]
 use super::Store;
 use super::rows::{attempts_of_invoice, payment_of_invoice};
-use super::shared::{self, Backend};
+use super::shared::{self, Backend, NotificationBatches};
 use super::sql::{Dialect, sqlx_conn};
 use super::{Created, Election, PaymentDraft, StoreError, StoreOptions};
 use crate::payment::InvoiceNumber;
@@ -93,6 +93,8 @@ pub struct PostgresStore {
     session_options: PgConnectOptions,
     settings: StoreOptions,
     hints: Arc<Mutex<Hints>>,
+    /// Notifications waiting for a transaction (group commit); shared by clones.
+    notifications: std::sync::Arc<NotificationBatches>,
 }
 
 /// The listener task behind [`Store::commit_hints`], started by its first caller.
@@ -155,6 +157,7 @@ impl PostgresStore {
             session_options: options,
             settings: settings.clone(),
             hints: Arc::default(),
+            notifications: Default::default(),
         })
     }
 
@@ -282,6 +285,10 @@ impl Backend for PostgresStore {
                 Some(rx)
             }
         }
+    }
+
+    fn notification_batches(&self) -> &NotificationBatches {
+        &self.notifications
     }
 
     fn election(&self) -> Box<dyn Election> {
@@ -560,7 +567,11 @@ mod tests {
             change: Some(change),
             channel: Channel::Indomaret,
         };
-        match store.record_notification(&notification).await.unwrap() {
+        match store
+            .record_notification(notification.clone())
+            .await
+            .unwrap()
+        {
             Recorded::Stored { event: Some(e) } => e.seq,
             other => panic!("expected an event, got {other:?}"),
         }

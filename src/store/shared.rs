@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::decide::{Emit, Write, emit, plan_change, rejection_frees};
+use super::group::{Abandoned, GroupCommit, Turn};
 use super::rows::{
     UNDATED_REPEAT_DETAIL, event_columns, payment_columns, payment_of_invoice, rejected_draft,
     signed, unix, unix_now, unsigned,
@@ -396,6 +397,21 @@ pub(super) async fn due_for_check<C: Conn>(
 // ---------------------------------------------------------------------------------------------
 // Status changes and events
 
+/// Takes the dialect's lock on appends to the event log, held to the end of the transaction
+/// (taking it again in the same transaction is free).
+///
+/// A transaction that may append events for more than one payment, or that may append after
+/// locking a payment row, takes it *first*, before any payment row: every such transaction
+/// then locks in the same order (log, then rows), and two of them can never each hold what
+/// the other waits for. [`append_event`] takes it too, for the transactions that lock one row
+/// and append last.
+async fn lock_event_log<C: Conn>(conn: &mut C) -> Result<(), StoreError> {
+    if let Some((lock, key)) = C::DIALECT.lock_events {
+        conn.execute(Stmt::new(lock).bind(key)).await?;
+    }
+    Ok(())
+}
+
 /// Appends an event for `change` on a payment of `channel` at `occur` (DOKU's time, or when
 /// the sidecar learned an undated change), after taking the dialect's append lock.
 async fn append_event<C: Conn>(
@@ -406,9 +422,7 @@ async fn append_event<C: Conn>(
     channel: Channel,
     doku_request_id: Option<&str>,
 ) -> Result<Event, StoreError> {
-    if let Some((lock, key)) = C::DIALECT.lock_events {
-        conn.execute(Stmt::new(lock).bind(key)).await?;
-    }
+    lock_event_log(conn).await?;
     let insert = Stmt::new(concat!(
         "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, \
          source, doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -515,6 +529,8 @@ pub(super) async fn apply_status<C: Conn>(
     conn: &mut C,
     change: &StatusChange,
 ) -> Result<Applied, StoreError> {
+    // The log before the row, as a batch of notifications takes them.
+    lock_event_log(conn).await?;
     let record = existing_locked(conn, &change.invoice).await?;
     let request_id = change.doku_request_id.as_deref();
     let now = OffsetDateTime::now_utc();
@@ -645,6 +661,74 @@ pub(super) async fn record_notification<C: Conn>(
     Ok(Recorded::Stored { event })
 }
 
+/// How a batch of notifications failed.
+enum BatchFailure {
+    /// The item at this index failed on its own data: it gets the error, the rest run again.
+    Item(usize, StoreError),
+    /// The store failed (I/O, a full disk, a lost connection): every item gets the error.
+    Store(StoreError),
+}
+
+/// Records a batch of notifications (group commit, [`super::group`]) in one transaction: one
+/// commit, one `fsync`, for all of them, with each item's result as if it had been recorded
+/// alone, in batch order. An item that fails on its own data is answered with its error and
+/// the others run again without it (failures are rare; a savepoint per item would cost every
+/// batch two statements an item); an error of the store itself is every item's answer.
+pub(super) async fn record_notifications<B: Backend>(
+    backend: &B,
+    batch: &[InboundNotification],
+) -> Vec<Result<Recorded, StoreError>> {
+    let mut results: Vec<Option<Result<Recorded, StoreError>>> = vec![None; batch.len()];
+    loop {
+        let pending: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
+        if pending.is_empty() {
+            break;
+        }
+        match record_in_one_transaction(backend, batch, &pending).await {
+            Ok(recorded) => {
+                for (i, r) in pending.into_iter().zip(recorded) {
+                    results[i] = Some(Ok(r));
+                }
+                break;
+            }
+            Err(BatchFailure::Item(i, e)) => results[i] = Some(Err(e)),
+            Err(BatchFailure::Store(e)) => {
+                for i in pending {
+                    results[i] = Some(Err(e.clone()));
+                }
+                break;
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("not recorded".into()))))
+        .collect()
+}
+
+/// [`record_notifications`]' transaction over the items at `pending`.
+async fn record_in_one_transaction<B: Backend>(
+    backend: &B,
+    batch: &[InboundNotification],
+    pending: &[usize],
+) -> Result<Vec<Recorded>, BatchFailure> {
+    let mut tx = backend.begin().await.map_err(BatchFailure::Store)?;
+    // The batch may append events for several payments: the log's lock first.
+    lock_event_log(&mut *tx)
+        .await
+        .map_err(BatchFailure::Store)?;
+    let mut recorded = Vec::with_capacity(pending.len());
+    for &i in pending {
+        match record_notification(&mut *tx, &batch[i]).await {
+            Ok(r) => recorded.push(r),
+            Err(e @ StoreError::Unavailable(_)) => return Err(BatchFailure::Store(e)),
+            Err(e) => return Err(BatchFailure::Item(i, e)),
+        }
+    }
+    B::commit(tx).await.map_err(BatchFailure::Store)?;
+    Ok(recorded)
+}
+
 /// Events with `seq > after`, in order, at most `limit`.
 pub(super) async fn events_after<C: Conn>(
     conn: &mut C,
@@ -745,7 +829,15 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// [`Store::sweeper_election`].
     fn election(&self) -> Box<dyn Election>;
+
+    /// The queue of [`Store::record_notification`]'s group commit.
+    fn notification_batches(&self) -> &NotificationBatches;
 }
+
+/// The group commit of notifications: [`InboundNotification`]s waiting for a transaction,
+/// answered with what [`record_notification`] made of each.
+pub(super) type NotificationBatches =
+    GroupCommit<InboundNotification, Result<Recorded, StoreError>>;
 
 /// Runs `op` in a write transaction of `backend` and commits what it did.
 macro_rules! in_transaction {
@@ -830,8 +922,22 @@ impl<B: Backend> Store for B {
         in_transaction!(self, |tx| apply_status(tx, change))
     }
 
-    async fn record_notification(&self, n: &InboundNotification) -> Result<Recorded, StoreError> {
-        in_transaction!(self, |tx| record_notification(tx, n))
+    async fn record_notification(&self, n: InboundNotification) -> Result<Recorded, StoreError> {
+        let mut ticket = self.notification_batches().enqueue(n);
+        loop {
+            let turn = ticket.turn().await.map_err(|Abandoned| {
+                StoreError::Unavailable(
+                    "the store closed before the notification was recorded".into(),
+                )
+            })?;
+            match turn {
+                Turn::Answered(result) => return result,
+                Turn::Lead(batch) => {
+                    let results = record_notifications(self, batch.items()).await;
+                    batch.answer(results);
+                }
+            }
+        }
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {

@@ -53,7 +53,7 @@ use time::OffsetDateTime;
 #[cfg(doc)]
 use super::Store;
 use super::rows::{attempts_of_invoice, payment_of_invoice};
-use super::shared::{self, Backend};
+use super::shared::{self, Backend, NotificationBatches};
 use super::sql::{Dialect, sqlx_conn};
 use super::{Created, PaymentDraft, StoreError};
 use crate::payment::InvoiceNumber;
@@ -74,6 +74,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Reads outside write transactions.
     reader: SqlitePool,
+    /// Notifications waiting for the writer (group commit); shared by clones.
+    notifications: std::sync::Arc<NotificationBatches>,
 }
 
 impl SqliteStore {
@@ -120,7 +122,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_error)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            notifications: Default::default(),
+        })
     }
 
     /// Closes every connection, waiting for in-flight operations; later calls fail as
@@ -246,6 +252,10 @@ impl Backend for SqliteStore {
     fn election(&self) -> Box<dyn super::Election> {
         Box::new(super::SoleReplica)
     }
+
+    fn notification_batches(&self) -> &NotificationBatches {
+        &self.notifications
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&url(&dir)).await.unwrap();
         let n = accepted(change("INV-1", PaymentStatus::Paid, "r1"));
-        let Recorded::Stored { event: Some(event) } = store.record_notification(&n).await.unwrap()
+        let Recorded::Stored { event: Some(event) } =
+            store.record_notification(n.clone()).await.unwrap()
         else {
             panic!("expected an event");
         };
@@ -353,11 +364,11 @@ mod tests {
         );
         assert_eq!(reopened.last_seq().await.unwrap(), event.seq);
         assert_eq!(
-            reopened.record_notification(&n).await.unwrap(),
+            reopened.record_notification(n.clone()).await.unwrap(),
             Recorded::Duplicate
         );
         let next = reopened
-            .record_notification(&accepted(change("INV-2", PaymentStatus::Paid, "r2")))
+            .record_notification(accepted(change("INV-2", PaymentStatus::Paid, "r2")))
             .await
             .unwrap();
         assert!(
@@ -384,7 +395,7 @@ mod tests {
                 let invoice = format!("INV-{}", i % 4);
                 let created = store.create_payment(&draft(&invoice)).await?;
                 let n = accepted(change(&invoice, PaymentStatus::Paid, &format!("r{i}")));
-                let recorded = store.record_notification(&n).await?;
+                let recorded = store.record_notification(n.clone()).await?;
                 Ok::<_, StoreError>((created, recorded))
             }));
         }
@@ -436,7 +447,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&url(&dir)).await.unwrap();
         store
-            .record_notification(&accepted(change("INV-1", PaymentStatus::Paid, "r1")))
+            .record_notification(accepted(change("INV-1", PaymentStatus::Paid, "r1")))
             .await
             .unwrap();
         sqlx::query("UPDATE payments SET status = 'SETTLED'")
@@ -456,6 +467,54 @@ mod tests {
             store.events_after(0, 10).await,
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_item_that_fails_on_its_data_fails_alone_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        store
+            .record_notification(accepted(change("INV-1", PaymentStatus::Paid, "r1")))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE payments SET status = 'SETTLED'")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let before = store.last_seq().await.unwrap();
+        let batch = [
+            accepted(change("INV-2", PaymentStatus::Paid, "r2")),
+            accepted(change("INV-1", PaymentStatus::Expired, "r1-late")),
+            accepted(change("INV-2", PaymentStatus::Paid, "r2")),
+            accepted(change("INV-3", PaymentStatus::Paid, "r3")),
+        ];
+        let results = shared::record_notifications(&store, &batch).await;
+        let seqs: Vec<u64> = [&results[0], &results[3]]
+            .iter()
+            .map(|r| match r {
+                Ok(Recorded::Stored { event: Some(e) }) => e.seq,
+                other => panic!("expected a stored event, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [before + 1, before + 2]);
+        assert!(
+            matches!(results[1], Err(StoreError::Corrupt(_))),
+            "{results:?}"
+        );
+        assert_eq!(results[2].as_ref().unwrap(), &Recorded::Duplicate);
+        // The batch-mates are committed; the failed item left nothing, not even its audit row.
+        for invoice in ["INV-2", "INV-3"] {
+            let invoice = InvoiceNumber::parse(invoice).unwrap();
+            assert!(store.get_payment(&invoice).await.unwrap().is_some());
+        }
+        assert_eq!(store.last_seq().await.unwrap(), before + 2);
+        let audit: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM notifications WHERE doku_request_id = 'r1-late'",
+        )
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+        assert_eq!(audit, 0);
     }
 
     #[tokio::test]
@@ -484,7 +543,7 @@ mod tests {
             .await
             .unwrap();
         let n = accepted(change("INV-1", PaymentStatus::Paid, "r1"));
-        match store.record_notification(&n).await {
+        match store.record_notification(n.clone()).await {
             Err(StoreError::Unavailable(detail)) => {
                 assert!(detail.contains("(code: 8)"), "SQLITE_READONLY: {detail}");
             }
