@@ -95,7 +95,7 @@ fn amount() -> Amount {
     Amount::new(150_000).unwrap()
 }
 
-fn draft(invoice: &str, key: Option<&str>, reusable: bool) -> PaymentDraft {
+pub(crate) fn draft(invoice: &str, key: Option<&str>, reusable: bool) -> PaymentDraft {
     let request = NewPayment {
         invoice: inv(invoice),
         amount: amount(),
@@ -140,7 +140,12 @@ fn reconciled(invoice: &str, status: PaymentStatus, occur: i64) -> StatusChange 
     }
 }
 
-fn notified(invoice: &str, status: PaymentStatus, occur: i64, request_id: &str) -> StatusChange {
+pub(crate) fn notified(
+    invoice: &str,
+    status: PaymentStatus,
+    occur: i64,
+    request_id: &str,
+) -> StatusChange {
     StatusChange {
         source: EventSource::DokuNotification,
         doku_request_id: Some(request_id.into()),
@@ -164,7 +169,7 @@ fn notification(verdict: Verdict, change: StatusChange) -> InboundNotification {
     }
 }
 
-fn accepted(change: StatusChange) -> InboundNotification {
+pub(crate) fn accepted(change: StatusChange) -> InboundNotification {
     notification(Verdict::Accepted, change)
 }
 

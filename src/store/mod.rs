@@ -87,6 +87,7 @@ use crate::payment::{
     Channel, Event, InvoiceNumber, IssuedCode, NewPayment, Payment, PaymentCode, StatusChange,
 };
 
+pub mod cache;
 #[cfg(test)]
 mod conformance;
 mod decide;
@@ -112,10 +113,20 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(url, &StoreOptions::default()).await
 }
 
+/// How long [`open`] waits for another process to let go of a SQLite store (a previous
+/// sidecar still draining) before it gives up.
+const SOLE_WRITER_WAIT: Duration = Duration::from_secs(5);
+
 /// [`open`] with connection settings (used by PostgreSQL; SQLite has its own fixed ones).
 pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     match Backend::of(url).map_err(StoreError::Unavailable)? {
-        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url).await?)),
+        Backend::Sqlite => {
+            // One sidecar per SQLite file, so its payments can be read from memory.
+            let path = sqlite::database_path(url)?;
+            let sole = cache::SoleWriter::acquire(&path, SOLE_WRITER_WAIT).await?;
+            let store = Arc::new(SqliteStore::open(url).await?);
+            Ok(Arc::new(cache::Cached::new(store, Some(sole))))
+        }
         Backend::Postgres => Ok(Arc::new(PostgresStore::open_with(url, options).await?)),
     }
 }

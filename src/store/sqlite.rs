@@ -78,6 +78,23 @@ pub struct SqliteStore {
     notifications: std::sync::Arc<NotificationBatches>,
 }
 
+/// The connect options of a `sqlite://` URL; an in-memory database is refused.
+fn options_of(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("invalid SQLite store URL: {e}")))?;
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Err(StoreError::Unavailable(
+            "an in-memory SQLite store is not durable; use sqlite://PATH".into(),
+        ));
+    }
+    Ok(options)
+}
+
+/// The database file a `sqlite://` URL names.
+pub fn database_path(url: &str) -> Result<std::path::PathBuf, StoreError> {
+    Ok(options_of(url)?.get_filename().to_path_buf())
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://PATH`, relative or
     /// absolute: `sqlite:///var/lib/o2o/o2o.db`) and runs pending migrations.
@@ -85,14 +102,7 @@ impl SqliteStore {
     /// In-memory databases are refused: the sidecar's promise is that an acknowledged
     /// notification is durable, and tests use a temporary file just as cheaply.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid SQLite store URL: {e}")))?;
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            return Err(StoreError::Unavailable(
-                "an in-memory SQLite store is not durable; use sqlite://PATH".into(),
-            ));
-        }
-        let options = options
+        let options = options_of(url)?
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT);
