@@ -309,22 +309,16 @@ pub fn parse(body: &[u8]) -> Result<Vec<PaymentInstruction>, String> {
     let list = answer
         .payment_instruction
         .ok_or("payment_instruction is missing")?;
-    if list.len() > INSTRUCTIONS_MAX {
-        return Err(format!(
-            "{} instructions, more than {INSTRUCTIONS_MAX}",
-            list.len()
-        ));
-    }
+    at_most(list.len(), INSTRUCTIONS_MAX, "payment_instruction")?;
     let mut found = Vec::new();
     for (i, item) in list.into_iter().enumerate() {
         let Some(item) = item else { continue };
         let steps = item.step.unwrap_or_default();
-        if steps.len() > STEPS_MAX {
-            return Err(format!(
-                "payment_instruction[{i}] has {} steps, more than {STEPS_MAX}",
-                steps.len()
-            ));
-        }
+        at_most(
+            steps.len(),
+            STEPS_MAX,
+            &format!("payment_instruction[{i}].step"),
+        )?;
         let mut kept = Vec::new();
         for (j, step) in steps.into_iter().enumerate() {
             let step = text(step.as_deref(), STEP_CHARS_MAX)
@@ -345,6 +339,14 @@ pub fn parse(body: &[u8]) -> Result<Vec<PaymentInstruction>, String> {
         });
     }
     Ok(found)
+}
+
+/// An error when the array `what` has more than `max` elements.
+fn at_most(len: usize, max: usize, what: &str) -> Result<(), String> {
+    if len > max {
+        return Err(format!("{what} has {len} elements, more than {max}"));
+    }
+    Ok(())
 }
 
 /// `value` trimmed, control characters as spaces; an error past `max` characters.
@@ -636,54 +638,39 @@ mod fetch_tests {
     }
 
     #[tokio::test]
-    async fn failures_are_no_instructions() {
+    async fn each_failure_is_counted_by_its_outcome_and_gives_no_instructions() {
         let doku = MockServer::start().await;
-        serve(
-            &doku,
-            "/500",
-            ResponseTemplate::new(500).set_body_string(ANSWER),
-        )
-        .await;
-        serve(&doku, "/404", ResponseTemplate::new(404)).await;
-        serve(
-            &doku,
-            "/slow",
-            ResponseTemplate::new(200)
-                .set_body_string(ANSWER)
-                .set_delay(Duration::from_secs(5)),
-        )
-        .await;
-        let big = json!({"payment_instruction": [], "pad": "x".repeat(BODY_MAX)}).to_string();
-        serve(
-            &doku,
-            "/big",
-            ResponseTemplate::new(200).set_body_string(big),
-        )
-        .await;
-        serve(
-            &doku,
-            "/html",
-            ResponseTemplate::new(200).set_body_string("<html></html>"),
-        )
-        .await;
+        let ok = || ResponseTemplate::new(200);
+        let padded = json!({"payment_instruction": [], "pad": "x".repeat(BODY_MAX)});
+        let cases = [
+            (
+                "/500",
+                ResponseTemplate::new(500).set_body_string(ANSWER),
+                "http_error",
+            ),
+            ("/404", ResponseTemplate::new(404), "http_error"),
+            (
+                "/slow",
+                ok().set_body_string(ANSWER)
+                    .set_delay(Duration::from_secs(5)),
+                "timeout",
+            ),
+            (
+                "/big",
+                ok().set_body_string(padded.to_string()),
+                "too_large",
+            ),
+            ("/html", ok().set_body_string("<html></html>"), "unreadable"),
+        ];
+        for (at, answer, _) in &cases {
+            serve(&doku, at, answer.clone()).await;
+        }
         let f = fetcher(&[&doku], 300);
-        let at = |p: &str| format!("{}{p}", doku.uri());
-        assert_eq!(
-            f.fetch(&at("/500")).await,
-            Err(Failure::Status(StatusCode::INTERNAL_SERVER_ERROR))
-        );
-        assert_eq!(
-            f.fetch(&at("/404")).await,
-            Err(Failure::Status(StatusCode::NOT_FOUND))
-        );
-        assert_eq!(f.fetch(&at("/slow")).await, Err(Failure::Timeout));
-        assert_eq!(f.fetch(&at("/big")).await, Err(Failure::TooLarge));
-        assert!(matches!(
-            f.fetch(&at("/html")).await,
-            Err(Failure::Unreadable(_))
-        ));
-        for p in ["/500", "/slow", "/big", "/html"] {
-            assert_eq!(f.instructions(&at(p)).await, vec![], "{p}");
+        for (at, _, outcome) in cases {
+            let url = format!("{}{at}", doku.uri());
+            let got = f.fetch(&url).await;
+            assert_eq!(got.as_ref().map_err(Failure::outcome), Err(outcome), "{at}");
+            assert_eq!(f.instructions(&url).await, vec![], "{at}");
         }
     }
 }

@@ -26,15 +26,11 @@ async fn generate_and_get_status_return_the_instructions_doku_sim_serves() {
     assert!(!payment.payment_code.is_empty());
 
     // What the simulator's how-to-pay API says, read directly.
-    let served: Value = h
-        .http
-        .get(&payment.how_to_pay_api_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    let api = payment
+        .how_to_pay_api_url
+        .strip_prefix(&h.doku_url)
         .unwrap();
+    let served = h.sim_get(api).await;
     let want: Vec<pb::PaymentInstruction> = served["payment_instruction"]
         .as_array()
         .unwrap()
@@ -177,29 +173,22 @@ async fn a_link_to_a_host_that_is_not_allowed_is_never_fetched() {
 async fn a_failing_slow_or_oversized_how_to_pay_api_does_not_fail_the_payment() {
     let timeout = Duration::from_millis(500);
     let (doku, fake, mut h) = rig(timeout).await;
-    serve(&doku, "/htp/500", ResponseTemplate::new(500)).await;
-    serve(
-        &doku,
-        "/htp/slow",
-        ResponseTemplate::new(200)
-            .set_body_string(ANSWER)
-            .set_delay(Duration::from_secs(30)),
-    )
-    .await;
-    let big = json!({"payment_instruction": [], "pad": "x".repeat(100 * 1024)}).to_string();
-    serve(
-        &doku,
-        "/htp/big",
-        ResponseTemplate::new(200).set_body_string(big),
-    )
-    .await;
-    serve(
-        &doku,
-        "/htp/garbage",
-        ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"),
-    )
-    .await;
-    for (n, case) in ["500", "slow", "big", "garbage"].into_iter().enumerate() {
+    let ok = || ResponseTemplate::new(200);
+    let big = json!({"payment_instruction": [], "pad": "x".repeat(100 * 1024)});
+    let cases = [
+        ("500", ResponseTemplate::new(500)),
+        (
+            "slow",
+            ok().set_body_string(ANSWER)
+                .set_delay(Duration::from_secs(30)),
+        ),
+        ("big", ok().set_body_string(big.to_string())),
+        ("garbage", ok().set_body_string("<html>maintenance</html>")),
+    ];
+    for (case, answer) in &cases {
+        serve(&doku, &format!("/htp/{case}"), answer.clone()).await;
+    }
+    for (n, (case, _)) in cases.iter().enumerate() {
         let invoice = format!("INV-INS-F{n}");
         fake.link(&invoice, format!("{}/htp/{case}", doku.uri()));
         let started = Instant::now();
@@ -215,7 +204,7 @@ async fn a_failing_slow_or_oversized_how_to_pay_api_does_not_fail_the_payment() 
         assert!(stored.instructions.is_empty(), "{case}");
     }
     // Each was asked once: a failed fetch is not retried.
-    for case in ["500", "slow", "big", "garbage"] {
+    for (case, _) in cases {
         let asked = doku
             .received_requests()
             .await
