@@ -35,8 +35,8 @@ use super::{
 };
 use crate::{
     payment::{
-        Amount, AmountRule, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity,
-        PaymentInstruction, ReportMismatch, ReportedIdentity, check_report,
+        Amount, AmountRule, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity, ReportMismatch,
+        ReportedIdentity, check_report,
     },
     secret::SecretSource,
 };
@@ -401,7 +401,7 @@ impl DokuClient {
     /// The instructions DOKU's how-to-pay API lists at `url` (an issued code's
     /// `how_to_pay_api`); none when its origin is not allowed or the fetch fails, which is
     /// logged and counted, never an error: see [`super::how_to_pay`].
-    pub async fn payment_instructions(&self, url: &str) -> Vec<PaymentInstruction> {
+    pub async fn payment_instructions(&self, url: &str) -> Vec<crate::payment::PaymentInstruction> {
         self.inner.how_to_pay.instructions(url).await
     }
 

@@ -28,6 +28,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
+use tracing::{Instrument as _, field};
 
 use super::error::ConfigError;
 use crate::payment::PaymentInstruction;
@@ -210,12 +211,33 @@ impl HowToPay {
     /// The instructions at `url`, or none (logged and counted) when it is not allowed or the
     /// fetch fails.
     pub(crate) async fn instructions(&self, url: &str) -> Vec<PaymentInstruction> {
-        let result = self.fetch(url).await;
+        // Only the origin is logged: the link's path carries the code and its token.
+        let origin = Url::parse(url).map_or_else(
+            |_| "(not a URL)".to_owned(),
+            |u| u.origin().ascii_serialization(),
+        );
+        let parsed = Url::parse(url).ok();
+        // Integers as i64: tracing-opentelemetry records a u64 as a string.
+        let span = tracing::info_span!(
+            "doku.how_to_pay",
+            otel.name = "GET how_to_pay_api",
+            otel.kind = "client",
+            http.request.method = "GET",
+            server.address = parsed.as_ref().and_then(Url::host_str).unwrap_or_default(),
+            server.port = parsed
+                .as_ref()
+                .and_then(Url::port_or_known_default)
+                .map_or(0, i64::from),
+            outcome = field::Empty,
+        );
+        let result = self.fetch(url).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(f) => f.outcome(),
         };
+        span.record("outcome", outcome);
         metrics::counter!("o2o_how_to_pay_fetches_total", "outcome" => outcome).increment(1);
+        let _entered = span.enter();
         match result {
             Ok(found) => {
                 tracing::debug!(
@@ -226,14 +248,14 @@ impl HowToPay {
             }
             Err(Failure::NotAllowed) => {
                 tracing::warn!(
-                    url,
+                    %origin,
                     "how_to_pay_api points at an origin not in --how-to-pay-hosts: not fetched; the payment has no instructions"
                 );
                 Vec::new()
             }
             Err(why) => {
                 tracing::warn!(
-                    url,
+                    %origin,
                     outcome,
                     %why,
                     "how-to-pay instructions could not be fetched; the payment has none"
@@ -252,7 +274,8 @@ impl HowToPay {
             if e.is_timeout() {
                 Failure::Timeout
             } else {
-                Failure::Transport(super::client::error_chain(&e))
+                // Without the URL: its path carries the code and its token.
+                Failure::Transport(super::client::error_chain(&e.without_url()))
             }
         };
         let mut resp = self
