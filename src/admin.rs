@@ -67,6 +67,10 @@ pub fn describe_metrics() {
         "Time of one HTTP request to DOKU (one attempt), by endpoint."
     );
     describe_counter!(
+        "o2o_how_to_pay_fetches_total",
+        "Fetches of an issued code's how-to-pay JSON (its instructions), by outcome: ok, not_allowed (the link's origin is not in --how-to-pay-hosts: not fetched), http_error, timeout, error, too_large, unreadable. Only ok gives the payment instructions; none fails it."
+    );
+    describe_counter!(
         "o2o_notifications_total",
         "DOKU notifications received, by verdict: accepted, duplicate, bad_signature, mismatch, unknown_status, skewed."
     );

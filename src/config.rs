@@ -107,6 +107,21 @@ pub struct CommonArgs {
     /// Connect timeout of a DOKU call.
     #[arg(long, env = "O2O_DOKU_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub doku_connect_timeout: Duration,
+    /// Hosts an issued code's how-to-pay JSON (the `how_to_pay_api` link in DOKU's answer) may
+    /// be fetched from, comma-separated: a host name allows https on the default port,
+    /// `http(s)://host:port` exactly that origin; empty: never fetch. A link to any other host
+    /// is not fetched (logged and counted).
+    #[arg(
+        long,
+        env = "O2O_HOW_TO_PAY_HOSTS",
+        value_delimiter = ',',
+        default_value = "api.doku.com,api-sandbox.doku.com,sandbox.doku.com,api-jokul.doku.com"
+    )]
+    pub how_to_pay_hosts: Vec<String>,
+    /// Longest time fetching the how-to-pay JSON may add to GeneratePaymentCode (connect to
+    /// the end of the body); past it the payment is returned without instructions.
+    #[arg(long, env = "O2O_HOW_TO_PAY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub how_to_pay_timeout: Duration,
     /// Largest DOKU notification body accepted, in bytes (DOKU's are under 2 KiB); larger is 413.
     #[arg(long, env = "O2O_NOTIFICATION_MAX_BYTES", default_value_t = 64 * 1024)]
     pub notification_max_bytes: usize,
@@ -315,6 +330,10 @@ pub struct Config {
     /// How many times a transient DOKU failure is tried before the caller sees it
     /// (`--doku-max-attempts`).
     pub doku_max_attempts: u32,
+    /// Where the how-to-pay JSON of an issued code may be fetched from, and for how long: the
+    /// link comes from an answer, so only origins the operator trusts are fetched
+    /// (`--how-to-pay-hosts`, `--how-to-pay-timeout`; `dev` adds its simulator).
+    pub how_to_pay: crate::doku::HowToPayConfig,
     /// Bounds what a peer on the internet can make the ingress buffer; DOKU's bodies are under
     /// 2 KiB (`--notification-max-bytes`).
     pub max_notification_bytes: usize,
@@ -476,6 +495,16 @@ impl Config {
             ),
             _ => None,
         };
+        let how_to_pay = crate::doku::HowToPayConfig {
+            allowed: common
+                .how_to_pay_hosts
+                .iter()
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| crate::doku::AllowedOrigin::parse(h))
+                .collect::<Result<_, _>>()
+                .map_err(|e| FlagError::new("--how-to-pay-hosts", e))?,
+            timeout: not_zero(common.how_to_pay_timeout, "--how-to-pay-timeout")?,
+        };
         let store_options = crate::store::StoreOptions {
             pool_size: common.store_pool_size,
             connect_timeout: not_zero(common.store_connect_timeout, "--store-connect-timeout")?,
@@ -490,6 +519,7 @@ impl Config {
             doku_timeout: common.doku_timeout,
             doku_connect_timeout: common.doku_connect_timeout,
             doku_max_attempts: common.doku_max_attempts,
+            how_to_pay,
             max_notification_bytes: common.notification_max_bytes,
             notification_skew_tolerance: common.notification_skew_tolerance,
             notification_reject_skewed: common.notification_reject_skewed,
@@ -689,6 +719,7 @@ mod tests {
             doku_timeout,
             doku_connect_timeout,
             doku_max_attempts,
+            how_to_pay,
             max_notification_bytes,
             notification_skew_tolerance,
             notification_reject_skewed,
@@ -714,6 +745,8 @@ mod tests {
         assert_eq!(doku_timeout, new.doku_timeout);
         assert_eq!(doku_connect_timeout, new.doku_connect_timeout);
         assert_eq!(doku_max_attempts, new.doku_max_attempts);
+        assert_eq!(how_to_pay.allowed, new.how_to_pay.allowed);
+        assert_eq!(how_to_pay.timeout, new.how_to_pay.timeout);
         assert_eq!(max_notification_bytes, new.max_notification_bytes);
         assert_eq!(notification_skew_tolerance, new.notification_skew_tolerance);
         assert_eq!(notification_reject_skewed, new.notification_reject_skewed);
@@ -739,6 +772,48 @@ mod tests {
         assert_eq!(doku.request_timeout, doku_timeout);
         assert_eq!(doku.connect_timeout, doku_connect_timeout);
         assert_eq!(doku.max_attempts, doku_max_attempts);
+        assert_eq!(doku.how_to_pay.allowed, how_to_pay.allowed);
+        assert_eq!(doku.how_to_pay.timeout, how_to_pay.timeout);
+    }
+
+    #[test]
+    fn how_to_pay_hosts() {
+        let common = |args: &[&str]| {
+            let mut all = vec!["dev"];
+            all.extend_from_slice(args);
+            match parse(&all).unwrap().command {
+                Command::Dev(d) => d.common,
+                Command::Serve(_) => panic!(),
+            }
+        };
+        let cfg = from_flags(&common(&[
+            "--how-to-pay-hosts",
+            "api.doku.com, http://127.0.0.1:8181",
+            "--how-to-pay-timeout",
+            "500ms",
+        ]))
+        .unwrap();
+        let shown: Vec<String> = cfg
+            .how_to_pay
+            .allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["https://api.doku.com:443", "http://127.0.0.1:8181"]);
+        assert_eq!(cfg.how_to_pay.timeout, Duration::from_millis(500));
+        // Empty: never fetch.
+        let cfg = from_flags(&common(&["--how-to-pay-hosts", ""])).unwrap();
+        assert!(cfg.how_to_pay.allowed.is_empty());
+        for (args, flag) in [
+            (
+                &["--how-to-pay-hosts", "https://api.doku.com/path"][..],
+                "--how-to-pay-hosts",
+            ),
+            (&["--how-to-pay-hosts", "ftp://x"], "--how-to-pay-hosts"),
+            (&["--how-to-pay-timeout", "0"], "--how-to-pay-timeout"),
+        ] {
+            assert_eq!(from_flags(&common(args)).unwrap_err().flag, flag);
+        }
     }
 
     #[test]

@@ -152,13 +152,18 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         notification_url: Some(notification_url),
         ..SimConfig::new(client_id.clone(), secret.clone())
     });
-    let config = Config::from_flags(
+    let mut config = Config::from_flags(
         format!("http://{sim_addr}"),
         client_id,
         SecretSource::fixed(secret),
         store.clone(),
         &common,
     )?;
+    // The simulator's how-to-pay links point at its own address (plain http on loopback).
+    config.how_to_pay.allowed.push(
+        o2o_sidecar::doku::AllowedOrigin::of_url(&format!("http://{}", reachable(sim_addr)))
+            .map_err(|e| anyhow::anyhow!("--sim-addr: {e}"))?,
+    );
 
     let sim_stop = tokio_util::sync::CancellationToken::new();
     let sim_task = tokio::spawn(sim.serve(sim_listener, sim_stop.clone().cancelled_owned()));

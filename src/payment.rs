@@ -578,6 +578,21 @@ pub struct Payment {
     pub how_to_pay_api_url: Option<String>,
     /// Whether the code can be paid more than once.
     pub reusable: bool,
+    /// How to pay, as data: fetched from the how-to-pay API when the code was issued; empty
+    /// when the fetch was not allowed or failed (the URLs above still lead there).
+    pub instructions: Vec<PaymentInstruction>,
+}
+
+/// One set of steps DOKU gives for paying a code: for one place or way to pay, in one
+/// language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentInstruction {
+    /// Where or how the steps apply, as DOKU names it (e.g. `INDOMARET`).
+    pub channel: String,
+    /// The steps' language, as DOKU names it (e.g. `en`, `id`); may be empty.
+    pub language: String,
+    /// What the customer does, in order: plain text, one step each.
+    pub steps: Vec<String>,
 }
 
 /// What DOKU answered when it issued a code.
@@ -593,6 +608,8 @@ pub struct IssuedCode {
     pub how_to_pay_url: Option<String>,
     /// DOKU's how-to-pay API.
     pub how_to_pay_api_url: Option<String>,
+    /// What the how-to-pay API listed, when it was fetched (empty otherwise).
+    pub instructions: Vec<PaymentInstruction>,
 }
 
 /// A change of a payment's status, as reported by DOKU (notification or Check Status).
@@ -657,6 +674,7 @@ impl Payment {
             how_to_pay_url: None,
             how_to_pay_api_url: None,
             reusable: false,
+            instructions: Vec::new(),
         }
     }
 }

@@ -115,6 +115,7 @@ impl Server {
                 connect_timeout: config.doku_connect_timeout,
                 request_timeout: config.doku_timeout,
                 max_attempts: config.doku_max_attempts,
+                how_to_pay: config.how_to_pay.clone(),
                 ..DokuClientConfig::default()
             },
             config.secret_key.clone(),

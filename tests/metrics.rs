@@ -199,6 +199,13 @@ async fn a_fresh_sidecar_describes_every_metric_and_counts_from_zero() {
         "the dashboard uses {absent:?}, not in:\n{page}"
     );
 
+    // The payment's instructions were fetched from the simulator's how-to-pay API.
+    assert_eq!(
+        sample(&page, r#"o2o_how_to_pay_fetches_total{outcome="ok"}"#),
+        Some(1.0),
+        "{page}"
+    );
+
     // Per-RPC metrics by method and code.
     assert_eq!(
         sample(

@@ -36,6 +36,16 @@ fn answer() -> pb::GetStatusResponse {
             how_to_pay_url: "http://127.0.0.1:8181/how-to-pay/3100100000001".into(),
             how_to_pay_api_url: "http://127.0.0.1:8181/how-to-pay-api/3100100000001".into(),
             reusable: false,
+            instructions: vec![pb::PaymentInstruction {
+                channel: "INDOMARET".into(),
+                language: "en".into(),
+                steps: vec![
+                    "Go to the nearest Indomaret store.".into(),
+                    "Tell the cashier you want to pay a DOKU payment.".into(),
+                    "Give the cashier your payment code.".into(),
+                    "Pay the amount and keep the receipt.".into(),
+                ],
+            }],
         }),
     }
 }

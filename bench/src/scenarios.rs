@@ -438,11 +438,14 @@ async fn spawn_sidecar(
 ) -> anyhow::Result<Proc> {
     std::fs::create_dir_all(dir)?;
     let arg = |s: &str| s.to_owned();
-    let envs: Vec<(&str, &str)> = plan
-        .sidecar_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    // The sidecar fetches each code's how-to-pay JSON from the simulator, as it does from
+    // DOKU in production (an env twin, which a baseline binary without the flag ignores).
+    let mut envs: Vec<(&str, &str)> = vec![("O2O_HOW_TO_PAY_HOSTS", sim_url)];
+    envs.extend(
+        plan.sidecar_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     Proc::spawn(
         "o2o-sidecar",
         &bin_dir.join("o2o-sidecar"),

@@ -27,6 +27,7 @@ use tracing::{Instrument as _, Span, field};
 
 use super::{
     error::{ConfigError, DokuError},
+    how_to_pay::{HowToPay, HowToPayConfig},
     signature::{self, Components, TimestampKind},
     types::{
         DokuPaymentCodeRequest, DokuPaymentCodeResponse, DokuTransactionReport, ReportedStatus,
@@ -79,6 +80,9 @@ pub struct DokuClientConfig {
     pub backoff_max: Duration,
     /// Longest wait honoured from DOKU's `Retry-After`: a caller is waiting on the call.
     pub retry_after_max: Duration,
+    /// Where the how-to-pay JSON of an issued code may be fetched from, and how long that may
+    /// take (see [`super::how_to_pay`]).
+    pub how_to_pay: HowToPayConfig,
 }
 
 impl Default for DokuClientConfig {
@@ -92,14 +96,16 @@ impl Default for DokuClientConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(2),
             retry_after_max: Duration::from_secs(5),
+            how_to_pay: HowToPayConfig::default(),
         }
     }
 }
 
 impl DokuClientConfig {
     /// The longest one logical call can take: every attempt running into both timeouts, and
-    /// the longest wait between attempts (the backoff's cap or an honoured `Retry-After`). A
-    /// payment's attempt lease is derived from it, so that it outlasts any call.
+    /// the longest wait between attempts (the backoff's cap or an honoured `Retry-After`),
+    /// then the fetch of the issued code's how-to-pay JSON. A payment's attempt lease is
+    /// derived from it, so that it outlasts any call.
     pub fn worst_case_call(&self) -> Duration {
         let attempts = self.max_attempts.max(1);
         let attempt = self.connect_timeout.saturating_add(self.request_timeout);
@@ -107,6 +113,7 @@ impl DokuClientConfig {
         attempt
             .saturating_mul(attempts)
             .saturating_add(between.saturating_mul(attempts - 1))
+            .saturating_add(self.how_to_pay.timeout)
     }
 }
 
@@ -158,6 +165,7 @@ struct Inner {
     server: (String, u16),
     cfg: DokuClientConfig,
     key: SecretSource,
+    how_to_pay: HowToPay,
 }
 
 /// `Request-Timestamp` format: UTC, seconds, `Z`, no fraction.
@@ -278,6 +286,7 @@ impl DokuClient {
             url.host_str().unwrap_or_default().to_owned(),
             url.port_or_known_default().unwrap_or_default(),
         );
+        let how_to_pay = HowToPay::new(&cfg.how_to_pay)?;
         let mut shown = url.clone();
         // Cannot fail for an http(s) URL with a host.
         let _ = shown.set_username("");
@@ -291,6 +300,7 @@ impl DokuClient {
                 path_prefix,
                 cfg,
                 key,
+                how_to_pay,
             }),
         })
     }
@@ -386,6 +396,13 @@ impl DokuClient {
             );
         }
         Ok(issued)
+    }
+
+    /// The instructions DOKU's how-to-pay API lists at `url` (an issued code's
+    /// `how_to_pay_api`); none when its origin is not allowed or the fetch fails, which is
+    /// logged and counted, never an error: see [`super::how_to_pay`].
+    pub async fn payment_instructions(&self, url: &str) -> Vec<crate::payment::PaymentInstruction> {
+        self.inner.how_to_pay.instructions(url).await
     }
 
     /// Asks DOKU's Check Status about `invoice` (GET, signed without Digest).
@@ -930,7 +947,7 @@ fn for_log(body: &[u8]) -> String {
 }
 
 /// An error and its sources on one line (reqwest's own `Display` hides the cause).
-fn error_chain(e: &dyn StdError) -> String {
+pub(super) fn error_chain(e: &dyn StdError) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -1032,15 +1049,20 @@ mod tests {
             max_attempts: 3,
             backoff_max: Duration::from_secs(2),
             retry_after_max: Duration::from_secs(5),
+            how_to_pay: crate::doku::HowToPayConfig {
+                timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
             ..DokuClientConfig::default()
         };
-        // 3 attempts of 13 s, and two waits of up to 5 s (Retry-After beats the backoff).
-        assert_eq!(cfg.worst_case_call(), Duration::from_secs(49));
+        // 3 attempts of 13 s, two waits of up to 5 s (Retry-After beats the backoff), and the
+        // 2 s fetch of the how-to-pay JSON.
+        assert_eq!(cfg.worst_case_call(), Duration::from_secs(51));
         let one = DokuClientConfig {
             max_attempts: 1,
             ..cfg.clone()
         };
-        assert_eq!(one.worst_case_call(), Duration::from_secs(13));
+        assert_eq!(one.worst_case_call(), Duration::from_secs(15));
         let huge = DokuClientConfig {
             request_timeout: Duration::MAX,
             ..cfg
@@ -1181,6 +1203,7 @@ mod server_tests {
                 backoff_base: Duration::from_millis(5),
                 backoff_max: Duration::from_millis(20),
                 retry_after_max: Duration::from_millis(30),
+                how_to_pay: HowToPayConfig::default(),
             },
             SecretSource::fixed(KEY),
         )

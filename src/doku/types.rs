@@ -269,6 +269,8 @@ impl DokuPaymentCodeResponse {
             expire_time: doku_time(info.expired_date_utc.as_ref(), info.expired_date.as_ref()),
             how_to_pay_url: info.how_to_pay_page,
             how_to_pay_api_url: info.how_to_pay_api,
+            // Fetched separately, from `how_to_pay_api` (see `client::payment_instructions`).
+            instructions: Vec::new(),
         })
     }
 }

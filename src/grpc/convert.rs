@@ -4,7 +4,9 @@ use prost_types::Timestamp;
 use time::OffsetDateTime;
 
 use super::pb;
-use crate::payment::{Channel, Event, EventSource, Payment, PaymentCodeInput, PaymentStatus};
+use crate::payment::{
+    Channel, Event, EventSource, Payment, PaymentCodeInput, PaymentInstruction, PaymentStatus,
+};
 
 /// A proto Timestamp for an instant (whole seconds are all DOKU has).
 pub fn timestamp(t: OffsetDateTime) -> Timestamp {
@@ -81,6 +83,16 @@ pub fn payment(p: Payment) -> pb::Payment {
         how_to_pay_url: p.how_to_pay_url.unwrap_or_default(),
         how_to_pay_api_url: p.how_to_pay_api_url.unwrap_or_default(),
         reusable: p.reusable,
+        instructions: p.instructions.into_iter().map(instruction).collect(),
+    }
+}
+
+/// Proto instruction of a domain instruction.
+pub fn instruction(i: PaymentInstruction) -> pb::PaymentInstruction {
+    pb::PaymentInstruction {
+        channel: i.channel,
+        language: i.language,
+        steps: i.steps,
     }
 }
 

@@ -141,8 +141,15 @@ impl Sidecar {
             body: stored.body,
         };
         match self.doku.generate_payment_code(&request).await {
-            Ok(issued) => {
-                // The code and the sweeper's first check commit together: one transaction.
+            Ok(mut issued) => {
+                // The instructions are fetched before the code is recorded, so that they
+                // commit with it; a failed fetch leaves them empty and is not retried (the
+                // how-to-pay URLs still lead there).
+                if let Some(url) = &issued.how_to_pay_api_url {
+                    issued.instructions = self.doku.payment_instructions(url).await;
+                }
+                // The code, its instructions and the sweeper's first check commit together:
+                // one transaction.
                 let first_check =
                     OffsetDateTime::now_utc() + to_time(self.settings.first_check_after);
                 let rec = self

@@ -481,11 +481,17 @@ pub(crate) async fn how_to_pay_api(
         ))
         .into_response();
     };
+    // DOKU's plugins read `payment_instruction[].channel` and `.step[]`; the rest follows
+    // the VA answer's shape (`order`, the channel's info, `customer`): docs/design-notes.md.
     axum::Json(serde_json::json!({
-        "payment_code": p.payment_code,
-        "amount": p.amount,
-        "info": p.info,
-        "expired_date_utc": wire::iso_utc(p.expires_at),
+        "order": {"invoice_number": p.invoice_number, "amount": p.amount},
+        "online_to_offline_info": {
+            "payment_code": p.payment_code,
+            "info": p.info,
+            "created_date_utc": wire::iso_utc(p.created_at),
+            "expired_date_utc": wire::iso_utc(p.expires_at),
+        },
+        "customer": {"name": p.customer_name},
         "payment_instruction": [{
             "channel": p.channel.instruction_channel(),
             "language": "en",

@@ -260,7 +260,13 @@ async fn happy_generate_issues_a_signed_numeric_code() {
     )));
     let how = r.http.get(api).send().await.unwrap();
     assert_eq!(how.status(), 200);
-    assert_eq!(how.json::<Value>().await.unwrap()["payment_code"], code);
+    let how = how.json::<Value>().await.unwrap();
+    assert_eq!(how["online_to_offline_info"]["payment_code"], code);
+    assert_eq!(how["payment_instruction"][0]["channel"], "INDOMARET");
+    assert!(
+        how["payment_instruction"][0]["step"][0].is_string(),
+        "{how}"
+    );
     let wrong_token = r.http.get(format!("{api}x")).send().await.unwrap();
     assert_eq!(wrong_token.status(), 404);
 

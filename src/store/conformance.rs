@@ -20,7 +20,7 @@ use super::{
 };
 use crate::payment::{
     Amount, Channel, Event, EventSource, InvoiceNumber, IssuedCode, NewPayment, PaymentCode,
-    PaymentStatus, StatusChange,
+    PaymentInstruction, PaymentStatus, StatusChange,
 };
 
 /// A store under test and whatever must live as long as it (a temporary directory, a scratch
@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             claim_lease_expiry_and_release,
             record_issued_is_idempotent_and_refuses_another_code,
             record_issued_schedules_the_first_check_with_the_code,
+            record_issued_keeps_the_instructions,
             a_draft_created_with_a_lease_is_held_until_it_ends,
             status_moves_forward_only,
             reusable_code_paid_twice_makes_two_events,
@@ -381,6 +382,7 @@ fn issued(c: &str, create: Option<i64>, expire: Option<i64>) -> IssuedCode {
         expire_time: expire.map(t),
         how_to_pay_url: Some("https://sandbox.doku.com/how-to-pay/1".into()),
         how_to_pay_api_url: Some("https://sandbox.doku.com/how-to-pay-api/1".into()),
+        instructions: Vec::new(),
     }
 }
 
@@ -427,6 +429,72 @@ pub(crate) async fn record_issued_schedules_the_first_check_with_the_code(store:
     };
     assert_eq!(due(59).await, Vec::<InvoiceNumber>::new());
     assert_eq!(due(60).await, vec![i.clone()]);
+}
+
+/// record_issued keeps the instructions with the code, in order and as given (multi-byte text
+/// and quotes included), for every later read; a payment issued without any has none, and the
+/// same code again fills them in once, never replaces them.
+pub(crate) async fn record_issued_keeps_the_instructions(store: Arc<dyn Store>) {
+    let store = &*store;
+    let instructions = vec![
+        PaymentInstruction {
+            channel: "INDOMARET".into(),
+            language: "id".into(),
+            steps: vec![
+                "Datang ke gerai Indomaret terdekat.".into(),
+                "Sebutkan \"DOKU\" ke kasir — bayar Rp 10.000.".into(),
+            ],
+        },
+        PaymentInstruction {
+            channel: String::new(),
+            language: "en".into(),
+            steps: vec!["Pay at the counter.".into()],
+        },
+    ];
+    let with = |c: &str, list: &[PaymentInstruction]| IssuedCode {
+        instructions: list.to_vec(),
+        ..issued(c, None, None)
+    };
+
+    let i = inv("INV-1");
+    create(store, &draft("INV-1", None, false)).await;
+    let rec = store
+        .record_issued(&i, &with("8888001", &instructions), Some(t(60)))
+        .await
+        .unwrap();
+    assert_eq!(rec.payment.instructions, instructions);
+    let read = store.get_payment(&i).await.unwrap().unwrap();
+    assert_eq!(read.payment.instructions, instructions);
+    // The same code with other instructions (a replayed answer): what is stored stays.
+    let again = store
+        .record_issued(&i, &with("8888001", &instructions[1..]), None)
+        .await
+        .unwrap();
+    assert_eq!(again.payment.instructions, instructions);
+
+    // Issued without instructions: none, until the same code comes with some.
+    let j = inv("INV-2");
+    create(store, &draft("INV-2", None, false)).await;
+    let rec = store
+        .record_issued(&j, &with("8888002", &[]), None)
+        .await
+        .unwrap();
+    assert!(rec.payment.instructions.is_empty());
+    assert!(
+        store
+            .get_payment(&j)
+            .await
+            .unwrap()
+            .unwrap()
+            .payment
+            .instructions
+            .is_empty()
+    );
+    let filled = store
+        .record_issued(&j, &with("8888002", &instructions[1..]), None)
+        .await
+        .unwrap();
+    assert_eq!(filled.payment.instructions, instructions[1..]);
 }
 
 /// record_issued: sets code, DOKU's times and URLs and ends the lease; the same code again is

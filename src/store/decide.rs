@@ -187,6 +187,7 @@ mod tests {
                 how_to_pay_url: None,
                 how_to_pay_api_url: None,
                 reusable,
+                instructions: Vec::new(),
             },
             fingerprint: String::new(),
             idempotency_key: None,

@@ -50,8 +50,9 @@
 //!   DOKU's data and emits it when it is PAID, EXPIRED or FAILED (DOKU knows the invoice, so it
 //!   is reserved); a PENDING one is only stored in `notifications`: no payment row, no event,
 //!   and the invoice stays free for a request.
-//! - [`Store::record_issued`] with the code already stored fills in how-to-pay URLs still
-//!   missing and ends the lease; it keeps the stored times.
+//! - [`Store::record_issued`] with the code already stored fills in how-to-pay URLs and
+//!   instructions still missing and ends the lease; it keeps the stored times, and never
+//!   replaces stored instructions.
 //! - [`Store::prune_events`] removes a prefix of the log: every event up to the newest one
 //!   *recorded* (not occurred: a late notification may carry an old time) before the cutoff.
 //!   [`Store::last_seq`] never goes down, even when the newest events were pruned.
@@ -491,8 +492,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         invoice: &InvoiceNumber,
     ) -> Result<Vec<RejectedAttempt>, StoreError>;
 
-    /// Records the code DOKU issued, with DOKU's times and how-to-pay URLs, clears the lease
-    /// and, with `first_check`, schedules the sweeper's first check, in one transaction.
+    /// Records the code DOKU issued, with DOKU's times, how-to-pay URLs and instructions,
+    /// clears the lease and, with `first_check`, schedules the sweeper's first check, in one
+    /// transaction.
     /// Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
     async fn record_issued(
         &self,

@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 
 use super::{AttemptRejection, PaymentRecord, RejectedAttempt, StoreError, StoredRequest};
 use crate::payment::{
-    Amount, Channel, Event, EventSource, InvoiceNumber, Payment, PaymentCode, PaymentStatus,
+    Amount, Channel, Event, EventSource, InvoiceNumber, Payment, PaymentCode, PaymentInstruction,
+    PaymentStatus,
 };
 
 /// Columns of `payments`, in the order of [`PaymentRow`], for `SELECT` and `RETURNING`.
@@ -15,7 +16,7 @@ macro_rules! payment_columns {
         "invoice, amount, channel, payment_code, status, create_time, expire_time, pay_time, \
          how_to_pay_url, how_to_pay_api_url, reusable, fingerprint, idempotency_key, \
          doku_request_id, doku_request_body, attempt_lease_until, next_check_at, check_count, \
-         rejected_http_status, rejected_message, outcome_unknown, trace_context"
+         rejected_http_status, rejected_message, outcome_unknown, trace_context, instructions"
     };
 }
 pub(super) use payment_columns;
@@ -53,6 +54,7 @@ pub(super) struct PaymentRow {
     rejected_message: Option<String>,
     outcome_unknown: bool,
     trace_context: Option<String>,
+    instructions: Option<String>,
 }
 
 impl TryFrom<PaymentRow> for PaymentRecord {
@@ -86,6 +88,7 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             how_to_pay_url: row.how_to_pay_url,
             how_to_pay_api_url: row.how_to_pay_api_url,
             reusable: row.reusable,
+            instructions: instructions_from_json(&invoice, row.instructions.as_deref())?,
             invoice: invoice.clone(),
         };
         Ok(PaymentRecord {
@@ -316,6 +319,50 @@ pub(super) fn migrate_error(
         M::Execute(e) | M::ExecuteMigration(e, _) => store_error(e, outside_data),
         other => StoreError::Corrupt(format!("migrations: {other}")),
     }
+}
+
+/// `payments.instructions` as stored: a JSON array of `{"channel", "language", "steps"}`
+/// (this module's format, not DOKU's); NULL when there are none.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredInstruction {
+    channel: String,
+    language: String,
+    steps: Vec<String>,
+}
+
+/// The `instructions` column for `list`: `None` (NULL) when it is empty.
+pub(super) fn instructions_json(list: &[PaymentInstruction]) -> Option<String> {
+    if list.is_empty() {
+        return None;
+    }
+    let stored: Vec<StoredInstruction> = list
+        .iter()
+        .map(|i| StoredInstruction {
+            channel: i.channel.clone(),
+            language: i.language.clone(),
+            steps: i.steps.clone(),
+        })
+        .collect();
+    Some(serde_json::to_string(&stored).expect("strings serialize"))
+}
+
+fn instructions_from_json(
+    invoice: &InvoiceNumber,
+    json: Option<&str>,
+) -> Result<Vec<PaymentInstruction>, StoreError> {
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
+    let stored: Vec<StoredInstruction> =
+        serde_json::from_str(json).map_err(|_| corrupt(invoice, "instructions are not JSON"))?;
+    Ok(stored
+        .into_iter()
+        .map(|i| PaymentInstruction {
+            channel: i.channel,
+            language: i.language,
+            steps: i.steps,
+        })
+        .collect())
 }
 
 fn corrupt(invoice: &InvoiceNumber, what: &str) -> StoreError {

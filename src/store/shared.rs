@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use super::decide::{Emit, Write, emit, plan_change, rejection_frees};
 use super::group::{Abandoned, GroupCommit, Turn};
 use super::rows::{
-    UNDATED_REPEAT_DETAIL, event_columns, payment_columns, payment_of_invoice, rejected_draft,
-    signed, unix, unix_now, unsigned,
+    UNDATED_REPEAT_DETAIL, event_columns, instructions_json, payment_columns, payment_of_invoice,
+    rejected_draft, signed, unix, unix_now, unsigned,
 };
 use super::sql::{Conn, Stmt};
 use super::{
@@ -326,8 +326,9 @@ pub(super) async fn rejected_attempts<C: Conn>(
         .await
 }
 
-/// Records the code DOKU issued and ends the lease; the same code again keeps what is
-/// stored and fills in URLs not known yet; another code is [`StoreError::CodeConflict`].
+/// Records the code DOKU issued, with its instructions, and ends the lease; the same code
+/// again keeps what is stored and fills in URLs and instructions not known yet; another code
+/// is [`StoreError::CodeConflict`].
 pub(super) async fn record_issued<C: Conn>(
     conn: &mut C,
     invoice: &InvoiceNumber,
@@ -335,6 +336,7 @@ pub(super) async fn record_issued<C: Conn>(
     first_check: Option<OffsetDateTime>,
 ) -> Result<PaymentRecord, StoreError> {
     let record = existing_locked(conn, invoice).await?;
+    let instructions = instructions_json(&issued.instructions);
     let stmt = match &record.payment.payment_code {
         Some(code) if *code != issued.payment_code => {
             return Err(StoreError::CodeConflict {
@@ -347,19 +349,22 @@ pub(super) async fn record_issued<C: Conn>(
         Some(_) => Stmt::new(concat!(
             "UPDATE payments SET how_to_pay_url = COALESCE(how_to_pay_url, $2), \
              how_to_pay_api_url = COALESCE(how_to_pay_api_url, $3), \
+             instructions = COALESCE(instructions, $5), \
              attempt_lease_until = NULL, updated_at = $4 WHERE invoice = $1 RETURNING ",
             payment_columns!()
         ))
         .bind(invoice.as_str())
         .bind(issued.how_to_pay_url.as_deref())
         .bind(issued.how_to_pay_api_url.as_deref())
-        .bind(unix_now()),
+        .bind(unix_now())
+        .bind(instructions.as_deref()),
         None => Stmt::new(concat!(
             "UPDATE payments SET payment_code = $2, \
              create_time = COALESCE($3, create_time), \
              expire_time = COALESCE($4, expire_time), \
              how_to_pay_url = COALESCE($5, how_to_pay_url), \
              how_to_pay_api_url = COALESCE($6, how_to_pay_api_url), \
+             instructions = COALESCE($8, instructions), \
              attempt_lease_until = NULL, updated_at = $7 WHERE invoice = $1 RETURNING ",
             payment_columns!()
         ))
@@ -369,7 +374,8 @@ pub(super) async fn record_issued<C: Conn>(
         .bind(issued.expire_time)
         .bind(issued.how_to_pay_url.as_deref())
         .bind(issued.how_to_pay_api_url.as_deref())
-        .bind(unix_now()),
+        .bind(unix_now())
+        .bind(instructions.as_deref()),
     };
     if first_check.is_some() {
         schedule_check(conn, invoice, first_check).await?;

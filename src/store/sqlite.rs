@@ -13,7 +13,9 @@
 //!   `check_count`, `updated_at`; since migration 2, `rejected_http_status` and
 //!   `rejected_message` (DOKU's definitive rejection of the draft) and `outcome_unknown`
 //!   (some attempt's outcome was unknown: the draft can never be replaced); since migration 3,
-//!   `trace_context` (the W3C `traceparent` of the call that created the payment).
+//!   `trace_context` (the W3C `traceparent` of the call that created the payment); since
+//!   migration 4, `instructions` (how to pay the code, as JSON text
+//!   `[{"channel", "language", "steps": [..]}]`, NULL when there are none).
 //! - `payment_attempts` (migration 2): the audit trail of rejected attempts, keyed by their
 //!   DOKU Request-Id: invoice, fingerprint, idempotency key, body bytes, outcome
 //!   (`REJECTED`), DOKU's status and message, created/ended times.

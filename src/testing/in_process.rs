@@ -67,6 +67,11 @@ pub fn config(options: &Options, doku_url: &str, store_url: &str) -> Config {
     config.sweeper.first_check_after = options.first_check_after;
     config.sweeper.backoff = vec![options.sweep_interval];
     config.api_token = options.api_token.clone().map(SecretSource::fixed);
+    // As `dev` does: the DOKU the test runs (a simulator on loopback) serves the how-to-pay
+    // JSON its answers link to; and only it: a test never reaches DOKU's real hosts.
+    config.how_to_pay.allowed = crate::doku::AllowedOrigin::of_url(doku_url)
+        .into_iter()
+        .collect();
     config
 }
 

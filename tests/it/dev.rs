@@ -152,6 +152,22 @@ async fn dev_banner_shows_bound_addresses_and_cleans_up() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 
+    // The printed gRPC address serves payments, with the instructions `dev` lets the sidecar
+    // fetch from its simulator.
+    let payment = o2o_sidecar::testing::connect(grpc)
+        .await
+        .generate_payment_code(o2o_sidecar::testing::request("INV-DEV-1", 10_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert!(!payment.payment_code.is_empty());
+    assert!(
+        payment.instructions.iter().any(|i| !i.steps.is_empty()),
+        "{payment:?}"
+    );
+
     // The SQLite file lives in one temporary directory under TMPDIR while it runs...
     let store = dev.field("store");
     let dirs = dev_dirs(tmp.path());

@@ -19,6 +19,7 @@ mod grpc_ecosystem;
 mod hostile_doku;
 mod hostile_peers;
 mod idempotency;
+mod instructions;
 mod notifications;
 mod reconcile;
 mod replicas;

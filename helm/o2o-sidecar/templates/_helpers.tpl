@@ -145,6 +145,10 @@ O2O_DOKU_SECRET_KEY_FILE: {{ include "o2o-sidecar.secretKeyFile" . | quote }}
 O2O_DOKU_TIMEOUT: {{ .Values.doku.timeout | quote }}
 O2O_DOKU_CONNECT_TIMEOUT: {{ .Values.doku.connectTimeout | quote }}
 O2O_DOKU_MAX_ATTEMPTS: {{ .Values.doku.maxAttempts | int | quote }}
+{{- with .Values.doku.howToPayHosts }}
+O2O_HOW_TO_PAY_HOSTS: {{ join "," . | quote }}
+{{- end }}
+O2O_HOW_TO_PAY_TIMEOUT: {{ .Values.doku.howToPayTimeout | quote }}
 O2O_EVENT_RETENTION: {{ .Values.events.retention | quote }}
 {{- if eq .Values.store.type "sqlite" }}
 O2O_STORE: {{ printf "sqlite://%s/%s" (trimSuffix "/" .Values.store.sqlite.dataDir) .Values.store.sqlite.fileName | quote }}
