@@ -400,8 +400,8 @@ impl SoakResult {
         }
         if self.events_missing > 0 {
             out.push(format!(
-                "{} accepted notifications' events did not reach every stream ({} deliveries \
-                 missing)",
+                "accepted notifications whose event did not reach every stream: {} ({} \
+                 deliveries missing)",
                 self.events_missing, self.deliveries_missing
             ));
         }
@@ -659,7 +659,7 @@ impl SoakReport {
                 );
                 let _ = writeln!(
                     s,
-                    "| growth per hour (least squares, {} samples after warm-up) | {} | {} | {} |",
+                    "| growth per hour (least squares over the samples after warm-up: {}) | {} | {} | {} |",
                     c.fitted,
                     per_hour(c.rss_per_hour),
                     per_hour(c.anon_per_hour),
