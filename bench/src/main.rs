@@ -47,7 +47,7 @@ struct Cli {
     smoke: bool,
     /// Instead of the table: constant mixed load against one sidecar for this long (`30m`,
     /// `90s`), written to `soak.md` and `soak.json`.
-    #[arg(long, value_name = "DURATION", value_parser = soak::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = soak::parse_duration, conflicts_with = "runs")]
     soak: Option<Duration>,
     /// Repetitions of every measurement (default 3; 1 in smoke mode).
     #[arg(long)]
