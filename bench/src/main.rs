@@ -6,6 +6,8 @@
 //! closed-loop load, and repeats every measurement (`--runs`, at least 3 for a full run). See
 //! `docs/benchmarks.md` for what each row means. `bench/run` is the one command that builds
 //! everything and runs it; `bench/run --smoke` is CI's seconds-long check that it works.
+//! `--soak 30m` instead runs constant mixed load against one sidecar for that long and writes
+//! `soak.md` and `soak.json` (see [`soak`]).
 #![forbid(unsafe_code)]
 
 mod hist;
@@ -15,8 +17,13 @@ mod noop;
 mod procs;
 mod report;
 mod scenarios;
+mod soak;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -26,6 +33,7 @@ use crate::{
     machine::Machine,
     report::Report,
     scenarios::{Plan, Rig, RunResult},
+    soak::{SoakPlan, SoakReport},
 };
 
 /// Benchmarks o2o-sidecar against baselines in the same run.
@@ -37,13 +45,17 @@ struct Cli {
     /// Seconds-long run for CI: proves the harness works; numbers mean nothing.
     #[arg(long)]
     smoke: bool,
+    /// Instead of the table: constant mixed load against one sidecar for this long (`30m`,
+    /// `90s`), written to `soak.md` and `soak.json`.
+    #[arg(long, value_name = "DURATION", value_parser = soak::parse_duration, conflicts_with = "runs")]
+    soak: Option<Duration>,
     /// Repetitions of every measurement (default 3; 1 in smoke mode).
     #[arg(long)]
     runs: Option<usize>,
     /// Directory with the `o2o-sidecar` and `doku-sim` binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Where `latest.md` and `latest.json` are written.
+    /// Where `latest.md` and `latest.json` (or `soak.md` and `soak.json`) are written.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// The command line shown in the report.
@@ -78,12 +90,15 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Cmd::NoopServer) => runtime.block_on(noop::serve()).map(|()| true),
-        None => runtime.block_on(bench(cli)),
+        None => match cli.soak {
+            Some(duration) => runtime.block_on(soak(cli, duration)),
+            None => runtime.block_on(bench(cli)),
+        },
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("o2o-bench: some requests failed; see the report");
+            eprintln!("o2o-bench: some requests failed or events were lost; see the report");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -100,26 +115,8 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
         sidecar_env: cli.sidecar_env.clone(),
         ..Plan::new(cli.smoke, runs)
     };
-    let mut machine = Machine::probe();
-    let started = OffsetDateTime::now_utc()
-        .format(format_description!(
-            "[year]-[month]-[day] [hour]:[minute] UTC"
-        ))
-        .unwrap_or_default();
-    eprintln!("o2o-bench: {}", machine.line());
-    let work = std::env::temp_dir().join(format!("o2o-bench-{}", uuid::Uuid::new_v4().simple()));
-    let rig = Rig::start(plan.clone(), cli.bin_dir.clone(), work).await?;
-    let measured = measure(&rig, &plan).await;
-    let (results, once) = match measured {
-        Ok(m) => m,
-        Err(e) => {
-            rig.stop(true).await;
-            return Err(e);
-        }
-    };
-    rig.stop(cli.keep_work).await;
-    machine.loadavg_after = machine::loadavg();
-
+    let ((results, once), machine, started) =
+        on_rig(&cli, &plan, async |rig| measure(rig, &plan).await).await?;
     let report = Report {
         command: cli.command_line.clone(),
         mode: if cli.smoke { "smoke" } else { "full" },
@@ -131,21 +128,82 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
         once,
         runs: results,
     };
-    std::fs::create_dir_all(&cli.out)
-        .with_context(|| format!("cannot create {}", cli.out.display()))?;
-    let md = report.markdown();
-    std::fs::write(cli.out.join("latest.md"), &md)?;
+    write(&cli.out, "latest", &report.markdown(), &report)?;
+    Ok(!too_many_failures(&report.runs))
+}
+
+/// The soak: constant mixed load for `duration`; `Ok(false)` when anything failed or an event
+/// was lost.
+async fn soak(cli: Cli, duration: Duration) -> anyhow::Result<bool> {
+    let plan = SoakPlan::new(duration, cli.sidecar_env.clone());
+    let rig_plan = Plan {
+        sidecar_env: cli.sidecar_env.clone(),
+        ..Plan::new(false, 1)
+    };
+    let (result, machine, started) =
+        on_rig(&cli, &rig_plan, async |rig| soak::run(rig, &plan).await).await?;
+    let report = SoakReport {
+        command: cli.command_line.clone(),
+        mode: "soak",
+        started,
+        machine,
+        plan,
+        problems: result.problems(),
+        result,
+    };
+    write(&cli.out, "soak", &report.markdown(), &report)?;
+    Ok(report.problems.is_empty())
+}
+
+/// Probes the machine, starts the processes, runs `f` on them and stops them (their logs and
+/// stores kept after a failure or with `--keep-work`); what `f` returned, the machine (with
+/// the load average after) and the start time.
+async fn on_rig<T>(
+    cli: &Cli,
+    plan: &Plan,
+    f: impl AsyncFnOnce(&Rig) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Machine, String)> {
+    let mut machine = Machine::probe();
+    let started = now();
+    eprintln!("o2o-bench: {}", machine.line());
+    let work = std::env::temp_dir().join(format!("o2o-bench-{}", uuid::Uuid::new_v4().simple()));
+    let rig = Rig::start(plan.clone(), cli.bin_dir.clone(), work).await?;
+    let out = match f(&rig).await {
+        Ok(out) => out,
+        Err(e) => {
+            rig.stop(true).await;
+            return Err(e);
+        }
+    };
+    rig.stop(cli.keep_work).await;
+    machine.loadavg_after = machine::loadavg();
+    Ok((out, machine, started))
+}
+
+/// Writes `NAME.md` and `NAME.json` into `out` (created if need be) and prints the page.
+fn write(out: &Path, name: &str, md: &str, json: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join(format!("{name}.md")), md)?;
     std::fs::write(
-        cli.out.join("latest.json"),
+        out.join(format!("{name}.json")),
         // Compact: the histograms make a pretty-printed file ten times longer.
-        serde_json::to_string(&report)? + "\n",
+        serde_json::to_string(json)? + "\n",
     )?;
     println!("{md}");
     eprintln!(
-        "o2o-bench: wrote {} and latest.json",
-        cli.out.join("latest.md").display()
+        "o2o-bench: wrote {} and {name}.json",
+        out.join(format!("{name}.md")).display()
     );
-    Ok(!too_many_failures(&report.runs))
+    Ok(())
+}
+
+/// Now, to the minute, for the report.
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
+        .unwrap_or_default()
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {

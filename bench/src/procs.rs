@@ -1,6 +1,6 @@
 //! The processes under test: spawned from their binaries, their stderr drained to a log file
-//! after the one start-up line that names their bound address, their memory and CPU time read
-//! from `/proc`, killed when dropped.
+//! after the one start-up line that names their bound address, their memory, open files and
+//! CPU time read from `/proc`, killed when dropped.
 
 use std::{
     net::SocketAddr,
@@ -122,6 +122,11 @@ impl Proc {
             anon: kb("RssAnon:")?,
             file: kb("RssFile:")?,
         })
+    }
+
+    /// Open file descriptors now (sockets, the store's files, pipes).
+    pub(crate) fn open_files(&self) -> anyhow::Result<u64> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count() as u64)
     }
 
     /// CPU time (user + system, all threads) used so far.

@@ -111,7 +111,8 @@ fn row(
     }
 }
 
-fn thousands(x: f64) -> String {
+/// `x` rounded, with thousands separators (`12,345`).
+pub(crate) fn thousands(x: f64) -> String {
     let n = x.round() as i64;
     let digits = n.abs().to_string();
     let mut out = String::new();
@@ -124,7 +125,8 @@ fn thousands(x: f64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-fn show(unit: Unit, x: f64) -> String {
+/// `x` in `unit`, with as many decimals as the value needs; `n/a` for NaN.
+pub(crate) fn show(unit: Unit, x: f64) -> String {
     if x.is_nan() {
         return "n/a".into();
     }
@@ -490,16 +492,7 @@ impl Report {
             "`{}` · {} mode · {} run(s) per measurement, each cell the median of the runs · {}\n",
             self.command, self.mode, self.plan.runs, self.started
         );
-        let _ = writeln!(s, "Machine: {}\n", self.machine.line());
-        if !self.plan.sidecar_env.is_empty() {
-            let env: Vec<String> = self
-                .plan
-                .sidecar_env
-                .iter()
-                .map(|(k, v)| format!("`{k}={v}`"))
-                .collect();
-            let _ = writeln!(s, "Sidecar environment: {}\n", env.join(" "));
-        }
+        machine_and_env(&mut s, &self.machine, &self.plan.sidecar_env);
         let _ = writeln!(
             s,
             "| id | measure | ours | baseline | ratio | target | met |"
@@ -533,20 +526,37 @@ impl Report {
              (closed loop). Load generator, sidecar, simulator and baseline share the \
              machine's cores."
         );
-        if self.problems.is_empty() {
-            let _ = writeln!(s, "\nEvery request succeeded and every event arrived.");
-        } else {
-            let _ = writeln!(s, "\nProblems:\n");
-            for p in &self.problems {
-                let _ = writeln!(s, "- {p}");
-            }
-        }
-        let _ = writeln!(
-            s,
-            "\nPer-run values and full latency histograms: `latest.json` beside this file."
+        problems_and_rest(
+            &mut s,
+            &self.problems,
+            "Every request succeeded and every event arrived.",
+            "Per-run values and full latency histograms: `latest.json` beside this file.",
         );
         s
     }
+}
+
+/// The lines under a page's title: the machine, and the sidecar's extra environment if any.
+pub(crate) fn machine_and_env(s: &mut String, machine: &Machine, env: &[(String, String)]) {
+    let _ = writeln!(s, "Machine: {}\n", machine.line());
+    if !env.is_empty() {
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+        let _ = writeln!(s, "Sidecar environment: {}\n", env.join(" "));
+    }
+}
+
+/// The end of a page: the problems (or `all_well` when there are none), then `rest`, the line
+/// that says where the full data is.
+pub(crate) fn problems_and_rest(s: &mut String, problems: &[String], all_well: &str, rest: &str) {
+    if problems.is_empty() {
+        let _ = writeln!(s, "\n{all_well}");
+    } else {
+        let _ = writeln!(s, "\nProblems:\n");
+        for p in problems {
+            let _ = writeln!(s, "- {p}");
+        }
+    }
+    let _ = writeln!(s, "\n{rest}");
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use crate::{
 /// The notification path the sidecar is configured with (its default).
 const NOTIFICATION_PATH: &str = "/payments/notifications";
 /// The invoice P1 reads.
-const STATUS_INVOICE: &str = "BENCH-STATUS-0001";
+pub(crate) const STATUS_INVOICE: &str = "BENCH-STATUS-0001";
 /// Connections used by the closed loops and the stream fan-out.
 const CONNECTIONS: usize = 4;
 /// Start-ups (and restarts) timed per run in P5: one start is short and the machine is noisy.
@@ -228,7 +228,7 @@ fn request(invoice: &str) -> pb::GeneratePaymentCodeRequest {
 }
 
 /// A DOKU notification body, as in the sidecar's integration tests.
-fn notification_body(invoice: &str, code: u64) -> String {
+fn notification_body(invoice: &str, code: impl std::fmt::Display) -> String {
     format!(
         r#"{{"service":{{"id":"ONLINE_TO_OFFLINE"}},"acquirer":{{"id":"INDOMARET"}},"channel":{{"id":"ONLINE_TO_OFFLINE_INDOMARET"}},"transaction":{{"status":"SUCCESS","date":"2026-11-25T07:06:28Z","original_request_id":"5b8e438f-fac1-4103-9e0e-ebfdc38b5acb"}},"order":{{"invoice_number":"{invoice}","amount":150000}},"online_to_offline_info":{{"payment_code":"{code}"}}}}"#
     )
@@ -236,7 +236,7 @@ fn notification_body(invoice: &str, code: u64) -> String {
 
 /// What a notification POST needs.
 #[derive(Debug, Clone)]
-struct Notifier {
+pub(crate) struct Notifier {
     http: reqwest::Client,
     url: String,
     client_id: Arc<str>,
@@ -244,8 +244,13 @@ struct Notifier {
 }
 
 impl Notifier {
-    /// POSTs a DOKU-signed `SUCCESS` notification for `invoice`; `Ok` on `200`.
-    async fn post(&self, invoice: &str, code: u64) -> Result<(), String> {
+    /// POSTs a DOKU-signed `SUCCESS` notification for `invoice` paid with `code`; `Ok` on
+    /// `200`.
+    pub(crate) async fn post(
+        &self,
+        invoice: &str,
+        code: impl std::fmt::Display,
+    ) -> Result<(), String> {
         let body = notification_body(invoice, code);
         let request_id = uuid::Uuid::new_v4().to_string();
         let headers = signed_headers(
@@ -473,16 +478,21 @@ async fn spawn_sidecar(
     .await
 }
 
-fn status_request() -> pb::GetStatusRequest {
-    pb::GetStatusRequest {
-        invoice_number: STATUS_INVOICE.into(),
-        refresh: false,
-    }
+/// `GetStatus` of the invoice P1 reads, from the store.
+async fn get_status(client: O2oPaymentsClient<Channel>) -> Result<(), String> {
+    get_status_of(client, STATUS_INVOICE.into()).await
 }
 
-async fn get_status(mut client: O2oPaymentsClient<Channel>) -> Result<(), String> {
+/// `GetStatus` of `invoice`, from the store (`refresh=false`).
+pub(crate) async fn get_status_of(
+    mut client: O2oPaymentsClient<Channel>,
+    invoice: String,
+) -> Result<(), String> {
     client
-        .get_status(status_request())
+        .get_status(pb::GetStatusRequest {
+            invoice_number: invoice,
+            refresh: false,
+        })
         .await
         .map(drop)
         .map_err(|s| format!("GetStatus: {s}"))
@@ -498,7 +508,8 @@ async fn warm_up(clients: &Arc<Vec<O2oPaymentsClient<Channel>>>, plan: &Plan) {
     .await;
 }
 
-async fn clients(
+/// `n` clients of the service at `addr`, each on its own connection.
+pub(crate) async fn clients(
     addr: SocketAddr,
     n: usize,
 ) -> anyhow::Result<Arc<Vec<O2oPaymentsClient<Channel>>>> {
@@ -645,7 +656,16 @@ impl Direct {
     }
 }
 
-async fn generate(mut client: O2oPaymentsClient<Channel>, invoice: String) -> Result<(), String> {
+/// `GeneratePaymentCode` for `invoice`; `Ok` when the answer has a payment code.
+async fn generate(client: O2oPaymentsClient<Channel>, invoice: String) -> Result<(), String> {
+    generate_code(client, invoice).await.map(drop)
+}
+
+/// `GeneratePaymentCode` for `invoice`; the payment code issued.
+pub(crate) async fn generate_code(
+    mut client: O2oPaymentsClient<Channel>,
+    invoice: String,
+) -> Result<String, String> {
     let payment = client
         .generate_payment_code(request(&invoice))
         .await
@@ -656,7 +676,7 @@ async fn generate(mut client: O2oPaymentsClient<Channel>, invoice: String) -> Re
     if payment.payment_code.is_empty() {
         return Err("no payment code".into());
     }
-    Ok(())
+    Ok(payment.payment_code)
 }
 
 /// Latencies of one P3 run.
@@ -678,11 +698,27 @@ struct Fresh {
     fanout_ms: f64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, whether or not a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Rig {
+    /// The long-running sidecar's gRPC address.
+    pub(crate) fn grpc(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// The long-running sidecar's process.
+    pub(crate) fn sidecar(&self) -> &Proc {
+        &self.sidecar
+    }
+
+    /// Signed notification POSTs to the long-running sidecar.
+    pub(crate) fn sidecar_notifier(&self) -> Notifier {
+        self.notifier(self.notify_url.clone())
+    }
+
     fn notifier(&self, url: String) -> Notifier {
         Notifier {
             http: self.http.clone(),
