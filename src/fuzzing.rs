@@ -177,7 +177,7 @@ fn check_verdicts(body: &[u8]) {
     for p in stored {
         let (verdict, change) = verdict(&report, p.as_ref());
         match (&verdict, &change) {
-            (Verdict::Accepted, Some(c)) => {
+            (Verdict::Accepted, Some((c, channel))) => {
                 assert_eq!(c.invoice.as_str(), report.invoice_number);
                 assert_eq!(c.amount.rupiah(), report.amount);
                 if let Some(p) = &p {
@@ -186,6 +186,7 @@ fn check_verdicts(body: &[u8]) {
                     if let (Some(ours), Some(theirs)) = (&p.payment_code, &c.payment_code) {
                         assert_eq!(ours, theirs, "accepted with another payment code");
                     }
+                    assert_eq!(*channel, p.channel, "accepted for another channel");
                 }
                 if let ReportedStatus::Unrecognized(_) = report.status {
                     panic!("an unknown status was accepted");
