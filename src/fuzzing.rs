@@ -255,7 +255,8 @@ pub fn proto(data: &[u8]) {
                 assert_eq!(fp.len(), 64);
                 assert_eq!(fp, p.fingerprint(), "fingerprint is not deterministic");
                 let body = DokuPaymentCodeRequest::new(&p).to_bytes();
-                match crate::sim::check_generate_body(&body) {
+                let path = crate::doku::client::payment_code_path(p.channel);
+                match crate::sim::check_generate_body(path, &body) {
                     Ok((invoice, amount)) => {
                         assert_eq!(invoice, p.invoice.as_str());
                         assert_eq!(Some(amount), u64::try_from(p.amount.rupiah()).ok());

@@ -237,7 +237,7 @@ function renderPayments(payments) {
     if (p.pay_count > 1) extra.push(el('span', { class: 'tag', text: `paid ${p.pay_count}×` }));
     return el('tr', { role: 'row', data: { invoice: p.invoice_number } },
       el('th', { scope: 'row', role: 'rowheader', id: `inv-${p.invoice_number}`, text: p.invoice_number }),
-      el('td', { role: 'cell', 'data-label': 'Channel', text: p.channel === 'INDOMARET' ? 'Indomaret' : p.channel }),
+      el('td', { role: 'cell', 'data-label': 'Channel', text: p.channel_name }),
       el('td', { role: 'cell', class: 'num', 'data-label': 'Amount', text: money(p.amount) }),
       el('td', { role: 'cell', class: 'code', 'data-label': 'Payment code', text: p.payment_code }),
       el('td', { role: 'cell', class: 'status-cell', 'data-label': 'Status' }, status, extra),
@@ -405,7 +405,7 @@ async function lookUp(code) {
     ['Merchant', q.merchant],
     ['Invoice', q.invoice_number],
     ['Customer', q.customer_name],
-    ['Store', q.channel === 'INDOMARET' ? 'Indomaret' : q.channel],
+    ['Store', q.channel_name],
     ['Info', q.info],
     ['Pay before', when(q.expires_at)],
   ].filter(([, v]) => v);
