@@ -207,6 +207,24 @@ fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// The how-to-pay page and API links of a Generate answer's `online_to_offline_info`, checked
+/// to be the simulator's, under DOKU's `product` path, for the answer's payment code.
+fn how_to_pay_links<'a>(r: &Running, info: &'a Value, product: &str) -> (&'a str, &'a str) {
+    let code = info["payment_code"].as_str().unwrap();
+    let page = info["how_to_pay_page"].as_str().unwrap();
+    let api = info["how_to_pay_api"].as_str().unwrap();
+    let base = &r.base;
+    assert!(
+        page.starts_with(&format!("{base}/how-to-pay/v2/{product}/{code}/")),
+        "{page}"
+    );
+    assert!(
+        api.starts_with(&format!("{base}/{product}/v2/how-to-pay-api/{code}/")),
+        "{api}"
+    );
+    (page, api)
+}
+
 /// Verifies DOKU's response signature (§3.5) over `body` for a request to `target`.
 fn response_verifies(h: &HeaderMap, target: &str, body: Option<&[u8]>) -> bool {
     let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_owned();
@@ -267,16 +285,7 @@ async fn happy_generate_issues_a_signed_numeric_code() {
     let skew = (OffsetDateTime::now_utc() - utc("created_date_utc")).abs();
     assert!(skew < time::Duration::seconds(5));
 
-    let page = info["how_to_pay_page"].as_str().unwrap();
-    let api = info["how_to_pay_api"].as_str().unwrap();
-    assert!(page.starts_with(&format!(
-        "{}/how-to-pay/v2/indomaret-online-to-offline/{code}/",
-        r.base
-    )));
-    assert!(api.starts_with(&format!(
-        "{}/indomaret-online-to-offline/v2/how-to-pay-api/{code}/",
-        r.base
-    )));
+    let (_, api) = how_to_pay_links(&r, info, "indomaret-online-to-offline");
     let how = r.http.get(api).send().await.unwrap();
     assert_eq!(how.status(), 200);
     assert_eq!(how.json::<Value>().await.unwrap()["payment_code"], code);
@@ -1506,16 +1515,7 @@ async fn alfa_is_served_as_strictly_as_indomaret() {
     let code = info["payment_code"].as_str().unwrap().to_owned();
     assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
     assert_ne!(info["expired_date_utc"], info["created_date_utc"]);
-    let page = info["how_to_pay_page"].as_str().unwrap();
-    let api = info["how_to_pay_api"].as_str().unwrap();
-    assert!(page.starts_with(&format!(
-        "{}/how-to-pay/v2/alfa-online-to-offline/{code}/",
-        r.base
-    )));
-    assert!(api.starts_with(&format!(
-        "{}/alfa-online-to-offline/v2/how-to-pay-api/{code}/",
-        r.base
-    )));
+    let (page, api) = how_to_pay_links(&r, info, "alfa-online-to-offline");
     let html = r.http.get(page).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("<h1>Pay at Alfa Group</h1>"), "{html}");
     assert!(html.contains("Go to the nearest Alfamart, Alfamidi, Lawson or Dan+Dan store."));

@@ -1,8 +1,7 @@
 //! Alfa Group (CHANNEL_ALFA) end to end: created on Alfa's DOKU endpoint with Alfa's body,
 //! refreshed through Check Status, paid at the simulated counter and streamed with its
-//! channel; settled by the sweeper; a notification naming another channel is never PAID.
-
-use std::time::Duration;
+//! channel; a notification naming another channel is never PAID. (The sweeper settling an
+//! Alfa payment with its channel is part of `reconcile.rs`.)
 
 use o2o_sidecar::grpc::pb;
 use serde_json::json;
@@ -10,7 +9,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use o2o_sidecar::testing::{
-    InProcessSidecar, Options, PATH, SECRET, notification_body, reason, request, signed_headers,
+    InProcessSidecar, PATH, SECRET, notification_body, reason, request, signed_headers,
 };
 
 use crate::notifications::{next, post, stream_from_start};
@@ -18,7 +17,7 @@ use crate::notifications::{next, post, stream_from_start};
 const ALFA_PATH: &str = "/alfa-online-to-offline/v2/payment-code";
 
 /// A valid Alfa request: Indomaret's test request with the receipt footer only.
-fn alfa_request(invoice: &str, amount: i64) -> pb::GeneratePaymentCodeRequest {
+pub(crate) fn alfa_request(invoice: &str, amount: i64) -> pb::GeneratePaymentCodeRequest {
     let mut r = request(invoice, amount);
     r.channel = pb::Channel::Alfa.into();
     r.receipt = Some(pb::Receipt {
@@ -41,6 +40,12 @@ fn alfa_notification(invoice: &str, amount: i64, code: &str, status: &str) -> St
         );
     assert!(body.contains("ONLINE_TO_OFFLINE_ALFA"), "{body}");
     body
+}
+
+/// Posts `body` to the sidecar as DOKU does, signed under `request_id`; the HTTP status.
+async fn notify(h: &InProcessSidecar, body: &str, request_id: &str) -> u16 {
+    let headers = signed_headers(body.as_bytes(), SECRET, PATH, request_id);
+    post(h, body.as_bytes(), &headers).await
 }
 
 #[tokio::test]
@@ -138,27 +143,6 @@ async fn a_lost_alfa_answer_is_replayed_on_alfa_s_endpoint() {
 }
 
 #[tokio::test]
-async fn the_sweeper_settles_alfa_payments_with_their_channel() {
-    let mut h = InProcessSidecar::start_with(Options {
-        sweep_interval: Duration::from_millis(100),
-        first_check_after: Duration::ZERO,
-        ..Options::default()
-    })
-    .await;
-    h.fault(json!({"target": "notification", "kind": "suppress"}))
-        .await;
-    h.generate(alfa_request("INV-ALFA-SW", 10_000)).await;
-    h.pay("INV-ALFA-SW").await;
-    let mut s = stream_from_start(&mut h).await;
-    let event = next(&mut s).await;
-    assert_eq!(event.invoice_number, "INV-ALFA-SW");
-    assert_eq!(event.status(), pb::PaymentStatus::Paid);
-    assert_eq!(event.source(), pb::Source::Reconciliation);
-    assert_eq!(event.channel(), pb::Channel::Alfa);
-    h.stop().await;
-}
-
-#[tokio::test]
 async fn a_receipt_description_on_alfa_is_invalid_argument_and_doku_receives_nothing() {
     let mut h = InProcessSidecar::start().await;
     let mut r = alfa_request("INV-ALFA-D", 10_000);
@@ -195,8 +179,7 @@ async fn an_alfa_notification_for_a_stored_indomaret_payment_is_a_mismatch() {
     let code = h.generate(request("INV-CH-1", 10_000)).await.payment_code;
     // Same invoice, amount and code, signed correctly, but paid at an Alfa Group store.
     let wrong = alfa_notification("INV-CH-1", 10_000, &code, "SUCCESS");
-    let headers = signed_headers(wrong.as_bytes(), SECRET, PATH, "req-ch-1");
-    assert_eq!(post(&h, wrong.as_bytes(), &headers).await, 200, "stored");
+    assert_eq!(notify(&h, &wrong, "req-ch-1").await, 200, "stored");
     let p = h.status("INV-CH-1", false).await;
     assert_eq!(p.status(), pb::PaymentStatus::Pending, "never PAID");
     assert!(p.pay_time.is_none());
@@ -212,8 +195,7 @@ async fn an_alfa_notification_for_a_stored_indomaret_payment_is_a_mismatch() {
 
     // Sentinel: the first event of the log is the honest Indomaret notification.
     let right = notification_body("INV-CH-1", 10_000, &code, "SUCCESS");
-    let headers = signed_headers(right.as_bytes(), SECRET, PATH, "req-ch-2");
-    assert_eq!(post(&h, right.as_bytes(), &headers).await, 200);
+    assert_eq!(notify(&h, &right, "req-ch-2").await, 200);
     let mut s = stream_from_start(&mut h).await;
     let e = next(&mut s).await;
     assert_eq!(e.doku_request_id, "req-ch-2");
@@ -225,8 +207,7 @@ async fn an_alfa_notification_for_a_stored_indomaret_payment_is_a_mismatch() {
 async fn an_unknown_invoice_notified_on_alfa_becomes_an_alfa_payment() {
     let mut h = InProcessSidecar::start().await;
     let body = alfa_notification("INV-ALFA-FOREIGN", 77_000, "1234567890", "SUCCESS");
-    let headers = signed_headers(body.as_bytes(), SECRET, PATH, "req-foreign-alfa");
-    assert_eq!(post(&h, body.as_bytes(), &headers).await, 200);
+    assert_eq!(notify(&h, &body, "req-foreign-alfa").await, 200);
     let mut s = stream_from_start(&mut h).await;
     let e = next(&mut s).await;
     assert_eq!(e.invoice_number, "INV-ALFA-FOREIGN");
