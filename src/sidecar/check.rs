@@ -124,8 +124,9 @@ impl Sidecar {
 
     /// Applies what Check Status said to a stored payment. Returns the updated payment, or
     /// `None` when nothing changed. An answer that does not describe this payment (another
-    /// invoice, no or another amount, another code, another channel) changes nothing, is logged with DOKU's
-    /// body and counted, and is [`Error::DokuOutcomeUnknown`]: what DOKU knows is unknown.
+    /// invoice, no or another amount, another code, another channel) changes nothing, is
+    /// logged with DOKU's body and counted, and is [`Error::DokuOutcomeUnknown`]: what DOKU
+    /// knows is unknown.
     async fn apply_check_status(
         &self,
         rec: &PaymentRecord,

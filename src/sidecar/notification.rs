@@ -61,34 +61,27 @@ impl Sidecar {
     /// Records a verified notification; `Ok` means it is durable (acknowledge it), `Err` that
     /// it is not (DOKU must retry).
     pub async fn record_notification(&self, n: Notification) -> Result<NotificationOutcome, Error> {
-        let (verdict, change, channel) = match &n.report {
-            Ok(report) => {
-                let (verdict, change) = verdict(report, self.stored_payment(report).await.as_ref());
-                let (change, channel) = match change {
-                    Some((c, channel)) => (
-                        Some(StatusChange {
-                            doku_request_id: Some(n.request_id.clone()),
-                            ..c
-                        }),
-                        channel,
-                    ),
-                    None => (None, Channel::Indomaret),
-                };
-                (verdict, change, channel)
-            }
+        let (verdict, change) = match &n.report {
+            Ok(report) => verdict(report, self.stored_payment(report).await.as_ref()),
             Err(Rejection::MalformedBody(detail)) => {
                 tracing::error!(%detail, "VERIFIED DOKU NOTIFICATION COULD NOT BE PARSED: stored for audit; the sweeper will ask Check Status");
                 (
                     Verdict::Mismatch(format!("unparseable body: {detail}")),
                     None,
-                    Channel::Indomaret,
                 )
             }
-            Err(other) => (
-                Verdict::Mismatch(format!("{other:?}")),
-                None,
-                Channel::Indomaret,
-            ),
+            Err(other) => (Verdict::Mismatch(format!("{other:?}")), None),
+        };
+        // Without a change the store creates no payment, so the channel is never read.
+        let (change, channel) = match change {
+            Some((c, channel)) => {
+                let c = StatusChange {
+                    doku_request_id: Some(n.request_id.clone()),
+                    ..c
+                };
+                (Some(c), channel)
+            }
+            None => (None, Channel::Indomaret),
         };
         let label = verdict.label();
         let record = InboundNotification {

@@ -1,8 +1,9 @@
 //! A strict, in-memory DOKU simulator: it answers DOKU's convenience-store endpoints (Generate
-//! Payment Code for Indomaret and for Alfa Group, Check Status) with DOKU's signatures and refusals, lets tests and people pay or expire
-//! codes through a control API (`/_sim/...`), sends DOKU-signed payment notifications with
-//! DOKU's retry schedule, and injects faults (error statuses, delays, dropped connections,
-//! suppressed / duplicated / badly signed notifications).
+//! Payment Code for Indomaret and for Alfa Group, Check Status) with DOKU's signatures and
+//! refusals, lets tests and people pay or expire codes through a control API (`/_sim/...`),
+//! sends DOKU-signed payment notifications with DOKU's retry schedule, and injects faults
+//! (error statuses, delays, dropped connections, suppressed / duplicated / badly signed
+//! notifications).
 //!
 //! It is deliberately strict, so that a sidecar bug fails here rather than against DOKU:
 //! every header and body field is checked, unknown body fields are refused (DOKU answers

@@ -9,6 +9,7 @@ const HIDDEN_POLL_MS = 5000;
 
 const FAULT_KINDS = {
   payment_code: ['status', 'delay', 'drop'],
+  alfa_payment_code: ['status', 'delay', 'drop'],
   check_status: ['status', 'delay', 'drop'],
   notification: ['suppress', 'duplicate', 'bad_signature', 'delay'],
 };
@@ -29,7 +30,8 @@ const KIND_HINTS = {
   bad_signature: 'The notification carries a signature that does not verify.',
 };
 const TARGET_LABELS = {
-  payment_code: 'Generate Payment Code',
+  payment_code: 'Generate Payment Code (Indomaret)',
+  alfa_payment_code: 'Generate Payment Code (Alfa Group)',
   check_status: 'Check Status',
   notification: 'Notifications',
 };
