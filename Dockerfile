@@ -32,7 +32,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="o2o-sidecar" \
-      org.opencontainers.image.description="gRPC sidecar for DOKU Indomaret (O2O) payment codes: signs DOKU calls, verifies notifications, streams payment results." \
+      org.opencontainers.image.description="gRPC sidecar for DOKU convenience-store (O2O) payment codes, Indomaret and Alfa Group: signs DOKU calls, verifies notifications, streams payment results." \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \

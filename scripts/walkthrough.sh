@@ -17,10 +17,14 @@ trap cleanup EXIT
 # The walk-through block of the README: the lines between "## Walk-through" and the next "## ".
 sed -n '/^## Walk-through/,/^## [^W]/p' README.md | grep -E '^(grpcurl|curl) ' > "$work/lines"
 stream_line=$(grep 'StreamNotifications' "$work/lines")
-generate_line=$(grep 'GeneratePaymentCode' "$work/lines")
-pay_line=$(grep '/_sim/payments/.*/pay' "$work/lines")
-status_line=$(grep 'GetStatus' "$work/lines")
-for l in stream_line generate_line pay_line status_line; do
+# INV-1001 at Indomaret (the default channel), INV-1002 at an Alfa Group store.
+generate_line=$(grep 'GeneratePaymentCode' "$work/lines" | grep 'INV-1001')
+pay_line=$(grep '/_sim/payments/INV-1001/pay' "$work/lines")
+status_line=$(grep 'GetStatus' "$work/lines" | grep 'INV-1001')
+alfa_generate_line=$(grep 'GeneratePaymentCode' "$work/lines" | grep 'INV-1002')
+alfa_pay_line=$(grep '/_sim/payments/INV-1002/pay' "$work/lines")
+alfa_status_line=$(grep 'GetStatus' "$work/lines" | grep 'INV-1002')
+for l in stream_line generate_line pay_line status_line alfa_generate_line alfa_pay_line alfa_status_line; do
   [[ -n ${!l} ]] || { echo "walkthrough: README has no $l" >&2; exit 1; }
 done
 
@@ -69,6 +73,26 @@ check "simulator pay" "$work/pay.out" 'SUCCESS'
 
 eval "$status_line" >"$work/status.out"
 check "GetStatus refresh" "$work/status.out" 'PAYMENT_STATUS_PAID'
+check "GetStatus channel" "$work/status.out" '"channel": "CHANNEL_INDOMARET"'
+
+eval "$alfa_generate_line" >"$work/alfa-generate.out"
+check "Alfa GeneratePaymentCode" "$work/alfa-generate.out" '"paymentCode": "[0-9]\+"'
+check "Alfa GeneratePaymentCode channel" "$work/alfa-generate.out" '"channel": "CHANNEL_ALFA"'
+check "Alfa how-to-pay page" "$work/alfa-generate.out" '/how-to-pay/v2/alfa-online-to-offline/'
+curl -s http://127.0.0.1:8181/_sim/requests >"$work/requests.out"
+check "Alfa endpoint called" "$work/requests.out" '"path":"/alfa-online-to-offline/v2/payment-code"'
+
+eval "$alfa_pay_line" >"$work/alfa-pay.out"
+check "simulator pay (Alfa)" "$work/alfa-pay.out" 'SUCCESS'
+
+eval "$alfa_status_line" >"$work/alfa-status.out"
+check "Alfa GetStatus refresh" "$work/alfa-status.out" 'PAYMENT_STATUS_PAID'
+check "Alfa GetStatus channel" "$work/alfa-status.out" '"channel": "CHANNEL_ALFA"'
+
+# A receipt description cannot be printed at an Alfa Group store: refused with a reason.
+grpcurl -plaintext -format-error -d '{"invoice_number":"INV-1003","amount":1000,"customer":{"name":"Budi"},"channel":"CHANNEL_ALFA","receipt":{"description":"ORDER 1"}}' \
+  127.0.0.1:50051 o2o.v1.O2OPayments/GeneratePaymentCode >"$work/alfa-invalid.out" 2>&1 || true
+check "Alfa receipt.description refused" "$work/alfa-invalid.out" '"field": *"receipt.description"'
 
 # grpcurl decodes an INVALID_ARGUMENT's ErrorInfo and BadRequest through reflection alone (the
 # sidecar serves the google.rpc descriptors), rather than printing them as base64.
@@ -80,5 +104,7 @@ check "INVALID_ARGUMENT BadRequest decoded" "$work/invalid.out" '"field": *"invo
 # The stream sees the PAID event (wait for it at most until grpcurl's -max-time).
 for _ in $(seq 1 100); do grep -q 'PAYMENT_STATUS_PAID' "$work/stream.out" && break; sleep 0.2; done
 check "StreamNotifications" "$work/stream.out" 'PAYMENT_STATUS_PAID'
+for _ in $(seq 1 100); do grep -q 'CHANNEL_ALFA' "$work/stream.out" && break; sleep 0.2; done
+check "StreamNotifications Alfa event" "$work/stream.out" '"channel": "CHANNEL_ALFA"'
 check "StreamNotifications token" "$work/stream.out" '"resumeToken"'
 echo "walkthrough: all steps passed"

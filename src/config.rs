@@ -17,7 +17,7 @@ use crate::{doku::client::SANDBOX_BASE_URL, secret::SecretSource};
 #[command(
     name = "o2o-sidecar",
     version = crate::LONG_VERSION,
-    about = "gRPC sidecar for DOKU Indomaret payment codes"
+    about = "gRPC sidecar for DOKU convenience-store payment codes (Indomaret, Alfa Group)"
 )]
 pub struct Cli {
     /// What to run.

@@ -177,7 +177,7 @@ fn check_verdicts(body: &[u8]) {
     for p in stored {
         let (verdict, change) = verdict(&report, p.as_ref());
         match (&verdict, &change) {
-            (Verdict::Accepted, Some(c)) => {
+            (Verdict::Accepted, Some((c, channel))) => {
                 assert_eq!(c.invoice.as_str(), report.invoice_number);
                 assert_eq!(c.amount.rupiah(), report.amount);
                 if let Some(p) = &p {
@@ -186,6 +186,7 @@ fn check_verdicts(body: &[u8]) {
                     if let (Some(ours), Some(theirs)) = (&p.payment_code, &c.payment_code) {
                         assert_eq!(ours, theirs, "accepted with another payment code");
                     }
+                    assert_eq!(*channel, p.channel, "accepted for another channel");
                 }
                 if let ReportedStatus::Unrecognized(_) = report.status {
                     panic!("an unknown status was accepted");
@@ -254,7 +255,8 @@ pub fn proto(data: &[u8]) {
                 assert_eq!(fp.len(), 64);
                 assert_eq!(fp, p.fingerprint(), "fingerprint is not deterministic");
                 let body = DokuPaymentCodeRequest::new(&p).to_bytes();
-                match crate::sim::check_generate_body(&body) {
+                let path = crate::doku::client::payment_code_path(p.channel);
+                match crate::sim::check_generate_body(path, &body) {
                     Ok((invoice, amount)) => {
                         assert_eq!(invoice, p.invoice.as_str());
                         assert_eq!(Some(amount), u64::try_from(p.amount.rupiah()).ok());

@@ -1,6 +1,6 @@
-//! o2o-sidecar: a gRPC sidecar that creates DOKU Indomaret (O2O) payment codes for the
-//! application beside it, verifies DOKU's payment notifications, stores them durably and
-//! streams payment results.
+//! o2o-sidecar: a gRPC sidecar that creates DOKU convenience-store (O2O) payment codes,
+//! Indomaret and Alfa Group, for the application beside it, verifies DOKU's payment
+//! notifications, stores them durably and streams payment results.
 //!
 //! The sidecar alone holds the DOKU Client-Id and Secret Key. Applications call
 //! `o2o.v1.O2OPayments` over gRPC on loopback; DOKU calls the notification listener.

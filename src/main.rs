@@ -230,6 +230,14 @@ fn banner(addrs: &BoundAddrs, sim_addr: SocketAddr, path: &str, store: &str, kee
         format!(
             r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1001","refresh":true}}' {grpc} o2o.v1.O2OPayments/GetStatus"#
         ),
+        "3. The same at an Alfa Group store (Alfamart, Alfamidi, Lawson, Dan+Dan): channel CHANNEL_ALFA (the default is CHANNEL_INDOMARET); an Alfa receipt takes a footer message only:".into(),
+        format!(
+            r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1002","amount":75000,"customer":{{"name":"Budi Santoso"}},"channel":"CHANNEL_ALFA","receipt":{{"footer_message":"Terima kasih"}}}}' {grpc} o2o.v1.O2OPayments/GeneratePaymentCode"#
+        ),
+        format!("curl -s -X POST {sim_url}/_sim/payments/INV-1002/pay"),
+        format!(
+            r#"grpcurl -plaintext -d '{{"invoice_number":"INV-1002","refresh":true}}' {grpc} o2o.v1.O2OPayments/GetStatus"#
+        ),
         String::new(),
     ]
     .join("\n")

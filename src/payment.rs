@@ -178,21 +178,33 @@ impl PaymentStatus {
 pub enum Channel {
     /// Indomaret convenience stores.
     Indomaret,
+    /// Alfa Group convenience stores: Alfamart, Alfamidi, Lawson, Dan+Dan.
+    Alfa,
 }
 
 impl Channel {
+    /// Every channel, in the order of the proto enum.
+    pub const ALL: [Self; 2] = [Self::Indomaret, Self::Alfa];
+
     /// Stable text form used in the store.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Indomaret => "INDOMARET",
+            Self::Alfa => "ALFA",
         }
     }
 
     /// Parses [`Channel::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "INDOMARET" => Some(Self::Indomaret),
-            _ => None,
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether the channel's receipt has a description line besides the footer: Indomaret's
+    /// has both, Alfa Group's only a footer message.
+    pub fn has_receipt_description(self) -> bool {
+        match self {
+            Self::Indomaret => true,
+            Self::Alfa => false,
         }
     }
 }
@@ -490,7 +502,8 @@ impl PaymentCodeInput {
             ));
         }
         let channel = match self.channel {
-            None | Some(Ok(Channel::Indomaret)) => Some(Channel::Indomaret),
+            None => Some(Channel::Indomaret),
+            Some(Ok(channel)) => Some(channel),
             Some(Err(raw)) => {
                 v.push(FieldViolation::new(
                     "channel",
@@ -499,6 +512,20 @@ impl PaymentCodeInput {
                 None
             }
         };
+        if let Some(channel) = channel
+            && !channel.has_receipt_description()
+            && !self.receipt_description.is_empty()
+        {
+            // Never dropped silently: the caller would believe it is printed.
+            v.push(FieldViolation::new(
+                "receipt.description",
+                format!(
+                    "must be empty for channel {}: its receipt has no description line, only \
+                     receipt.footer_message",
+                    channel.as_str()
+                ),
+            ));
+        }
         check_notification_url(&mut v, &self.notification_url, notification_path);
 
         match (invoice, amount, expiry_minutes, channel) {
@@ -891,6 +918,41 @@ mod tests {
                 "notification_url"
             ]
         );
+    }
+
+    #[test]
+    fn alfa_takes_a_footer_but_no_receipt_description() {
+        let mut i = valid();
+        i.channel = Some(Ok(Channel::Alfa));
+        i.receipt_footer_message = "Terima kasih".into();
+        let p = i.validate("/p").unwrap();
+        assert_eq!(p.channel, Channel::Alfa);
+        assert_eq!(p.receipt_footer_message.as_deref(), Some("Terima kasih"));
+        // A description cannot be printed on an Alfa receipt: refused, never dropped.
+        i.receipt_description = "ORDER 001".into();
+        let v = i.validate("/p").unwrap_err();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "receipt.description");
+        assert!(v[0].description.contains("receipt.footer_message"), "{v:?}");
+        // Indomaret prints both.
+        i.channel = Some(Ok(Channel::Indomaret));
+        assert!(i.validate("/p").is_ok());
+        // The Alfa footer has Indomaret's limit (DOKU documents none).
+        let mut i = valid();
+        i.channel = Some(Ok(Channel::Alfa));
+        i.receipt_footer_message = "f".repeat(RECEIPT_LINE_MAX_LEN);
+        assert!(i.validate("/p").is_ok());
+        i.receipt_footer_message.push('f');
+        let v = i.validate("/p").unwrap_err();
+        assert_eq!(v[0].field, "receipt.footer_message");
+    }
+
+    #[test]
+    fn channels_round_trip_their_stored_text() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Channel::parse("alfa"), None);
     }
 
     #[test]

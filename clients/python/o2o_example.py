@@ -1,5 +1,6 @@
-"""Calling o2o-sidecar from Python: create an Indomaret payment code, follow payment results on a
-stream that resumes after a reconnect, and read the rich error details of a failed call.
+"""Calling o2o-sidecar from Python: create payment codes (Indomaret, and Alfa Group: Alfamart,
+Alfamidi, Lawson, Dan+Dan), follow payment results on a stream that resumes after a reconnect,
+and read the rich error details of a failed call.
 
 The functions are the pieces an application uses; `run_flow` strings them together and checks
 every answer against the contract, and `main` runs it against a live sidecar:
@@ -147,18 +148,38 @@ def expect(cond: bool, what: str) -> None:
         raise FlowError(what)
 
 
-def payment_request(invoice: str, amount: int) -> pb.GeneratePaymentCodeRequest:
+def payment_request(
+    invoice: str, amount: int, channel: int = pb.CHANNEL_INDOMARET
+) -> pb.GeneratePaymentCodeRequest:
+    """A request on `channel`. Both channels take the same fields except the receipt: an
+    Indomaret receipt prints a description and a footer, an Alfa Group receipt a footer only
+    (a description with CHANNEL_ALFA is INVALID_ARGUMENT)."""
+    if channel == pb.CHANNEL_ALFA:
+        receipt = pb.Receipt(footer_message="Thank you for shopping")
+    else:
+        receipt = pb.Receipt(description=f"Order {invoice}", footer_message="Thank you for shopping")
     return pb.GeneratePaymentCodeRequest(
         invoice_number=invoice,
         amount=amount,
         customer=pb.Customer(name="Budi Santoso", email="budi@example.com"),
         info="Order from the Python example",
+        receipt=receipt,
+        channel=channel,
     )
 
 
-def check_paid_event(resp: pb.StreamNotificationsResponse, invoice: str, amount: int) -> None:
+def check_paid_event(
+    resp: pb.StreamNotificationsResponse,
+    invoice: str,
+    amount: int,
+    channel: int = pb.CHANNEL_INDOMARET,
+) -> None:
     n = resp.notification
     expect(n.invoice_number == invoice, f"event for {n.invoice_number!r}, expected {invoice!r}")
+    expect(
+        n.channel == channel,
+        f"{invoice}: channel {pb.Channel.Name(n.channel)}, expected {pb.Channel.Name(channel)}",
+    )
     expect(
         n.status == pb.PAYMENT_STATUS_PAID,
         f"{invoice}: status {pb.PaymentStatus.Name(n.status)}, expected PAYMENT_STATUS_PAID",
@@ -201,15 +222,18 @@ def run_flow(grpc_addr: str, sim_url: str, log=print) -> None:
     payment (exactly the missed event, then live again) → decode an INVALID_ARGUMENT."""
     run = uuid.uuid4().hex[:8]
     inv = [f"PY-{run}-{i}" for i in (1, 2, 3)]
+    # The third is paid at an Alfa Group store.
+    channels = [pb.CHANNEL_INDOMARET, pb.CHANNEL_INDOMARET, pb.CHANNEL_ALFA]
     with grpc.insecure_channel(grpc_addr) as channel:
         stub = pb_grpc.O2OPaymentsStub(channel)
 
         payments = [
-            generate_payment_code(stub, payment_request(i, 150_000 + k))
-            for k, i in enumerate(inv)
+            generate_payment_code(stub, payment_request(i, 150_000 + k, ch))
+            for k, (i, ch) in enumerate(zip(inv, channels))
         ]
-        for p, i in zip(payments, inv):
+        for p, i, ch in zip(payments, inv, channels):
             expect(p.invoice_number == i, f"payment for {p.invoice_number!r}, expected {i!r}")
+            expect(p.channel == ch, f"{i}: channel {pb.Channel.Name(p.channel)}")
             expect(p.payment_code.isdigit(), f"{i}: payment code {p.payment_code!r} is not digits")
             expect(p.status == pb.PAYMENT_STATUS_PENDING, f"{i}: new payment is not PENDING")
         log(f"ok: generated {len(inv)} payment codes ({payments[0].payment_code}, …)")
@@ -238,7 +262,7 @@ def run_flow(grpc_addr: str, sim_url: str, log=print) -> None:
         # was replayed twice in between.
         pay_in_simulator(sim_url, inv[2])
         live = next_event(resumed)
-        check_paid_event(live, inv[2], 150_002)
+        check_paid_event(live, inv[2], 150_002, pb.CHANNEL_ALFA)
         live_id = live.notification.event_id
         expect(live_id == missed_id + 1, f"live event {live_id} after {missed_id}")
         resumed.cancel()

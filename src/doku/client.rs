@@ -1,4 +1,5 @@
-//! The signed HTTP client for DOKU's Generate Payment Code (Indomaret) and Check Status APIs.
+//! The signed HTTP client for DOKU's Generate Payment Code (Indomaret and Alfa Group) and Check
+//! Status APIs.
 //!
 //! One logical call keeps one `Request-Id` and one body buffer across all its attempts, so a
 //! retried POST is a replay DOKU recognises (it answers a repeated Request-Id with the original
@@ -30,13 +31,14 @@ use super::{
     how_to_pay::{HowToPay, HowToPayConfig},
     signature::{self, Components, TimestampKind},
     types::{
-        DokuPaymentCodeRequest, DokuPaymentCodeResponse, DokuTransactionReport, ReportedStatus,
+        DokuPaymentCodeRequest, DokuPaymentCodeResponse, DokuTransactionReport, ReportedChannel,
+        ReportedStatus,
     },
 };
 use crate::{
     payment::{
-        Amount, AmountRule, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity, ReportMismatch,
-        ReportedIdentity, check_report,
+        Amount, AmountRule, Channel, InvoiceNumber, IssuedCode, NewPayment, PaymentIdentity,
+        ReportMismatch, ReportedIdentity, check_report,
     },
     secret::SecretSource,
 };
@@ -45,6 +47,18 @@ use crate::{
 pub const SANDBOX_BASE_URL: &str = "https://api-sandbox.doku.com";
 /// Path of Generate Payment Code for Indomaret.
 pub const PAYMENT_CODE_PATH: &str = "/indomaret-online-to-offline/v2/payment-code";
+/// Path of Generate Payment Code for Alfa Group: the path DOKU's own plugins (PrestaShop,
+/// Magento, OpenCart) and its code generator call and sign. One page of DOKU's docs says
+/// `/alfa-virtual-account/v2/payment-code`, which those sources treat as a docs error.
+pub const ALFA_PAYMENT_CODE_PATH: &str = "/alfa-online-to-offline/v2/payment-code";
+
+/// The Generate Payment Code path of a channel: the one place a channel's endpoint is chosen.
+pub fn payment_code_path(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Indomaret => PAYMENT_CODE_PATH,
+        Channel::Alfa => ALFA_PAYMENT_CODE_PATH,
+    }
+}
 /// Path of Check Status, followed by the invoice number.
 pub const CHECK_STATUS_PATH: &str = "/orders/v1/status/";
 
@@ -121,6 +135,8 @@ impl DokuClientConfig {
 /// the first attempt so that every retry, even after a restart, is the same request to DOKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedRequest {
+    /// Where the customer pays: it chooses DOKU's endpoint ([`payment_code_path`]).
+    pub channel: Channel,
     /// The `Request-Id` of every attempt (UUID v4).
     pub request_id: String,
     /// The exact JSON bytes that are signed and sent.
@@ -138,6 +154,8 @@ pub struct StatusReport {
     pub amount: Option<i64>,
     /// `online_to_offline_info.payment_code`.
     pub payment_code: Option<String>,
+    /// `channel.id`, mapped; `None` when absent or `null`.
+    pub channel: Option<ReportedChannel>,
     /// `transaction.date`.
     pub occur_time: Option<OffsetDateTime>,
     /// `transaction.original_request_id`: the Request-Id of the request that created it.
@@ -314,12 +332,13 @@ impl DokuClient {
     /// serialized once. The caller stores both and passes them to every attempt.
     pub fn prepare_payment_code(&self, p: &NewPayment) -> PreparedRequest {
         PreparedRequest {
+            channel: p.channel,
             request_id: uuid::Uuid::new_v4().to_string(),
             body: DokuPaymentCodeRequest::new(p).to_bytes(),
         }
     }
 
-    /// Asks DOKU for an Indomaret payment code, sending exactly `req.body` with
+    /// Asks DOKU for a payment code on the request's channel, sending exactly `req.body` with
     /// `req.request_id` on every attempt. A `409` carrying a success body is DOKU replaying
     /// the answer to an earlier attempt of the same request, and counts as success.
     pub async fn generate_payment_code(
@@ -330,8 +349,8 @@ impl DokuClient {
             .call(Call {
                 endpoint: "payment_code",
                 method: &Method::POST,
-                path: PAYMENT_CODE_PATH,
-                template: PAYMENT_CODE_PATH,
+                path: payment_code_path(req.channel),
+                template: payment_code_path(req.channel),
                 request_id: &req.request_id,
                 body: Some(&req.body),
             })
@@ -436,6 +455,7 @@ impl DokuClient {
                 invoice_number: r.invoice_number().map(str::to_owned),
                 amount: r.amount(),
                 payment_code: r.payment_code().map(str::to_owned),
+                channel: r.channel(),
                 occur_time: r.occur_time(),
                 original_request_id: r.original_request_id().map(str::to_owned),
                 raw_body: raw_body.clone(),
@@ -1186,7 +1206,10 @@ mod server_tests {
     };
 
     use super::*;
-    use crate::{doku::types::tests::v1_payment, payment::PaymentStatus};
+    use crate::{
+        doku::types::tests::{alfa_payment, v1_payment},
+        payment::PaymentStatus,
+    };
 
     const KEY: &str = "SK-TEST-0123456789abcdef";
     const CLIENT: &str = "MCH-0001-10791114622547";
@@ -1293,6 +1316,34 @@ mod server_tests {
             assert_eq!(assert_signed(r), req.request_id);
             assert_eq!(r.body, req.body, "every attempt sends the prepared bytes");
         }
+    }
+
+    #[tokio::test]
+    async fn an_alfa_request_goes_to_alfa_s_path_with_alfa_s_body() {
+        let server = MockServer::start().await;
+        let alfa_success = SUCCESS.replace("INV-2021002-0001", "INV-20210124-0001");
+        Mock::given(method("POST"))
+            .and(path(ALFA_PAYMENT_CODE_PATH))
+            .respond_with(ResponseTemplate::new(200).set_body_string(alfa_success))
+            .mount(&server)
+            .await;
+        let c = client(&server, 1);
+        let req = c.prepare_payment_code(&alfa_payment());
+        assert_eq!(req.channel, Channel::Alfa);
+        let issued = c.generate_payment_code(&req).await.unwrap();
+        assert_eq!(issued.payment_code.as_str(), "8880123456789012");
+        let sent = received(&server).await;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].url.path(),
+            "/alfa-online-to-offline/v2/payment-code"
+        );
+        assert_signed(&sent[0]);
+        assert_eq!(
+            sent[0].body,
+            include_bytes!("../../tests/golden/doku/payment_code_alfa.json")
+        );
+        assert_eq!(payment_code_path(Channel::Indomaret), PAYMENT_CODE_PATH);
     }
 
     #[tokio::test]
@@ -1618,6 +1669,7 @@ mod server_tests {
                 invoice_number: Some("INV-1".into()),
                 amount: Some(150_000),
                 payment_code: Some("8880123456789012".into()),
+                channel: Some(ReportedChannel::Known(Channel::Indomaret)),
                 occur_time: Some(datetime!(2021-08-12 07:06:28 UTC)),
                 original_request_id: Some("5b8e438f-fac1-4103-9e0e-ebfdc38b5acb".into()),
                 raw_body: status_body("SUCCESS"),

@@ -20,4 +20,4 @@ pub use client::{
 pub use error::{ConfigError, DokuError};
 pub use how_to_pay::{AllowedOrigin, HowToPayConfig};
 pub use notification::{NotificationHeaders, NotificationReport, Rejection};
-pub use types::{DokuTransactionStatus, ReportedStatus, parse_doku_time};
+pub use types::{DokuTransactionStatus, ReportedChannel, ReportedStatus, parse_doku_time};

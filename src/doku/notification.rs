@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::{
     signature::{self, Components, TimestampKind},
-    types::{DokuTransactionReport, ReportedStatus},
+    types::{DokuTransactionReport, ReportedChannel, ReportedStatus},
 };
 
 /// Longest `Request-Id` DOKU sends ("max 128 characters"). A longer one is refused before
@@ -106,8 +106,8 @@ pub struct NotificationReport {
     pub status: ReportedStatus,
     /// `transaction.date`; `None` when absent or in neither of DOKU's formats.
     pub occur_time: Option<OffsetDateTime>,
-    /// `channel.id`, e.g. `ONLINE_TO_OFFLINE_INDOMARET`.
-    pub channel_id: Option<String>,
+    /// `channel.id` (e.g. `ONLINE_TO_OFFLINE_ALFA`), mapped; `None` when absent.
+    pub channel: Option<ReportedChannel>,
     /// `transaction.original_request_id`: the Request-Id of our generate request.
     pub original_request_id: Option<String>,
 }
@@ -130,7 +130,7 @@ pub fn parse(body: &[u8]) -> Result<NotificationReport, Rejection> {
         payment_code: r.payment_code().map(str::to_owned),
         status: ReportedStatus::from_doku(status),
         occur_time: r.occur_time(),
-        channel_id: r.channel_id().map(str::to_owned),
+        channel: r.channel(),
         original_request_id: r.original_request_id().map(str::to_owned),
     })
 }
@@ -305,7 +305,7 @@ mod tests {
                 payment_code: Some("73".into()),
                 status: ReportedStatus::Known(PaymentStatus::Paid),
                 occur_time: Some(datetime!(2021-08-12 07:06:28 UTC)),
-                channel_id: Some("ONLINE_TO_OFFLINE_ALFA".into()),
+                channel: Some(ReportedChannel::Known(crate::payment::Channel::Alfa)),
                 original_request_id: Some("5b8e438f-fac1-4103-9e0e-ebfdc38b5acb".into()),
             }
         );
@@ -317,7 +317,7 @@ mod tests {
         let r = parse(minimal).unwrap();
         assert_eq!(r.status, ReportedStatus::Unrecognized("REFUNDED".into()));
         assert_eq!(
-            (r.payment_code, r.occur_time, r.channel_id),
+            (r.payment_code, r.occur_time, r.channel),
             (None, None, None)
         );
 

@@ -15,7 +15,7 @@ use time::{
     macros::{format_description, offset},
 };
 
-use crate::payment::{IssuedCode, NewPayment, PaymentCode, PaymentStatus};
+use crate::payment::{Channel, IssuedCode, NewPayment, PaymentCode, PaymentStatus};
 
 /// `transaction.status` values DOKU documents for Check Status and notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,36 @@ impl ReportedStatus {
     }
 }
 
+/// DOKU's `channel.id` for a channel, as its notifications and Check Status answers carry it.
+pub fn channel_id(c: Channel) -> &'static str {
+    match c {
+        Channel::Indomaret => "ONLINE_TO_OFFLINE_INDOMARET",
+        Channel::Alfa => "ONLINE_TO_OFFLINE_ALFA",
+    }
+}
+
+/// A `channel.id` as DOKU reported it: a channel the domain knows, or DOKU's raw text (another
+/// DOKU product, or a value this version does not know), which never matches a stored payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportedChannel {
+    /// One of the sidecar's channels.
+    Known(Channel),
+    /// DOKU's raw `channel.id`.
+    Unrecognized(String),
+}
+
+impl ReportedChannel {
+    /// Maps DOKU's raw `channel.id`; case and surrounding blanks are ignored, as for
+    /// `transaction.status`.
+    pub fn from_doku(raw: &str) -> Self {
+        let id = raw.trim();
+        Channel::ALL
+            .into_iter()
+            .find(|c| id.eq_ignore_ascii_case(channel_id(*c)))
+            .map_or_else(|| Self::Unrecognized(raw.to_owned()), Self::Known)
+    }
+}
+
 /// WIB, the zone of DOKU's compact `yyyyMMddHHmmss` dates.
 const WIB: UtcOffset = offset!(+7);
 
@@ -112,14 +142,20 @@ pub fn parse_doku_time(s: &str) -> Option<OffsetDateTime> {
 // ---------------------------------------------------------------------------------------------
 // Generate payment code: request
 
-/// Body of `POST /indomaret-online-to-offline/v2/payment-code`. Field order is DOKU's.
+/// Body of Generate Payment Code (the path is the channel's,
+/// [`payment_code_path`](super::client::payment_code_path)). Field order is DOKU's. Both
+/// channels share `order`, `online_to_offline_info`, `customer` and `additional_info`; the
+/// receipt goes under the channel's own key: `indomaret_info.receipt` (description and
+/// footer) or `alfa_info.receipt` (footer only), never both.
 #[derive(Debug, Serialize)]
 pub(crate) struct DokuPaymentCodeRequest<'a> {
     order: DokuOrderRequest<'a>,
     online_to_offline_info: DokuO2oRequestInfo<'a>,
     customer: DokuCustomer<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    indomaret_info: Option<DokuIndomaretInfo<'a>>,
+    indomaret_info: Option<DokuStoreInfo<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alfa_info: Option<DokuStoreInfo<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     additional_info: Option<DokuAdditionalInfo<'a>>,
 }
@@ -146,8 +182,9 @@ struct DokuCustomer<'a> {
     email: Option<&'a str>,
 }
 
+/// `indomaret_info` or `alfa_info`: the store chain's receipt.
 #[derive(Debug, Serialize)]
-struct DokuIndomaretInfo<'a> {
+struct DokuStoreInfo<'a> {
     receipt: DokuReceipt<'a>,
 }
 
@@ -171,6 +208,12 @@ impl<'a> DokuPaymentCodeRequest<'a> {
             footer_message: p.receipt_footer_message.as_deref(),
         };
         let has_receipt = receipt.description.is_some() || receipt.footer_message.is_some();
+        let store_info = has_receipt.then_some(DokuStoreInfo { receipt });
+        let (indomaret_info, alfa_info) = match p.channel {
+            Channel::Indomaret => (store_info, None),
+            // Validation refuses a receipt description for Alfa, so only the footer is here.
+            Channel::Alfa => (None, store_info),
+        };
         Self {
             order: DokuOrderRequest {
                 invoice_number: p.invoice.as_str(),
@@ -185,7 +228,8 @@ impl<'a> DokuPaymentCodeRequest<'a> {
                 name: &p.customer_name,
                 email: p.customer_email.as_deref(),
             },
-            indomaret_info: has_receipt.then_some(DokuIndomaretInfo { receipt }),
+            indomaret_info,
+            alfa_info,
             additional_info: p.notification_url.as_deref().map(|url| DokuAdditionalInfo {
                 override_notification_url: url,
             }),
@@ -362,6 +406,11 @@ impl DokuTransactionReport {
     pub(crate) fn channel_id(&self) -> Option<&str> {
         self.channel.as_ref()?.id.as_deref()
     }
+
+    /// `channel.id`, mapped; `None` when absent or `null`.
+    pub(crate) fn channel(&self) -> Option<ReportedChannel> {
+        self.channel_id().map(ReportedChannel::from_doku)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +523,88 @@ pub(super) mod tests {
         assert_eq!(golden.len(), 315);
         let body = DokuPaymentCodeRequest::new(&v1_payment()).to_bytes();
         assert_eq!(String::from_utf8(body).unwrap(), golden);
+    }
+
+    /// The NewPayment behind the docs' Alfa sample (the V5 vector of the project's DOKU
+    /// reference), with a receipt footer.
+    pub(crate) fn alfa_payment() -> NewPayment {
+        PaymentCodeInput {
+            invoice_number: "INV-20210124-0001".into(),
+            amount: 150_000,
+            customer_name: Some("Anton Budiman".into()),
+            customer_email: "anton@example.com".into(),
+            expiry: Some((3600, 0)),
+            reusable: false,
+            info: "Merchant Demo Store".into(),
+            receipt_footer_message: "Terima kasih".into(),
+            channel: Some(Ok(Channel::Alfa)),
+            ..Default::default()
+        }
+        .validate("/payments/notifications")
+        .unwrap()
+    }
+
+    #[test]
+    fn alfa_body_is_byte_exact() {
+        let golden = include_str!("../../tests/golden/doku/payment_code_alfa.json");
+        assert_eq!(golden.len(), 284);
+        let body = DokuPaymentCodeRequest::new(&alfa_payment()).to_bytes();
+        assert_eq!(String::from_utf8(body).unwrap(), golden);
+        // Field by field: the shared parts as Indomaret's, the receipt under `alfa_info` with
+        // the footer only, nothing under `indomaret_info`.
+        let v: serde_json::Value = serde_json::from_str(golden).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["alfa_info", "customer", "online_to_offline_info", "order"]
+        );
+        assert_eq!(
+            v["alfa_info"],
+            serde_json::json!({"receipt": {"footer_message": "Terima kasih"}})
+        );
+        assert_eq!(v["order"]["invoice_number"], "INV-20210124-0001");
+        assert_eq!(v["online_to_offline_info"]["reusable_status"], false);
+    }
+
+    #[test]
+    fn alfa_body_without_receipt_is_the_docs_sample() {
+        let mut p = alfa_payment();
+        p.receipt_footer_message = None;
+        let body = DokuPaymentCodeRequest::new(&p).to_bytes();
+        // The docs' Alfa sample, compacted: its digest is the reference's V5 vector.
+        assert_eq!(
+            crate::doku::signature::digest(&body),
+            "0eKB1s5YdzXZ5HPEr5idNl9GC8CCW4w4Kwu1PXVOZdE="
+        );
+        let mut p = alfa_payment();
+        p.notification_url = Some("https://shop.example.com/payments/notifications".into());
+        let body = String::from_utf8(DokuPaymentCodeRequest::new(&p).to_bytes()).unwrap();
+        assert!(
+            body.ends_with(r#""alfa_info":{"receipt":{"footer_message":"Terima kasih"}},"additional_info":{"override_notification_url":"https://shop.example.com/payments/notifications"}}"#),
+            "{body}"
+        );
+        assert!(!body.contains("indomaret_info"), "{body}");
+    }
+
+    #[test]
+    fn channel_ids_map_both_ways() {
+        for c in Channel::ALL {
+            assert_eq!(
+                ReportedChannel::from_doku(channel_id(c)),
+                ReportedChannel::Known(c)
+            );
+        }
+        assert_eq!(
+            ReportedChannel::from_doku(" online_to_offline_alfa "),
+            ReportedChannel::Known(Channel::Alfa)
+        );
+        for raw in ["ONLINE_TO_OFFLINE", "VIRTUAL_ACCOUNT_BCA", "ALFA", ""] {
+            assert_eq!(
+                ReportedChannel::from_doku(raw),
+                ReportedChannel::Unrecognized(raw.into())
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub fn status(s: PaymentStatus) -> pb::PaymentStatus {
 pub fn channel(c: Channel) -> pb::Channel {
     match c {
         Channel::Indomaret => pb::Channel::Indomaret,
+        Channel::Alfa => pb::Channel::Alfa,
     }
 }
 
@@ -46,6 +47,7 @@ pub fn payment_code_input(r: pb::GeneratePaymentCodeRequest) -> PaymentCodeInput
     let channel = match pb::Channel::try_from(r.channel) {
         Ok(pb::Channel::Unspecified) => None,
         Ok(pb::Channel::Indomaret) => Some(Ok(Channel::Indomaret)),
+        Ok(pb::Channel::Alfa) => Some(Ok(Channel::Alfa)),
         Err(_) => Some(Err(r.channel)),
     };
     let (customer_name, customer_email) = match r.customer {

@@ -124,8 +124,9 @@ impl Sidecar {
 
     /// Applies what Check Status said to a stored payment. Returns the updated payment, or
     /// `None` when nothing changed. An answer that does not describe this payment (another
-    /// invoice, no or another amount, another code) changes nothing, is logged with DOKU's
-    /// body and counted, and is [`Error::DokuOutcomeUnknown`]: what DOKU knows is unknown.
+    /// invoice, no or another amount, another code, another channel) changes nothing, is
+    /// logged with DOKU's body and counted, and is [`Error::DokuOutcomeUnknown`]: what DOKU
+    /// knows is unknown.
     async fn apply_check_status(
         &self,
         rec: &PaymentRecord,
@@ -133,8 +134,10 @@ impl Sidecar {
     ) -> Result<Option<Payment>, Error> {
         let invoice = &rec.payment.invoice;
         let change = match assess(Report::check_status(report), Some(&rec.payment)) {
-            Assessment::Change(c) if c.status == PaymentStatus::Pending => return Ok(None),
-            Assessment::Change(c) => c,
+            Assessment::Change { change, .. } if change.status == PaymentStatus::Pending => {
+                return Ok(None);
+            }
+            Assessment::Change { change, .. } => change,
             Assessment::UnknownStatus(raw) => {
                 tracing::warn!(%invoice, status = %raw, "DOKU reported a status this sidecar does not know; ignored");
                 return Ok(None);

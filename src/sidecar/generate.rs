@@ -137,6 +137,7 @@ impl Sidecar {
             }
         }
         let request = PreparedRequest {
+            channel: rec.payment.channel,
             request_id: stored.request_id,
             body: stored.body,
         };

@@ -62,14 +62,7 @@ impl Sidecar {
     /// it is not (DOKU must retry).
     pub async fn record_notification(&self, n: Notification) -> Result<NotificationOutcome, Error> {
         let (verdict, change) = match &n.report {
-            Ok(report) => {
-                let (verdict, change) = verdict(report, self.stored_payment(report).await.as_ref());
-                let change = change.map(|c| StatusChange {
-                    doku_request_id: Some(n.request_id.clone()),
-                    ..c
-                });
-                (verdict, change)
-            }
+            Ok(report) => verdict(report, self.stored_payment(report).await.as_ref()),
             Err(Rejection::MalformedBody(detail)) => {
                 tracing::error!(%detail, "VERIFIED DOKU NOTIFICATION COULD NOT BE PARSED: stored for audit; the sweeper will ask Check Status");
                 (
@@ -79,6 +72,17 @@ impl Sidecar {
             }
             Err(other) => (Verdict::Mismatch(format!("{other:?}")), None),
         };
+        // Without a change the store creates no payment, so the channel is never read.
+        let (change, channel) = match change {
+            Some((c, channel)) => {
+                let c = StatusChange {
+                    doku_request_id: Some(n.request_id.clone()),
+                    ..c
+                };
+                (Some(c), channel)
+            }
+            None => (None, Channel::Indomaret),
+        };
         let label = verdict.label();
         let record = InboundNotification {
             doku_request_id: n.request_id,
@@ -87,7 +91,7 @@ impl Sidecar {
             body: n.body,
             verdict,
             change,
-            channel: Channel::Indomaret,
+            channel,
         };
         let outcome = match self.store.record_notification(record).await {
             Ok(Recorded::Duplicate) => {
@@ -140,14 +144,15 @@ impl Sidecar {
 
 /// The store's verdict on a verified notification compared with the stored payment of its
 /// invoice (`None`: the sidecar did not create it), without I/O, and the change to apply
-/// with it. An accepted change for a stored payment always carries the stored invoice and
-/// amount, and never a payment code other than the stored one.
+/// with it and the payment's channel (DOKU's for an invoice the sidecar did not create). An
+/// accepted change for a stored payment always carries the stored invoice and amount, and
+/// never a payment code other than the stored one.
 pub fn verdict(
     report: &NotificationReport,
     stored: Option<&Payment>,
-) -> (Verdict, Option<StatusChange>) {
+) -> (Verdict, Option<(StatusChange, Channel)>) {
     match assess(Report::notification(report), stored) {
-        Assessment::Change(change) => {
+        Assessment::Change { change, channel } => {
             if stored.is_none() {
                 if change.status == PaymentStatus::Pending {
                     tracing::warn!(invoice = %change.invoice, "DOKU PENDING notification for an invoice this sidecar did not create: stored for audit only (no payment, no event)");
@@ -155,7 +160,7 @@ pub fn verdict(
                     tracing::warn!(invoice = %change.invoice, "DOKU notification for an invoice this sidecar did not create: stored and emitted as DOKU sent it");
                 }
             }
-            (Verdict::Accepted, Some(change))
+            (Verdict::Accepted, Some((change, channel)))
         }
         Assessment::UnknownStatus(raw) => {
             tracing::warn!(status = %raw, invoice = %report.invoice_number, "DOKU notification with a status this sidecar does not know: stored, not emitted");

@@ -3,6 +3,7 @@
 //! is logged with its verdict, and faults are applied around the processing.
 
 use axum::{
+    Extension,
     extract::{ConnectInfo, Path, State},
     http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
@@ -168,7 +169,13 @@ impl Simulator {
         }
     }
 
-    fn generate(&self, headers: &HeaderMap, path: &str, body: &Bytes) -> Answer {
+    fn generate(
+        &self,
+        channel: SimChannel,
+        headers: &HeaderMap,
+        path: &str,
+        body: &Bytes,
+    ) -> Answer {
         let cfg = &self.inner.cfg;
         let now = wire::now();
         let request_id = match auth::authenticate(cfg, headers, path, Some(body), now) {
@@ -181,7 +188,7 @@ impl Simulator {
 
         let mut st = lock(&self.inner.state);
         if let Some(replay) = st.replays.get(&request_id) {
-            if replay.request_body != *body {
+            if replay.request_body != *body || replay.channel != channel {
                 return Answer::bad_request(
                     "invalid_request_id",
                     "different request data for a Request-Id already used",
@@ -196,7 +203,7 @@ impl Simulator {
             };
         }
 
-        let req = match wire::parse_generate(body) {
+        let req = match wire::parse_generate(body, channel) {
             Ok(r) => r,
             Err(m) => return Answer::bad_request("invalid_parameter", m),
         };
@@ -217,10 +224,17 @@ impl Simulator {
             );
         }
 
-        let response_body = self.issue(&mut st, req, notification_url, &request_id, headers, now);
+        let issue = Issue {
+            channel,
+            request_id: &request_id,
+            notification_url,
+            now,
+        };
+        let response_body = self.issue(&mut st, req, issue, headers);
         st.replays.insert(
             request_id.clone(),
             Replay {
+                channel,
                 request_body: body.clone(),
                 response_body: response_body.clone(),
             },
@@ -239,11 +253,15 @@ impl Simulator {
         &self,
         st: &mut super::state::State,
         req: wire::GenerateRequest,
-        notification_url: Option<String>,
-        request_id: &str,
+        issue: Issue<'_>,
         headers: &HeaderMap,
-        now: OffsetDateTime,
     ) -> Bytes {
+        let Issue {
+            channel,
+            request_id,
+            notification_url,
+            now,
+        } = issue;
         let mut rng = rand::rng();
         let payment_code = loop {
             let c = format!(
@@ -258,8 +276,8 @@ impl Simulator {
         let minutes = i64::try_from(req.expired_minutes).unwrap_or(i64::MAX);
         let expires = now + time::Duration::minutes(minutes);
         let base = self.public_base(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
-        let how_to_pay_page =
-            format!("{base}/how-to-pay/v2/indomaret-online-to-offline/{payment_code}/{token}");
+        let product = channel.product();
+        let how_to_pay_page = format!("{base}/how-to-pay/v2/{product}/{payment_code}/{token}");
         let response_body: Bytes = wire::generate_response(&wire::Issued {
             invoice_number: &req.invoice_number,
             amount: req.amount,
@@ -268,15 +286,13 @@ impl Simulator {
             created: now,
             expires,
             how_to_pay_page: how_to_pay_page.clone(),
-            how_to_pay_api: format!(
-                "{base}/indomaret-online-to-offline/v2/how-to-pay-api/{payment_code}/{token}"
-            ),
+            how_to_pay_api: format!("{base}/{product}/v2/how-to-pay-api/{payment_code}/{token}"),
         })
         .into();
         st.insert(PaymentRecord {
             invoice_number: req.invoice_number.clone(),
             amount: req.amount,
-            channel: SimChannel::Indomaret,
+            channel,
             payment_code,
             customer_name: req.customer_name,
             how_to_pay_url: how_to_pay_page,
@@ -342,9 +358,19 @@ impl Simulator {
     }
 }
 
+/// What a new code is issued for, besides the request body.
+#[derive(Debug)]
+struct Issue<'a> {
+    channel: SimChannel,
+    request_id: &'a str,
+    notification_url: Option<String>,
+    now: OffsetDateTime,
+}
+
 /// Check Status's view of a payment now.
 pub(crate) fn txn_view(p: &PaymentRecord, now: OffsetDateTime) -> wire::TxnView<'_> {
     wire::TxnView {
+        channel: p.channel,
         invoice_number: &p.invoice_number,
         amount: p.amount,
         payment_code: &p.payment_code,
@@ -375,9 +401,11 @@ fn conn_kill(ext: &Extensions) -> Option<&ConnKill> {
     ext.get::<ConnectInfo<ConnKill>>().map(|c| &c.0)
 }
 
-/// `POST /indomaret-online-to-offline/v2/payment-code`.
+/// `POST /{product}/v2/payment-code` of the channel the route was built for
+/// ([`SimChannel::payment_code_path`]).
 pub(crate) async fn payment_code(
     State(sim): State<Simulator>,
+    Extension(channel): Extension<SimChannel>,
     ext: Extensions,
     method: Method,
     uri: Uri,
@@ -386,9 +414,12 @@ pub(crate) async fn payment_code(
 ) -> Response {
     let log = request_log(&method, &uri, &headers, wire::peek_invoice(&body));
     let path = uri.path();
-    sim.with_faults(FaultTarget::PaymentCode, log, conn_kill(&ext), || {
-        sim.generate(&headers, path, &body)
-    })
+    sim.with_faults(
+        FaultTarget::payment_code(channel),
+        log,
+        conn_kill(&ext),
+        || sim.generate(channel, &headers, path, &body),
+    )
     .await
 }
 
@@ -449,31 +480,33 @@ pub(crate) async fn not_found(
     answer.into_response()
 }
 
-/// The payment a how-to-pay link points at, if code and token match.
-fn linked(sim: &Simulator, code: &str, token: &str) -> Option<PaymentRecord> {
+/// The payment a how-to-pay link points at, if code, token and the link's channel match.
+fn linked(sim: &Simulator, channel: SimChannel, code: &str, token: &str) -> Option<PaymentRecord> {
     lock(&sim.inner.state)
         .by_code(code)
-        .filter(|p| p.token == token)
+        .filter(|p| p.token == token && p.channel == channel)
         .cloned()
 }
 
-/// `GET /how-to-pay/v2/indomaret-online-to-offline/{code}/{token}`: a page for the customer.
+/// `GET /how-to-pay/v2/{product}/{code}/{token}`: a page for the customer.
 pub(crate) async fn how_to_pay_page(
     State(sim): State<Simulator>,
+    Extension(channel): Extension<SimChannel>,
     Path((code, token)): Path<(String, String)>,
 ) -> Response {
-    match linked(&sim, &code, &token) {
+    match linked(&sim, channel, &code, &token) {
         Some(p) => page::how_to_pay(&p),
         None => page::how_to_pay_not_found(),
     }
 }
 
-/// `GET /indomaret-online-to-offline/v2/how-to-pay-api/{code}/{token}`: the same as JSON.
+/// `GET /{product}/v2/how-to-pay-api/{code}/{token}`: the same as JSON.
 pub(crate) async fn how_to_pay_api(
     State(sim): State<Simulator>,
+    Extension(channel): Extension<SimChannel>,
     Path((code, token)): Path<(String, String)>,
 ) -> Response {
-    let Some(p) = linked(&sim, &code, &token) else {
+    let Some(p) = linked(&sim, channel, &code, &token) else {
         return Answer::rejected(Rejection::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -9,18 +9,30 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sim::lock;
+use crate::sim::{SimChannel, lock};
 
 /// What a fault acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultTarget {
-    /// `POST /indomaret-online-to-offline/v2/payment-code`.
+    /// `POST /indomaret-online-to-offline/v2/payment-code` (Indomaret's Generate Payment Code).
     PaymentCode,
+    /// `POST /alfa-online-to-offline/v2/payment-code` (Alfa Group's Generate Payment Code).
+    AlfaPaymentCode,
     /// `GET /orders/v1/status/{invoice}`.
     CheckStatus,
     /// The notifications sent after a payment.
     Notification,
+}
+
+impl FaultTarget {
+    /// The Generate Payment Code endpoint of `channel`.
+    pub fn payment_code(channel: SimChannel) -> Self {
+        match channel {
+            SimChannel::Indomaret => Self::PaymentCode,
+            SimChannel::Alfa => Self::AlfaPaymentCode,
+        }
+    }
 }
 
 /// What goes wrong.

@@ -1,8 +1,9 @@
-//! A strict, in-memory DOKU simulator: it answers DOKU's Indomaret endpoints (Generate Payment
-//! Code, Check Status) with DOKU's signatures and refusals, lets tests and people pay or expire
-//! codes through a control API (`/_sim/...`), sends DOKU-signed payment notifications with
-//! DOKU's retry schedule, and injects faults (error statuses, delays, dropped connections,
-//! suppressed / duplicated / badly signed notifications).
+//! A strict, in-memory DOKU simulator: it answers DOKU's convenience-store endpoints (Generate
+//! Payment Code for Indomaret and for Alfa Group, Check Status) with DOKU's signatures and
+//! refusals, lets tests and people pay or expire codes through a control API (`/_sim/...`),
+//! sends DOKU-signed payment notifications with DOKU's retry schedule, and injects faults
+//! (error statuses, delays, dropped connections, suppressed / duplicated / badly signed
+//! notifications).
 //!
 //! It is deliberately strict, so that a sidecar bug fails here rather than against DOKU:
 //! every header and body field is checked, unknown body fields are refused (DOKU answers
@@ -77,7 +78,7 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     routing::{get, post},
 };
 use tokio::{net::TcpListener, task::JoinSet};
@@ -92,6 +93,10 @@ use crate::sim::{fault::FaultBook, state::State};
 
 /// DOKU's path for generating an Indomaret payment code.
 pub const PAYMENT_CODE_PATH: &str = "/indomaret-online-to-offline/v2/payment-code";
+/// DOKU's path for generating an Alfa Group payment code (the path DOKU's own plugins call;
+/// one page of DOKU's docs says `/alfa-virtual-account/...`, which the simulator does not
+/// serve).
+pub const ALFA_PAYMENT_CODE_PATH: &str = "/alfa-online-to-offline/v2/payment-code";
 /// DOKU's Check Status path, without the trailing invoice number.
 pub const CHECK_STATUS_PREFIX: &str = "/orders/v1/status/";
 
@@ -250,23 +255,31 @@ impl Simulator {
     /// A `drop` fault needs [`Simulator::serve`] to cut the TCP connection; behind another
     /// server it answers with a body that breaks off instead.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route(
-                PAYMENT_CODE_PATH,
-                post(api::payment_code).fallback(api::method_not_allowed),
-            )
-            .route(
-                "/orders/v1/status/{invoice}",
-                get(api::check_status).fallback(api::method_not_allowed),
-            )
-            .route(
-                "/how-to-pay/v2/indomaret-online-to-offline/{code}/{token}",
-                get(api::how_to_pay_page),
-            )
-            .route(
-                "/indomaret-online-to-offline/v2/how-to-pay-api/{code}/{token}",
-                get(api::how_to_pay_api),
-            )
+        let mut router = Router::new().route(
+            "/orders/v1/status/{invoice}",
+            get(api::check_status).fallback(api::method_not_allowed),
+        );
+        for channel in SimChannel::ALL {
+            router = router
+                .route(
+                    channel.payment_code_path(),
+                    post(api::payment_code)
+                        .fallback(api::method_not_allowed)
+                        .layer(Extension(channel)),
+                )
+                .route(
+                    &format!("/how-to-pay/v2/{}/{{code}}/{{token}}", channel.product()),
+                    get(api::how_to_pay_page).layer(Extension(channel)),
+                )
+                .route(
+                    &format!(
+                        "/{}/v2/how-to-pay-api/{{code}}/{{token}}",
+                        channel.product()
+                    ),
+                    get(api::how_to_pay_api).layer(Extension(channel)),
+                );
+        }
+        router
             .merge(control::routes())
             .merge(page::routes())
             .fallback(api::not_found)
@@ -479,11 +492,16 @@ impl Simulator {
     }
 }
 
-/// Checks a Generate Payment Code body as the simulator does (strictly) and returns its
-/// invoice and amount; the fuzz targets use it as an oracle for the sidecar's requests.
+/// Checks a Generate Payment Code body sent to `path` as the simulator does (strictly) and
+/// returns its invoice and amount; the fuzz targets use it as an oracle for the sidecar's
+/// requests.
 #[doc(hidden)]
-pub fn check_generate_body(body: &[u8]) -> Result<(String, u64), String> {
-    wire::parse_generate(body).map(|r| (r.invoice_number, r.amount))
+pub fn check_generate_body(path: &str, body: &[u8]) -> Result<(String, u64), String> {
+    let channel = SimChannel::ALL
+        .into_iter()
+        .find(|c| c.payment_code_path() == path)
+        .ok_or_else(|| format!("No static resource {path}"))?;
+    wire::parse_generate(body, channel).map(|r| (r.invoice_number, r.amount))
 }
 
 /// `http://ip:port` for a bound address; an unspecified IP (`0.0.0.0`) becomes loopback so

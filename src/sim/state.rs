@@ -37,21 +37,45 @@ impl SimStatus {
     }
 }
 
-/// Where the customer pays. Only Indomaret's endpoint is simulated so far; the page, the
-/// how-to-pay pages and the JSON already carry the channel so that another one (Alfa Group) is
-/// one more variant here and one more route.
+/// Where the customer pays: DOKU's two convenience-store channels. Each has its own Generate
+/// Payment Code endpoint, receipt object, notification ids, how-to-pay links and steps; Check
+/// Status is shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimChannel {
     /// Indomaret stores (DOKU channel `ONLINE_TO_OFFLINE_INDOMARET`).
     Indomaret,
+    /// Alfa Group stores: Alfamart, Alfamidi, Lawson, Dan+Dan (DOKU channel
+    /// `ONLINE_TO_OFFLINE_ALFA`).
+    Alfa,
 }
 
 impl SimChannel {
+    /// Every simulated channel.
+    pub const ALL: [Self; 2] = [Self::Indomaret, Self::Alfa];
+
     /// The store chain's name, as a customer knows it.
     pub fn display_name(self) -> &'static str {
         match self {
             Self::Indomaret => "Indomaret",
+            Self::Alfa => "Alfa Group",
+        }
+    }
+
+    /// DOKU's product name in this channel's paths (`/{product}/v2/payment-code`, the
+    /// how-to-pay links).
+    pub(crate) fn product(self) -> &'static str {
+        match self {
+            Self::Indomaret => "indomaret-online-to-offline",
+            Self::Alfa => "alfa-online-to-offline",
+        }
+    }
+
+    /// DOKU's Generate Payment Code path of this channel.
+    pub fn payment_code_path(self) -> &'static str {
+        match self {
+            Self::Indomaret => super::PAYMENT_CODE_PATH,
+            Self::Alfa => super::ALFA_PAYMENT_CODE_PATH,
         }
     }
 
@@ -64,13 +88,20 @@ impl SimChannel {
                 "Give the cashier your payment code.",
                 "Pay the amount and keep the receipt.",
             ],
+            Self::Alfa => &[
+                "Go to the nearest Alfamart, Alfamidi, Lawson or Dan+Dan store.",
+                "Tell the cashier you want to pay a DOKU payment.",
+                "Give the cashier your payment code.",
+                "Pay the amount and keep the receipt.",
+            ],
         }
     }
 
-    /// DOKU's `payment_instruction[].channel`.
+    /// DOKU's `payment_instruction[].channel`, also the acquirer's `acquirer.id`.
     pub(crate) fn instruction_channel(self) -> &'static str {
         match self {
             Self::Indomaret => "INDOMARET",
+            Self::Alfa => "ALFA",
         }
     }
 }
@@ -84,6 +115,8 @@ pub struct SimPayment {
     pub amount: u64,
     /// Where it is paid.
     pub channel: SimChannel,
+    /// The channel's name for people ([`SimChannel::display_name`]).
+    pub channel_name: &'static str,
     /// The digits the customer tells the cashier.
     pub payment_code: String,
     /// `customer.name`: the till shows it on inquiry.
@@ -399,6 +432,7 @@ impl PaymentRecord {
             failed_at: self.failed_at,
             notification_url: self.notification_url.clone(),
             channel: self.channel,
+            channel_name: self.channel.display_name(),
             customer_name: self.customer_name.clone(),
             info: self.info.clone(),
             how_to_pay_url: self.how_to_pay_url.clone(),
@@ -425,6 +459,8 @@ impl PaymentRecord {
 /// What DOKU remembers about a successful generate call, to answer an exact repeat.
 #[derive(Debug)]
 pub(crate) struct Replay {
+    /// The endpoint (channel) it was sent to: the same Request-Id on another is other data.
+    pub(crate) channel: SimChannel,
     /// The request body bytes, compared byte for byte.
     pub(crate) request_body: Bytes,
     /// The response body bytes, sent again on `409`.

@@ -22,8 +22,8 @@ use tokio::{
 use crate::{
     doku::signature::{self, Components, TimestampKind},
     sim::{
-        Fault, FaultKind, FaultTarget, PAYMENT_CODE_PATH, SimConfig, SimStatus, Simulator, Verdict,
-        api::CODE_PREFIX, lock,
+        ALFA_PAYMENT_CODE_PATH, Fault, FaultKind, FaultTarget, PAYMENT_CODE_PATH, SimChannel,
+        SimConfig, SimStatus, Simulator, Verdict, api::CODE_PREFIX, lock,
     },
 };
 
@@ -83,6 +83,25 @@ fn body_value(invoice: &str) -> Value {
         "customer": {"name": "Taufik Ismail", "email": "taufik@example.com"},
         "indomaret_info": {"receipt": {"description": "ORDER 001", "footer_message": "Terima kasih"}}
     })
+}
+
+/// An Alfa Group request: the shared parts, the receipt footer under `alfa_info`.
+fn alfa_body(invoice: &str) -> String {
+    json!({
+        "order": {"invoice_number": invoice, "amount": 150000},
+        "online_to_offline_info": {"expired_time": 60, "reusable_status": false, "info": "Thanks"},
+        "customer": {"name": "Anton Budiman", "email": "anton@example.com"},
+        "alfa_info": {"receipt": {"footer_message": "Terima kasih"}}
+    })
+    .to_string()
+}
+
+/// `body` sent to Alfa's Generate Payment Code endpoint.
+async fn generate_alfa(r: &Running, request_id: &str, body: String) -> (u16, Value) {
+    let mut s = Signed::post(request_id, body);
+    s.path = ALFA_PAYMENT_CODE_PATH.to_owned();
+    let (status, _, b) = s.send(r).await;
+    (status, json_of(&b))
 }
 
 fn reusable_body(invoice: &str) -> String {
@@ -188,6 +207,24 @@ fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// The how-to-pay page and API links of a Generate answer's `online_to_offline_info`, checked
+/// to be the simulator's, under DOKU's `product` path, for the answer's payment code.
+fn how_to_pay_links<'a>(r: &Running, info: &'a Value, product: &str) -> (&'a str, &'a str) {
+    let code = info["payment_code"].as_str().unwrap();
+    let page = info["how_to_pay_page"].as_str().unwrap();
+    let api = info["how_to_pay_api"].as_str().unwrap();
+    let base = &r.base;
+    assert!(
+        page.starts_with(&format!("{base}/how-to-pay/v2/{product}/{code}/")),
+        "{page}"
+    );
+    assert!(
+        api.starts_with(&format!("{base}/{product}/v2/how-to-pay-api/{code}/")),
+        "{api}"
+    );
+    (page, api)
+}
+
 /// Verifies DOKU's response signature (§3.5) over `body` for a request to `target`.
 fn response_verifies(h: &HeaderMap, target: &str, body: Option<&[u8]>) -> bool {
     let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_owned();
@@ -248,16 +285,7 @@ async fn happy_generate_issues_a_signed_numeric_code() {
     let skew = (OffsetDateTime::now_utc() - utc("created_date_utc")).abs();
     assert!(skew < time::Duration::seconds(5));
 
-    let page = info["how_to_pay_page"].as_str().unwrap();
-    let api = info["how_to_pay_api"].as_str().unwrap();
-    assert!(page.starts_with(&format!(
-        "{}/how-to-pay/v2/indomaret-online-to-offline/{code}/",
-        r.base
-    )));
-    assert!(api.starts_with(&format!(
-        "{}/indomaret-online-to-offline/v2/how-to-pay-api/{code}/",
-        r.base
-    )));
+    let (_, api) = how_to_pay_links(&r, info, "indomaret-online-to-offline");
     let how = r.http.get(api).send().await.unwrap();
     assert_eq!(how.status(), 200);
     let how = how.json::<Value>().await.unwrap();
@@ -1446,4 +1474,133 @@ async fn resend_sends_the_same_notification_again_with_the_faults_active_now() {
     assert!(!bad.verifies(NOTIFY_PATH));
     assert!(r.sim.faults().is_empty(), "the fault was used up");
     assert!(r.sim.notifications()[2].bad_signature);
+}
+
+#[tokio::test]
+async fn alfa_is_served_as_strictly_as_indomaret() {
+    let mut rx = receiver(vec![]).await;
+    let r = start(notifying(&rx.url)).await;
+
+    // Each channel's body only on its own endpoint: the other receipt object is unknown there.
+    let (s, v) = generate_alfa(&r, "rid-x1", body("INV-X1")).await;
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("unknown field indomaret_info"), "{m}");
+    let (s, v) = generate(&r, "rid-x2", alfa_body("INV-X2")).await;
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("unknown field alfa_info"), "{m}");
+    // An Alfa receipt has no description line.
+    let with_description = alfa_body("INV-X3").replace(
+        r#""receipt":{"footer_message""#,
+        r#""receipt":{"description":"ORDER 1","footer_message""#,
+    );
+    let (s, v) = generate_alfa(&r, "rid-x3", with_description).await;
+    assert_eq!(s, 400, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("alfa_info.receipt.description"), "{m}");
+    let long_footer = alfa_body("INV-X4").replace("Terima kasih", &"f".repeat(129));
+    let (s, v) = generate_alfa(&r, "rid-x4", long_footer).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(r.sim.payments().is_empty());
+
+    // A valid Alfa request: code, expiry, signed answer, Alfa's how-to-pay links.
+    let (s, headers, raw) = {
+        let mut req = Signed::post("rid-alfa", alfa_body("INV-ALFA"));
+        req.path = ALFA_PAYMENT_CODE_PATH.to_owned();
+        req.send(&r).await
+    };
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&raw));
+    assert!(response_verifies(
+        &headers,
+        ALFA_PAYMENT_CODE_PATH,
+        Some(&raw)
+    ));
+    let v = json_of(&raw);
+    let info = &v["online_to_offline_info"];
+    let code = info["payment_code"].as_str().unwrap().to_owned();
+    assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+    assert_ne!(info["expired_date_utc"], info["created_date_utc"]);
+    let (page, api) = how_to_pay_links(&r, info, "alfa-online-to-offline");
+    let html = r.http.get(page).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("<h1>Pay at Alfa Group</h1>"), "{html}");
+    assert!(html.contains("Go to the nearest Alfamart, Alfamidi, Lawson or Dan+Dan store."));
+    let how: Value = r.http.get(api).send().await.unwrap().json().await.unwrap();
+    assert_eq!(how["payment_instruction"][0]["channel"], "ALFA");
+    assert!(
+        how["payment_instruction"][0]["step"][0]
+            .as_str()
+            .unwrap()
+            .contains("Alfamart")
+    );
+    // The same code and token under Indomaret's paths lead nowhere.
+    let wrong = page.replace("alfa-online-to-offline", "indomaret-online-to-offline");
+    assert_eq!(r.http.get(&wrong).send().await.unwrap().status(), 404);
+    let wrong = api.replace("alfa-online-to-offline", "indomaret-online-to-offline");
+    assert_eq!(r.http.get(&wrong).send().await.unwrap().status(), 404);
+
+    let p = r.sim.payment("INV-ALFA").unwrap();
+    assert_eq!(
+        (p.channel, p.channel_name),
+        (SimChannel::Alfa, "Alfa Group")
+    );
+    let (_, listed) = get_json(&r, "/_sim/payments/INV-ALFA").await;
+    assert_eq!(listed["channel"], "ALFA");
+    assert_eq!(listed["channel_name"], "Alfa Group");
+
+    // The same Request-Id and body on Indomaret's endpoint is other data, not a replay.
+    let (s, v) = generate(&r, "rid-alfa", alfa_body("INV-ALFA")).await;
+    assert_eq!(s, 400, "{v}");
+    // A new Request-Id for the invoice, on either endpoint: a duplicate invoice.
+    let (s, v) = generate(&r, "rid-dup", body("INV-ALFA")).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate invoice")
+    );
+
+    // Check Status and the notification carry Alfa's ids.
+    let v = status_of(&r, "INV-ALFA").await;
+    assert_eq!(v["acquirer"]["id"], "ALFA");
+    assert_eq!(v["channel"]["id"], "ONLINE_TO_OFFLINE_ALFA");
+    r.sim.pay("INV-ALFA").await.unwrap();
+    let n = rx.next().await;
+    assert!(n.verifies(NOTIFY_PATH));
+    let v = n.json();
+    assert_eq!(v["service"]["id"], "ONLINE_TO_OFFLINE");
+    assert_eq!(v["acquirer"]["id"], "ALFA");
+    assert_eq!(v["channel"]["id"], "ONLINE_TO_OFFLINE_ALFA");
+    assert_eq!(v["online_to_offline_info"]["payment_code"], json!(code));
+    assert_eq!(
+        status_of(&r, "INV-ALFA").await["transaction"]["status"],
+        "SUCCESS"
+    );
+}
+
+#[tokio::test]
+async fn faults_target_each_generate_endpoint() {
+    let r = start(cfg()).await;
+    let res = r
+        .http
+        .post(format!("{}/_sim/faults", r.base))
+        .json(&json!({"target": "alfa_payment_code", "kind": "status", "status": 503, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Indomaret's endpoint is not Alfa's: untouched.
+    assert_eq!(generate(&r, "rid-i", body("INV-I")).await.0, 200);
+    let (s, v) = generate_alfa(&r, "rid-a", alfa_body("INV-A")).await;
+    assert_eq!((s, error_code(&v)), (503, "service_unavailable"));
+    assert!(r.sim.payment("INV-A").is_none());
+    assert!(r.sim.faults().is_empty(), "times: 1 is used up");
+    assert_eq!(generate_alfa(&r, "rid-a", alfa_body("INV-A")).await.0, 200);
+
+    r.sim.set_faults(vec![
+        Fault::new(FaultTarget::PaymentCode, FaultKind::Status { status: 500 }).times(1),
+    ]);
+    assert_eq!(generate_alfa(&r, "rid-b", alfa_body("INV-B")).await.0, 200);
+    assert_eq!(generate(&r, "rid-c", body("INV-C")).await.0, 500);
 }

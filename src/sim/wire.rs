@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset, macros::format_description};
 
+use crate::sim::SimChannel;
+
 /// Longest `order.invoice_number`.
 pub(crate) const INVOICE_MAX: usize = 64;
 /// Largest `order.amount`: 12 digits.
@@ -100,11 +102,23 @@ pub(crate) fn peek_invoice(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Validates a Generate Payment Code body. The error says which field and why.
-pub(crate) fn parse_generate(body: &[u8]) -> Result<GenerateRequest, String> {
+/// The key of a channel's receipt object in the Generate Payment Code body, and the receipt
+/// lines it takes: Indomaret's `indomaret_info.receipt` has a description and a footer, Alfa's
+/// `alfa_info.receipt` only a footer (what DOKU's own Alfa plugin sends).
+fn receipt_object(channel: SimChannel) -> (&'static str, &'static [&'static str]) {
+    match channel {
+        SimChannel::Indomaret => ("indomaret_info", &["description", "footer_message"]),
+        SimChannel::Alfa => ("alfa_info", &["footer_message"]),
+    }
+}
+
+/// Validates a Generate Payment Code body sent to `channel`'s endpoint. The error says which
+/// field and why; the other channel's receipt object is an unknown field.
+pub(crate) fn parse_generate(body: &[u8], channel: SimChannel) -> Result<GenerateRequest, String> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| format!("Invalid JSON Format: {e}"))?;
     let root = as_object(&root, "request body")?;
+    let (receipt_key, receipt_lines) = receipt_object(channel);
     only_keys(
         root,
         "",
@@ -112,7 +126,7 @@ pub(crate) fn parse_generate(body: &[u8]) -> Result<GenerateRequest, String> {
             "order",
             "online_to_offline_info",
             "customer",
-            "indomaret_info",
+            receipt_key,
             "additional_info",
         ],
     )?;
@@ -173,20 +187,15 @@ pub(crate) fn parse_generate(body: &[u8]) -> Result<GenerateRequest, String> {
     }
 
     let (mut receipt_description, mut receipt_footer) = (None, None);
-    if let Some(v) = present(root, "indomaret_info") {
-        let ii = as_object(v, "indomaret_info")?;
-        only_keys(ii, "indomaret_info.", &["receipt"])?;
-        if let Some(v) = present(ii, "receipt") {
-            let r = as_object(v, "indomaret_info.receipt")?;
-            only_keys(
-                r,
-                "indomaret_info.receipt.",
-                &["description", "footer_message"],
-            )?;
-            receipt_description =
-                optional_str(r, "description", "indomaret_info.receipt.", RECEIPT_MAX)?;
-            receipt_footer =
-                optional_str(r, "footer_message", "indomaret_info.receipt.", RECEIPT_MAX)?;
+    if let Some(v) = present(root, receipt_key) {
+        let info = as_object(v, receipt_key)?;
+        only_keys(info, &format!("{receipt_key}."), &["receipt"])?;
+        if let Some(v) = present(info, "receipt") {
+            let prefix = format!("{receipt_key}.receipt.");
+            let r = as_object(v, &format!("{receipt_key}.receipt"))?;
+            only_keys(r, &prefix, receipt_lines)?;
+            receipt_description = optional_str(r, "description", &prefix, RECEIPT_MAX)?;
+            receipt_footer = optional_str(r, "footer_message", &prefix, RECEIPT_MAX)?;
         }
     }
 
@@ -376,6 +385,7 @@ pub(crate) fn generate_response(i: &Issued<'_>) -> Vec<u8> {
 /// The values shared by a Check Status answer and a notification.
 #[derive(Debug)]
 pub(crate) struct TxnView<'a> {
+    pub(crate) channel: SimChannel,
     pub(crate) invoice_number: &'a str,
     pub(crate) amount: u64,
     pub(crate) payment_code: &'a str,
@@ -387,10 +397,15 @@ pub(crate) struct TxnView<'a> {
 const SERVICE: Id<'static> = Id {
     id: "ONLINE_TO_OFFLINE",
 };
-const ACQUIRER: Id<'static> = Id { id: "INDOMARET" };
-const CHANNEL: Id<'static> = Id {
-    id: "ONLINE_TO_OFFLINE_INDOMARET",
-};
+
+/// `acquirer` and `channel` of a channel's Check Status answers and notifications.
+fn acquirer_and_channel(channel: SimChannel) -> (Id<'static>, Id<'static>) {
+    let (acquirer, channel) = match channel {
+        SimChannel::Indomaret => ("INDOMARET", "ONLINE_TO_OFFLINE_INDOMARET"),
+        SimChannel::Alfa => ("ALFA", "ONLINE_TO_OFFLINE_ALFA"),
+    };
+    (Id { id: acquirer }, Id { id: channel })
+}
 
 /// The `200` body of Check Status.
 pub(crate) fn status_response(t: &TxnView<'_>) -> Vec<u8> {
@@ -403,6 +418,7 @@ pub(crate) fn status_response(t: &TxnView<'_>) -> Vec<u8> {
         channel: Id<'a>,
         online_to_offline_info: CodeInfo<'a>,
     }
+    let (acquirer, channel) = acquirer_and_channel(t.channel);
     to_vec(&Body {
         order: Order {
             invoice_number: t.invoice_number,
@@ -414,8 +430,8 @@ pub(crate) fn status_response(t: &TxnView<'_>) -> Vec<u8> {
             original_request_id: t.original_request_id,
         },
         service: SERVICE,
-        acquirer: ACQUIRER,
-        channel: CHANNEL,
+        acquirer,
+        channel,
         online_to_offline_info: CodeInfo {
             payment_code: t.payment_code,
         },
@@ -433,10 +449,11 @@ pub(crate) fn notification_body(t: &TxnView<'_>) -> Vec<u8> {
         order: Order<'a>,
         online_to_offline_info: CodeInfo<'a>,
     }
+    let (acquirer, channel) = acquirer_and_channel(t.channel);
     to_vec(&Body {
         service: SERVICE,
-        acquirer: ACQUIRER,
-        channel: CHANNEL,
+        acquirer,
+        channel,
         transaction: Transaction {
             status: t.status,
             date: iso_utc(t.date),
@@ -486,7 +503,7 @@ mod tests {
 
     #[test]
     fn parses_the_reference_body() {
-        let r = parse_generate(V1_BODY.as_bytes()).unwrap();
+        let r = parse_generate(V1_BODY.as_bytes(), SimChannel::Indomaret).unwrap();
         assert_eq!(r.invoice_number, "INV-2021002-0001");
         assert_eq!(r.amount, 150_000);
         assert!(!r.reusable);
@@ -497,13 +514,13 @@ mod tests {
     }
 
     fn err(body: &str) -> String {
-        parse_generate(body.as_bytes()).unwrap_err()
+        parse_generate(body.as_bytes(), SimChannel::Indomaret).unwrap_err()
     }
 
     #[test]
     fn refuses_wrong_types_and_limits() {
         let base = r#"{"order":{"invoice_number":"I","amount":1},"online_to_offline_info":{"reusable_status":false},"customer":{"name":"N"}}"#;
-        assert!(parse_generate(base.as_bytes()).is_ok());
+        assert!(parse_generate(base.as_bytes(), SimChannel::Indomaret).is_ok());
         let cases = [
             (r#""amount":1"#, r#""amount":"1""#, "order.amount"),
             (r#""amount":1"#, r#""amount":1.0"#, "order.amount"),
@@ -561,7 +578,7 @@ mod tests {
         );
         assert!(err(&long).contains("at most 64"));
         let ok = long.replace(&"x".repeat(65), &"x".repeat(64));
-        assert!(parse_generate(ok.as_bytes()).is_ok());
+        assert!(parse_generate(ok.as_bytes(), SimChannel::Indomaret).is_ok());
     }
 
     #[test]

@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             unknown_invoice_is_created_from_notification,
             a_rejected_draft_is_replaced_only_by_a_different_request,
             the_creating_trace_is_kept,
+            the_alfa_channel_round_trips,
             an_unknown_outcome_keeps_the_invoice_bound,
             racing_replacements_of_a_rejected_draft_have_one_winner,
             an_undated_repeat_paid_is_stored_not_emitted,
@@ -384,6 +385,66 @@ fn issued(c: &str, create: Option<i64>, expire: Option<i64>) -> IssuedCode {
         how_to_pay_api_url: Some("https://sandbox.doku.com/how-to-pay-api/1".into()),
         instructions: Vec::new(),
     }
+}
+
+/// CHANNEL_ALFA is stored and read back wherever a channel is: the payment created from a
+/// request, its events, the sweeper's list, and a payment
+/// created from a notification for an unknown invoice (which takes the notification's
+/// channel); a notification about a stored payment keeps the stored channel.
+pub(crate) async fn the_alfa_channel_round_trips(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut d = draft("INV-ALFA", Some("key-alfa"), false);
+    d.request.channel = Channel::Alfa;
+    d.request.receipt_footer_message = Some("Terima kasih".into());
+    d.fingerprint = d.request.fingerprint();
+    let Created::New(created) = store.create_payment(&d).await.unwrap() else {
+        panic!("first create must be new");
+    };
+    assert_eq!(created.payment.channel, Channel::Alfa);
+    let by_key = store.find_by_idempotency_key("key-alfa").await.unwrap();
+    assert_eq!(by_key.unwrap().payment.channel, Channel::Alfa);
+    let rec = store
+        .record_issued(&inv("INV-ALFA"), &issued("888001", None, None), Some(t(50)))
+        .await
+        .unwrap();
+    assert_eq!(rec.payment.channel, Channel::Alfa);
+    let due = store.due_for_check(t(60), 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|r| (r.payment.invoice.as_str(), r.payment.channel))
+            .collect::<Vec<_>>(),
+        [("INV-ALFA", Channel::Alfa)]
+    );
+
+    // A notification about the stored payment: the stored channel stays, whatever the
+    // notification's creation channel says.
+    let event = record(
+        store,
+        &accepted(notified("INV-ALFA", PaymentStatus::Paid, 100, "a1")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(event.channel, Channel::Alfa);
+    let p = store.get_payment(&inv("INV-ALFA")).await.unwrap().unwrap();
+    assert_eq!(
+        (p.payment.channel, p.payment.status),
+        (Channel::Alfa, PaymentStatus::Paid)
+    );
+
+    // An unknown invoice notified on Alfa's channel is created as an Alfa payment.
+    let mut ghost = accepted(notified("INV-ALFA-GHOST", PaymentStatus::Paid, 200, "a2"));
+    ghost.channel = Channel::Alfa;
+    let ghost_event = record(store, &ghost).await.unwrap();
+    assert_eq!(ghost_event.channel, Channel::Alfa);
+    let p = store
+        .get_payment(&inv("INV-ALFA-GHOST"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.payment.channel, Channel::Alfa);
+
+    let channels: Vec<_> = all_events(store).await.iter().map(|e| e.channel).collect();
+    assert_eq!(channels, [Channel::Alfa, Channel::Alfa]);
 }
 
 /// A draft created with the creator's lease is claimed from the insert on: nobody else can

@@ -8,6 +8,7 @@
 //  3. a third is expired with its Expire button and the page shows EXPIRED; the counter then
 //     refuses its code, and an unknown code is refused too;
 //  4. a fourth is failed with Fail (FAILED event); a fault is added and cleared with the form;
+//     an Alfa Group payment shows as such in the Channel column and on its how-to-pay page;
 //  5. labels, phone width, no console errors; the served OpenAPI document is the repository's.
 //
 // Screenshots (desktop, phone, how-to-pay) go to $SCREENSHOT_DIR (default: a temporary
@@ -187,13 +188,15 @@ async function main() {
   step('keyboard: the first Tab reaches the skip link, which leads to the counter');
 
   const run = Date.now().toString(36).toUpperCase();
-  const generate = async (suffix, amount, name) => {
+  const generate = async (suffix, amount, name, channel = 'CHANNEL_INDOMARET') => {
     const res = await unary(client, 'GeneratePaymentCode', {
       invoice_number: `INV-${run}-${suffix}`,
       amount: String(amount),
       customer: { name },
       info: `Order ${suffix}`,
+      channel,
     });
+    assert.equal(res.payment.channel, channel);
     assert.equal(res.payment.status, 'PAYMENT_STATUS_PENDING');
     assert.match(res.payment.payment_code, /^\d+$/);
     return res.payment;
@@ -209,6 +212,7 @@ async function main() {
   await rowA.getByText('PENDING', { exact: true }).waitFor();
   await rowA.getByText(a.payment_code, { exact: true }).waitFor();
   await rowA.getByText('Rp\u00a0150.000').waitFor();
+  await rowA.getByRole('cell', { name: 'Indomaret', exact: true }).waitFor();
   assert.equal(await rowA.getByRole('button').count(), 3, 'a pending payment has Pay, Expire and Fail');
   step(`${a.invoice_number} appeared on the page (code ${a.payment_code})`);
   await rowA.getByRole('button', { name: 'Pay', exact: true }).click();
@@ -277,6 +281,10 @@ async function main() {
   await rowOf(d.invoice_number).getByText('FAILED', { exact: true }).waitFor();
   step('clicked Fail: FAILED event arrived');
   await generate('E', 99000, 'Rina Kusuma'); // left pending for the screenshots
+  // To be paid at an Alfa Group store: the Channel column says so.
+  const alfa = await generate('F', 45000, 'Yusuf Hidayat', 'CHANNEL_ALFA');
+  await rowOf(alfa.invoice_number).getByRole('cell', { name: 'Alfa Group', exact: true }).waitFor();
+  step(`${alfa.invoice_number} (CHANNEL_ALFA) shows Alfa Group in the Channel column`);
 
   const faults = page.getByRole('region', { name: 'Faults' });
   await faults.getByLabel('Target').selectOption('payment_code');
@@ -338,6 +346,11 @@ async function main() {
   await page.getByRole('link', { name: 'Pay this code at the simulated counter' }).click();
   await page.getByRole('region', { name: 'Counter' }).getByRole('group', { name: `Payment code ${e.payment_code}` }).waitFor();
   step('how-to-pay page: code shown large; its link opens the counter with the code looked up');
+  await page.goto(alfa.how_to_pay_url);
+  await page.getByRole('heading', { name: 'Pay at Alfa Group' }).waitFor();
+  await page.getByText('Go to the nearest Alfamart, Alfamidi, Lawson or Dan+Dan store.').waitFor();
+  assert.match(alfa.how_to_pay_url, /\/how-to-pay\/v2\/alfa-online-to-offline\//);
+  step("the Alfa payment's how-to-pay page names Alfa Group's stores");
 
   assert.deepEqual(problems, [], 'the browser reported errors');
   step(`all checks passed; screenshots in ${shots}`);

@@ -207,6 +207,11 @@ async fn hostile_check_status_about_another_payment_changes_nothing() {
             "another code",
             status_body(Some(invoice), Some(10_000), Some("99999999"), "SUCCESS"),
         ),
+        (
+            "another channel",
+            status_body(Some(invoice), Some(10_000), Some(&code), "SUCCESS")
+                .replace("ONLINE_TO_OFFLINE_INDOMARET", "ONLINE_TO_OFFLINE_ALFA"),
+        ),
     ];
     for (what, lie) in lies {
         fake.0.lock().unwrap().status_answer = Some(lie);
@@ -233,6 +238,7 @@ async fn hostile_check_status_about_another_payment_changes_nothing() {
         "amount_missing",
         "amount_mismatch",
         "code_mismatch",
+        "channel_mismatch",
     ] {
         assert!(
             metrics

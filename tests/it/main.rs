@@ -6,6 +6,7 @@
 const BIN: &str = env!("CARGO_BIN_EXE_o2o-sidecar");
 
 mod admin;
+mod alfa;
 mod auth;
 mod cli;
 mod contract;

@@ -11,7 +11,7 @@ use o2o_sidecar::testing::{
     signed_headers,
 };
 
-use crate::notifications::next;
+use crate::{alfa::alfa_request, notifications::next};
 
 #[tokio::test]
 async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
@@ -25,9 +25,15 @@ async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
         .await;
     let mut codes = Vec::new();
     for i in 1..=3 {
+        let invoice = format!("INV-SW-{i}");
+        // INV-SW-2 is paid at an Alfa Group store: the sweeper keeps its channel.
+        let r = match i {
+            2 => alfa_request(&invoice, 10_000),
+            _ => request(&invoice, 10_000),
+        };
         let payment = h
             .grpc
-            .generate_payment_code(request(&format!("INV-SW-{i}"), 10_000))
+            .generate_payment_code(r)
             .await
             .unwrap()
             .into_inner()
@@ -55,15 +61,16 @@ async fn without_notifications_the_sweeper_still_delivers_paid_and_expired() {
     for _ in 0..3 {
         let n = next(&mut s).await;
         assert_eq!(n.source(), pb::Source::Reconciliation);
-        got.push((n.invoice_number.clone(), n.status()));
+        got.push((n.invoice_number.clone(), n.status(), n.channel()));
     }
     got.sort_by(|a, b| a.0.cmp(&b.0));
+    use pb::Channel::{Alfa, Indomaret};
     assert_eq!(
         got,
         [
-            ("INV-SW-1".to_owned(), pb::PaymentStatus::Paid),
-            ("INV-SW-2".to_owned(), pb::PaymentStatus::Paid),
-            ("INV-SW-3".to_owned(), pb::PaymentStatus::Expired),
+            ("INV-SW-1".to_owned(), pb::PaymentStatus::Paid, Indomaret),
+            ("INV-SW-2".to_owned(), pb::PaymentStatus::Paid, Alfa),
+            ("INV-SW-3".to_owned(), pb::PaymentStatus::Expired, Indomaret),
         ]
     );
     // A late notification for an already reconciled payment (DOKU's own, signed, through the

@@ -1,4 +1,5 @@
-// Command o2o-example calls o2o-sidecar from Go: it creates Indomaret payment codes, follows
+// Command o2o-example calls o2o-sidecar from Go: it creates payment codes at Indomaret and at
+// Alfa Group stores (Alfamart, Alfamidi, Lawson, Dan+Dan), follows
 // payment results on a stream that resumes after a reconnect, and reads the rich error details
 // of a failed call. Every answer is checked against the contract; it exits 1 on the first
 // mismatch.
@@ -162,19 +163,29 @@ func firstError(errs ...error) error {
 	return nil
 }
 
-func paymentRequest(invoice string, amount int64) *o2ov1.GeneratePaymentCodeRequest {
+// paymentRequest is a request on channel. Both channels take the same fields except the
+// receipt: Indomaret prints a description and a footer, Alfa Group a footer only (a
+// description with CHANNEL_ALFA is INVALID_ARGUMENT).
+func paymentRequest(invoice string, amount int64, channel o2ov1.Channel) *o2ov1.GeneratePaymentCodeRequest {
+	receipt := &o2ov1.Receipt{Description: "Order " + invoice, FooterMessage: "Thank you for shopping"}
+	if channel == o2ov1.Channel_CHANNEL_ALFA {
+		receipt = &o2ov1.Receipt{FooterMessage: "Thank you for shopping"}
+	}
 	return &o2ov1.GeneratePaymentCodeRequest{
 		InvoiceNumber: invoice,
 		Amount:        amount,
 		Customer:      &o2ov1.Customer{Name: "Budi Santoso", Email: "budi@example.com"},
 		Info:          "Order from the Go example",
+		Receipt:       receipt,
+		Channel:       channel,
 	}
 }
 
-func checkPaidEvent(r *o2ov1.StreamNotificationsResponse, invoice string, amount int64) error {
+func checkPaidEvent(r *o2ov1.StreamNotificationsResponse, invoice string, amount int64, channel o2ov1.Channel) error {
 	n := r.GetNotification()
 	return firstError(
 		expect(n.GetInvoiceNumber() == invoice, "event for %q, expected %q", n.GetInvoiceNumber(), invoice),
+		expect(n.GetChannel() == channel, "%s: channel %s, expected %s", invoice, n.GetChannel(), channel),
 		expect(n.GetStatus() == o2ov1.PaymentStatus_PAYMENT_STATUS_PAID, "%s: status %s, expected PAYMENT_STATUS_PAID", invoice, n.GetStatus()),
 		expect(n.GetAmount() == amount, "%s: amount %d, expected %d", invoice, n.GetAmount(), amount),
 		expect(n.GetEventId() > 0, "%s: event_id is 0", invoice),
@@ -233,13 +244,16 @@ func runFlow(ctx context.Context, grpcAddr, simURL string) error {
 	for i := 1; i <= 3; i++ {
 		inv = append(inv, fmt.Sprintf("GO-%s-%d", hex.EncodeToString(run), i))
 	}
+	// The third is paid at an Alfa Group store.
+	channels := []o2ov1.Channel{o2ov1.Channel_CHANNEL_INDOMARET, o2ov1.Channel_CHANNEL_INDOMARET, o2ov1.Channel_CHANNEL_ALFA}
 	for k, i := range inv {
-		p, err := GeneratePaymentCode(ctx, client, paymentRequest(i, 150_000+int64(k)))
+		p, err := GeneratePaymentCode(ctx, client, paymentRequest(i, 150_000+int64(k), channels[k]))
 		if err != nil {
 			return fmt.Errorf("GeneratePaymentCode %s: %w", i, err)
 		}
 		if err := firstError(
 			expect(p.GetInvoiceNumber() == i, "payment for %q, expected %q", p.GetInvoiceNumber(), i),
+			expect(p.GetChannel() == channels[k], "%s: channel %s, expected %s", i, p.GetChannel(), channels[k]),
 			expect(isDigits(p.GetPaymentCode()), "%s: payment code %q is not digits", i, p.GetPaymentCode()),
 			expect(p.GetStatus() == o2ov1.PaymentStatus_PAYMENT_STATUS_PENDING, "%s: new payment is %s", i, p.GetStatus()),
 		); err != nil {
@@ -264,7 +278,7 @@ func runFlow(ctx context.Context, grpcAddr, simURL string) error {
 	if err != nil {
 		return fmt.Errorf("waiting for the PAID event: %w", err)
 	}
-	if err := checkPaidEvent(first, inv[0], 150_000); err != nil {
+	if err := checkPaidEvent(first, inv[0], 150_000, channels[0]); err != nil {
 		return err
 	}
 	fmt.Printf("ok: PAID event %d for %s\n", first.GetNotification().GetEventId(), inv[0])
@@ -297,7 +311,7 @@ func runFlow(ctx context.Context, grpcAddr, simURL string) error {
 	}
 	firstID := first.GetNotification().GetEventId()
 	if err := firstError(
-		checkPaidEvent(missed, inv[1], 150_001),
+		checkPaidEvent(missed, inv[1], 150_001, channels[1]),
 		expect(missed.GetNotification().GetEventId() == firstID+1, "resumed at event %d, expected %d", missed.GetNotification().GetEventId(), firstID+1),
 	); err != nil {
 		return err
@@ -312,7 +326,7 @@ func runFlow(ctx context.Context, grpcAddr, simURL string) error {
 		return fmt.Errorf("waiting for the live event: %w", err)
 	}
 	if err := firstError(
-		checkPaidEvent(live, inv[2], 150_002),
+		checkPaidEvent(live, inv[2], 150_002, channels[2]),
 		expect(live.GetNotification().GetEventId() == firstID+2, "live event %d after %d", live.GetNotification().GetEventId(), firstID+1),
 	); err != nil {
 		return err

@@ -9,6 +9,7 @@ const HIDDEN_POLL_MS = 5000;
 
 const FAULT_KINDS = {
   payment_code: ['status', 'delay', 'drop'],
+  alfa_payment_code: ['status', 'delay', 'drop'],
   check_status: ['status', 'delay', 'drop'],
   notification: ['suppress', 'duplicate', 'bad_signature', 'delay'],
 };
@@ -29,7 +30,8 @@ const KIND_HINTS = {
   bad_signature: 'The notification carries a signature that does not verify.',
 };
 const TARGET_LABELS = {
-  payment_code: 'Generate Payment Code',
+  payment_code: 'Generate Payment Code (Indomaret)',
+  alfa_payment_code: 'Generate Payment Code (Alfa Group)',
   check_status: 'Check Status',
   notification: 'Notifications',
 };
@@ -237,7 +239,7 @@ function renderPayments(payments) {
     if (p.pay_count > 1) extra.push(el('span', { class: 'tag', text: `paid ${p.pay_count}×` }));
     return el('tr', { role: 'row', data: { invoice: p.invoice_number } },
       el('th', { scope: 'row', role: 'rowheader', id: `inv-${p.invoice_number}`, text: p.invoice_number }),
-      el('td', { role: 'cell', 'data-label': 'Channel', text: p.channel === 'INDOMARET' ? 'Indomaret' : p.channel }),
+      el('td', { role: 'cell', 'data-label': 'Channel', text: p.channel_name }),
       el('td', { role: 'cell', class: 'num', 'data-label': 'Amount', text: money(p.amount) }),
       el('td', { role: 'cell', class: 'code', 'data-label': 'Payment code', text: p.payment_code }),
       el('td', { role: 'cell', class: 'status-cell', 'data-label': 'Status' }, status, extra),
@@ -405,7 +407,7 @@ async function lookUp(code) {
     ['Merchant', q.merchant],
     ['Invoice', q.invoice_number],
     ['Customer', q.customer_name],
-    ['Store', q.channel === 'INDOMARET' ? 'Indomaret' : q.channel],
+    ['Store', q.channel_name],
     ['Info', q.info],
     ['Pay before', when(q.expires_at)],
   ].filter(([, v]) => v);

@@ -5,6 +5,7 @@ import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
 import com.google.rpc.ErrorInfo;
 import com.google.rpc.RetryInfo;
+import id.o2o.sidecar.v1.Channel;
 import id.o2o.sidecar.v1.Customer;
 import id.o2o.sidecar.v1.GeneratePaymentCodeRequest;
 import id.o2o.sidecar.v1.GetStatusRequest;
@@ -13,6 +14,7 @@ import id.o2o.sidecar.v1.Notification;
 import id.o2o.sidecar.v1.O2OPaymentsGrpc;
 import id.o2o.sidecar.v1.Payment;
 import id.o2o.sidecar.v1.PaymentStatus;
+import id.o2o.sidecar.v1.Receipt;
 import id.o2o.sidecar.v1.StreamNotificationsRequest;
 import id.o2o.sidecar.v1.StreamNotificationsResponse;
 import io.grpc.CallOptions;
@@ -40,7 +42,8 @@ import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Calls o2o-sidecar from Java: creates Indomaret payment codes, follows payment results on a
+ * Calls o2o-sidecar from Java: creates payment codes at Indomaret and at Alfa Group stores
+ * (Alfamart, Alfamidi, Lawson, Dan+Dan), follows payment results on a
  * stream that resumes after a reconnect, and reads the rich error details of a failed call.
  * Every answer is checked against the contract; the program exits 1 on the first mismatch.
  *
@@ -245,20 +248,35 @@ public final class PaymentsExample {
     }
   }
 
-  static GeneratePaymentCodeRequest paymentRequest(String invoice, long amount) {
+  /**
+   * A request on {@code channel}. Both channels take the same fields except the receipt:
+   * Indomaret prints a description and a footer, Alfa Group a footer only (a description with
+   * CHANNEL_ALFA is INVALID_ARGUMENT).
+   */
+  static GeneratePaymentCodeRequest paymentRequest(String invoice, long amount, Channel channel) {
+    Receipt.Builder receipt = Receipt.newBuilder().setFooterMessage("Thank you for shopping");
+    if (channel != Channel.CHANNEL_ALFA) {
+      receipt.setDescription("Order " + invoice);
+    }
     return GeneratePaymentCodeRequest.newBuilder()
         .setInvoiceNumber(invoice)
         .setAmount(amount)
         .setCustomer(Customer.newBuilder().setName("Budi Santoso").setEmail("budi@example.com"))
         .setInfo("Order from the Java example")
+        .setReceipt(receipt)
+        .setChannel(channel)
         .build();
   }
 
-  static void checkPaidEvent(StreamNotificationsResponse r, String invoice, long amount) {
+  static void checkPaidEvent(
+      StreamNotificationsResponse r, String invoice, long amount, Channel channel) {
     Notification n = r.getNotification();
     expect(
         n.getInvoiceNumber().equals(invoice),
         "event for " + n.getInvoiceNumber() + ", expected " + invoice);
+    expect(
+        n.getChannel() == channel,
+        invoice + ": channel " + n.getChannel() + ", expected " + channel);
     expect(
         n.getStatus() == PaymentStatus.PAYMENT_STATUS_PAID,
         invoice + ": status " + n.getStatus() + ", expected PAYMENT_STATUS_PAID");
@@ -310,10 +328,14 @@ public final class PaymentsExample {
       O2OPaymentsGrpc.O2OPaymentsBlockingStub stub = O2OPaymentsGrpc.newBlockingStub(channel);
       String run = UUID.randomUUID().toString().substring(0, 8);
       List<String> inv = List.of("JV-" + run + "-1", "JV-" + run + "-2", "JV-" + run + "-3");
+      // The third is paid at an Alfa Group store.
+      List<Channel> channels =
+          List.of(Channel.CHANNEL_INDOMARET, Channel.CHANNEL_INDOMARET, Channel.CHANNEL_ALFA);
       for (int k = 0; k < inv.size(); k++) {
         String i = inv.get(k);
-        Payment p = generatePaymentCode(stub, paymentRequest(i, 150_000 + k));
+        Payment p = generatePaymentCode(stub, paymentRequest(i, 150_000 + k, channels.get(k)));
         expect(p.getInvoiceNumber().equals(i), "payment for " + p.getInvoiceNumber() + ", expected " + i);
+        expect(p.getChannel() == channels.get(k), i + ": channel " + p.getChannel());
         expect(
             p.getPaymentCode().matches("[0-9]+"),
             i + ": payment code " + p.getPaymentCode() + " is not digits");
@@ -328,7 +350,7 @@ public final class PaymentsExample {
       payInSimulator(http, simUrl, inv.get(0));
       StreamNotificationsResponse first = stream.next();
       stream.cancel(); // disconnect; keep first's resume token
-      checkPaidEvent(first, inv.get(0), 150_000);
+      checkPaidEvent(first, inv.get(0), 150_000, channels.get(0));
       long firstId = first.getNotification().getEventId();
       System.out.println("ok: PAID event " + firstId + " for " + inv.get(0));
 
@@ -343,7 +365,7 @@ public final class PaymentsExample {
       payInSimulator(http, simUrl, inv.get(1)); // paid while nobody listens
       EventStream resumed = EventStream.open(channel, first.getResumeToken(), inv);
       StreamNotificationsResponse missed = resumed.next();
-      checkPaidEvent(missed, inv.get(1), 150_001);
+      checkPaidEvent(missed, inv.get(1), 150_001, channels.get(1));
       long missedId = missed.getNotification().getEventId();
       expect(missedId == firstId + 1, "resumed at event " + missedId + ", expected " + (firstId + 1));
       // The resumed stream continues live: the next event is the next payment, so nothing was
@@ -351,7 +373,7 @@ public final class PaymentsExample {
       payInSimulator(http, simUrl, inv.get(2));
       StreamNotificationsResponse live = resumed.next();
       resumed.cancel();
-      checkPaidEvent(live, inv.get(2), 150_002);
+      checkPaidEvent(live, inv.get(2), 150_002, channels.get(2));
       expect(
           live.getNotification().getEventId() == missedId + 1,
           "live event " + live.getNotification().getEventId() + " after " + missedId);
