@@ -21,9 +21,28 @@ use o2o_sidecar::testing::{InProcessSidecar, Options, request};
 
 #[tokio::test]
 async fn generate_and_get_status_return_the_instructions_doku_sim_serves() {
+    returns_the_instructions_doku_sim_serves(pb::Channel::Indomaret, "INDOMARET").await;
+}
+
+#[tokio::test]
+async fn an_alfa_payment_gets_alfa_s_instructions() {
+    returns_the_instructions_doku_sim_serves(pb::Channel::Alfa, "ALFA").await;
+}
+
+/// A payment on `channel` carries the instructions doku-sim serves for it (their
+/// `payment_instruction[].channel` is `doku_channel`), from GeneratePaymentCode, GetStatus and
+/// a refresh.
+async fn returns_the_instructions_doku_sim_serves(channel: pb::Channel, doku_channel: &str) {
     let mut h = InProcessSidecar::start().await;
-    let payment = h.generate(request("INV-INS-1", 25_000)).await;
+    // No receipt: an Alfa receipt has no description.
+    let on_channel = || pb::GeneratePaymentCodeRequest {
+        channel: channel.into(),
+        receipt: None,
+        ..request("INV-INS-1", 25_000)
+    };
+    let payment = h.generate(on_channel()).await;
     assert!(!payment.payment_code.is_empty());
+    assert_eq!(payment.channel(), channel);
 
     // What the simulator's how-to-pay API says, read directly.
     let api = payment
@@ -47,14 +66,14 @@ async fn generate_and_get_status_return_the_instructions_doku_sim_serves() {
         })
         .collect();
     assert!(!want.is_empty() && !want[0].steps.is_empty(), "{served}");
-    assert_eq!(want[0].channel, "INDOMARET");
+    assert_eq!(want[0].channel, doku_channel);
     assert_eq!(payment.instructions, want);
 
     // Kept with the payment: GetStatus from the store, and after a refresh from DOKU.
     assert_eq!(h.status("INV-INS-1", false).await.instructions, want);
     assert_eq!(h.status("INV-INS-1", true).await.instructions, want);
     // The idempotent repeat returns them too, without fetching again.
-    let again = h.generate(request("INV-INS-1", 25_000)).await;
+    let again = h.generate(on_channel()).await;
     assert_eq!(again, payment);
     h.stop().await;
 }
