@@ -36,6 +36,8 @@ pub(crate) enum Target {
     AtLeast(f64),
     /// Ours / baseline at least this.
     RatioAtLeast(f64),
+    /// Ours / baseline at most this.
+    RatioAtMost(f64),
     /// Ours − baseline at most this.
     AddedAtMost(f64),
 }
@@ -95,6 +97,7 @@ fn row(
         Target::AtMost(x) => ours <= x,
         Target::AtLeast(x) => ours >= x,
         Target::RatioAtLeast(x) => ratio.is_some_and(|r| r >= x),
+        Target::RatioAtMost(x) => ratio.is_some_and(|r| r <= x),
         Target::AddedAtMost(x) => baseline.is_some_and(|b| ours - b <= x),
     });
     Row {
@@ -144,6 +147,7 @@ fn show_target(unit: Unit, t: Target) -> String {
         Target::AtMost(x) => format!("≤ {}", show_round(unit, x)),
         Target::AtLeast(x) => format!("≥ {}", show_round(unit, x)),
         Target::RatioAtLeast(x) => format!("≥ {x}× baseline"),
+        Target::RatioAtMost(x) => format!("≤ {x}× baseline"),
         Target::AddedAtMost(x) => format!("≤ baseline + {}", show_round(unit, x)),
     }
 }
@@ -250,7 +254,7 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
             Unit::Us,
             col(&|r| r.p1_cpu_us_sidecar),
             Some(col(&|r| r.p1_cpu_us_baseline)),
-            None,
+            Some(Target::RatioAtMost(2.0)),
         ),
         row(
             "P2",
@@ -274,7 +278,7 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
             Unit::Us,
             col(&|r| r.p2_cpu_us_sidecar),
             None,
-            None,
+            Some(Target::AtMost(400.0)),
         ),
         row(
             "P3",
@@ -405,7 +409,7 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
             Unit::Bytes,
             vec![once.stripped_bytes.unwrap_or(once.binary_bytes) as f64],
             None,
-            Some(Target::AtMost(15.0 * mb)),
+            Some(Target::AtMost(12.0 * mb)),
         ),
     ]
 }
@@ -592,6 +596,21 @@ mod tests {
             Some(Target::RatioAtLeast(0.6)),
         );
         assert_eq!(r.met, Some(false));
+        let r = row(
+            "P1",
+            "z".into(),
+            Unit::Us,
+            vec![30.0],
+            Some(vec![14.0]),
+            Some(Target::RatioAtMost(2.0)),
+        );
+        assert_eq!(
+            (
+                r.met,
+                show_target(Unit::Us, Target::RatioAtMost(2.0)).as_str()
+            ),
+            (Some(false), "≤ 2× baseline")
+        );
         assert_eq!(thousands(12345.4), "12,345");
         assert_eq!(show(Unit::Bytes, 9_500_000.0), "9.5 MB");
     }
