@@ -454,10 +454,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_unreadable_row_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+    /// A store whose payment INV-1 has a status this version cannot read (`SETTLED`).
+    async fn with_a_corrupt_payment(dir: &tempfile::TempDir) -> SqliteStore {
+        let store = SqliteStore::open(&url(dir)).await.unwrap();
         store
             .record_notification(accepted(change("INV-1", PaymentStatus::Paid, "r1")))
             .await
@@ -466,6 +465,13 @@ mod tests {
             .execute(&store.writer)
             .await
             .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = with_a_corrupt_payment(&dir).await;
         let invoice = InvoiceNumber::parse("INV-1").unwrap();
         match store.get_payment(&invoice).await {
             Err(StoreError::Corrupt(detail)) => assert!(detail.contains("SETTLED"), "{detail}"),
@@ -484,15 +490,7 @@ mod tests {
     #[tokio::test]
     async fn an_item_that_fails_on_its_data_fails_alone_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&url(&dir)).await.unwrap();
-        store
-            .record_notification(accepted(change("INV-1", PaymentStatus::Paid, "r1")))
-            .await
-            .unwrap();
-        sqlx::query("UPDATE payments SET status = 'SETTLED'")
-            .execute(&store.writer)
-            .await
-            .unwrap();
+        let store = with_a_corrupt_payment(&dir).await;
         let before = store.last_seq().await.unwrap();
         let batch = [
             accepted(change("INV-2", PaymentStatus::Paid, "r2")),
