@@ -253,6 +253,17 @@ impl InProcessSidecar {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// Prunes the event log of everything recorded before `before`, as the retention task
+    /// would, through the SQLite store beside the running sidecar (which owns the file; the
+    /// store itself, without its cache); returns how many events went.
+    pub async fn prune_events(&self, before: time::OffsetDateTime) -> u64 {
+        use crate::store::Store as _;
+        let store = crate::store::SqliteStore::open(&self.store_url)
+            .await
+            .unwrap();
+        store.prune_events(before).await.unwrap()
+    }
+
     /// GeneratePaymentCode, which must succeed: the payment.
     pub async fn generate(&mut self, request: pb::GeneratePaymentCodeRequest) -> pb::Payment {
         self.grpc

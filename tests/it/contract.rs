@@ -225,17 +225,8 @@ async fn the_oldest_token_replays_from_the_oldest_retained_event() {
     }
     // Retention prunes the first event (recorded before the second, within the same second
     // at most: prune everything, then add a third).
-    // Beside the running sidecar, which owns the file: the store itself, without its cache.
-    let store = o2o_sidecar::store::SqliteStore::open(&h.store_url)
-        .await
-        .unwrap();
     let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
-    assert_eq!(
-        o2o_sidecar::store::Store::prune_events(&store, cutoff)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(h.prune_events(cutoff).await, 2);
     h.grpc
         .generate_payment_code(request("INV-O-3", 10_000))
         .await

@@ -251,17 +251,8 @@ async fn a_token_older_than_the_retained_log_is_out_of_range() {
     drop(s);
     // Retention removes everything recorded so far (the same store file, as the pruning task
     // would).
-    // Beside the running sidecar, which owns the file: the store itself, without its cache.
-    let store = o2o_sidecar::store::SqliteStore::open(&h.store_url)
-        .await
-        .unwrap();
     let cutoff = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
-    assert_eq!(
-        o2o_sidecar::store::Store::prune_events(&store, cutoff)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(h.prune_events(cutoff).await, 2);
     let err = h
         .grpc
         .stream_notifications(pb::StreamNotificationsRequest {
