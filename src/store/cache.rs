@@ -361,8 +361,11 @@ mod tests {
     /// forgetting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_whose_caller_stopped_waiting_still_refreshes_the_cache() {
-        let test = fixture().await.unwrap();
-        let store = test.store;
+        use crate::store::shared::Backend as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("o2o.db").display());
+        let inner = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let store = Cached::new(inner.clone(), None);
         let invoice = InvoiceNumber::parse("INV-CANCEL").unwrap();
         store
             .create_payment(&draft("INV-CANCEL", None, false))
@@ -370,13 +373,16 @@ mod tests {
             .unwrap();
         let cached = store.get_payment(&invoice).await.unwrap().unwrap();
         assert_eq!(cached.payment.status, PaymentStatus::Pending);
-        // Polled once, then dropped: the caller went away mid-write.
+        // Polled once, then dropped: the caller went away mid-write. The writer is busy with
+        // another transaction meanwhile, so the write cannot have finished in that poll.
+        let busy = inner.begin().await.unwrap();
         let paid = accepted(notified("INV-CANCEL", PaymentStatus::Paid, 5, "paid-1"));
         let write = store.record_notification(paid);
         assert!(
             tokio::time::timeout(Duration::ZERO, write).await.is_err(),
-            "the write cannot finish within its first poll"
+            "the write cannot finish while the writer is busy"
         );
+        drop(busy);
         crate::testing::eventually("the cache serves PAID", Duration::from_secs(10), || async {
             let now = store.get_payment(&invoice).await.unwrap().unwrap();
             now.payment.status == PaymentStatus::Paid

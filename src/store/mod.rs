@@ -93,6 +93,7 @@ pub mod cache;
 mod conformance;
 mod decide;
 mod group;
+mod migrate;
 pub mod postgres;
 mod rows;
 mod shared;

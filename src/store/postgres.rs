@@ -5,7 +5,8 @@
 //! The tables of the SQLite store (see [`super::sqlite`]) with PostgreSQL types: times are
 //! `BIGINT` unix seconds (UTC) so both backends return identical values, bodies `BYTEA`,
 //! `events.seq` a `BIGINT` identity. Schema versioned by `migrations/postgres/`, migrated at
-//! open (sqlx takes an advisory lock, so replicas starting together migrate once).
+//! open in one transaction ([`super::migrate`], under an advisory lock, so replicas starting
+//! together migrate once).
 //!
 //! # Concurrency
 //!
@@ -148,17 +149,15 @@ impl PostgresStore {
             .connect_with(pooled)
             .await
             .map_err(db_error)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| super::rows::migrate_error(e, outside_data))?;
-        Ok(Self {
+        let store = Self {
             pool,
             session_options: options,
             settings: settings.clone(),
             hints: Arc::default(),
             notifications: Default::default(),
-        })
+        };
+        super::migrate::run(&store, &MIGRATOR).await?;
+        Ok(store)
     }
 
     /// Closes every connection, waiting for in-flight operations, and stops the listener;
@@ -194,6 +193,13 @@ const POSTGRES: Dialect = Dialect {
                            ON CONFLICT (key) DO UPDATE \
                            SET value = GREATEST(meta.value, EXCLUDED.value)",
     rejected_attempts: attempts_of_invoice!("doku_request_id"),
+    // sqlx's migrator's table for PostgreSQL, column for column.
+    migrations_table: "CREATE TABLE IF NOT EXISTS _sqlx_migrations ( \
+                       version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+                       installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                       success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, \
+                       execution_time BIGINT NOT NULL)",
+    lock_migrations: Some("SELECT pg_advisory_xact_lock($1)"),
 };
 
 sqlx_conn!(PgConnection, sqlx::Postgres, &POSTGRES, db_error);
@@ -229,7 +235,7 @@ impl Backend for PostgresStore {
     async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
         // One statement: a concurrent insert of the same invoice or key makes this one wait
         // for it and then do nothing, so exactly one row is created.
-        if let Some(record) = shared::insert_draft(&mut *self.writer().await?, draft).await? {
+        if let Some(record) = shared::insert_draft(&mut *self.reader().await?, draft).await? {
             return Ok(Created::New(record));
         }
         // The conflicting row is committed (the insert waited for it): the invoice first, as
@@ -258,7 +264,7 @@ impl Backend for PostgresStore {
     ) -> Result<bool, StoreError> {
         // No transaction: the claim is one statement, which re-checks the latest version of
         // the row after waiting for a concurrent claim.
-        shared::claim_attempt(&mut *self.writer().await?, invoice, now, until).await
+        shared::claim_attempt(&mut *self.reader().await?, invoice, now, until).await
     }
 
     fn hints(&self) -> Option<watch::Receiver<u64>> {

@@ -32,29 +32,29 @@ pub(super) use event_columns;
 /// A `payments` row as stored. Times are unix seconds.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct PaymentRow {
-    invoice: String,
-    amount: i64,
-    channel: String,
-    payment_code: Option<String>,
-    status: String,
-    create_time: i64,
-    expire_time: i64,
-    pay_time: Option<i64>,
-    how_to_pay_url: Option<String>,
-    how_to_pay_api_url: Option<String>,
-    reusable: bool,
-    fingerprint: String,
-    idempotency_key: Option<String>,
-    doku_request_id: Option<String>,
-    doku_request_body: Option<Vec<u8>>,
-    attempt_lease_until: Option<i64>,
-    next_check_at: Option<i64>,
-    check_count: i64,
-    rejected_http_status: Option<i64>,
-    rejected_message: Option<String>,
-    outcome_unknown: bool,
-    trace_context: Option<String>,
-    instructions: Option<String>,
+    pub(super) invoice: String,
+    pub(super) amount: i64,
+    pub(super) channel: String,
+    pub(super) payment_code: Option<String>,
+    pub(super) status: String,
+    pub(super) create_time: i64,
+    pub(super) expire_time: i64,
+    pub(super) pay_time: Option<i64>,
+    pub(super) how_to_pay_url: Option<String>,
+    pub(super) how_to_pay_api_url: Option<String>,
+    pub(super) reusable: bool,
+    pub(super) fingerprint: String,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) doku_request_id: Option<String>,
+    pub(super) doku_request_body: Option<Vec<u8>>,
+    pub(super) attempt_lease_until: Option<i64>,
+    pub(super) next_check_at: Option<i64>,
+    pub(super) check_count: i64,
+    pub(super) rejected_http_status: Option<i64>,
+    pub(super) rejected_message: Option<String>,
+    pub(super) outcome_unknown: bool,
+    pub(super) trace_context: Option<String>,
+    pub(super) instructions: Option<String>,
 }
 
 impl TryFrom<PaymentRow> for PaymentRecord {
@@ -173,13 +173,13 @@ pub(super) const UNDATED_REPEAT_DETAIL: &str = "PAID without transaction.date on
 /// A `payment_attempts` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct AttemptRow {
-    doku_request_id: String,
-    fingerprint: String,
-    idempotency_key: Option<String>,
-    request_body: Vec<u8>,
-    http_status: i64,
-    message: String,
-    ended_at: i64,
+    pub(super) doku_request_id: String,
+    pub(super) fingerprint: String,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) request_body: Vec<u8>,
+    pub(super) http_status: i64,
+    pub(super) message: String,
+    pub(super) ended_at: i64,
 }
 
 impl TryFrom<AttemptRow> for RejectedAttempt {
@@ -208,15 +208,15 @@ impl TryFrom<AttemptRow> for RejectedAttempt {
 /// An `events` row as stored.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct EventRow {
-    seq: i64,
-    invoice: String,
-    status: String,
-    amount: i64,
-    payment_code: Option<String>,
-    channel: String,
-    occur_time: i64,
-    source: String,
-    doku_request_id: Option<String>,
+    pub(super) seq: i64,
+    pub(super) invoice: String,
+    pub(super) status: String,
+    pub(super) amount: i64,
+    pub(super) payment_code: Option<String>,
+    pub(super) channel: String,
+    pub(super) occur_time: i64,
+    pub(super) source: String,
+    pub(super) doku_request_id: Option<String>,
 }
 
 impl TryFrom<EventRow> for Event {
@@ -283,10 +283,6 @@ pub(super) fn store_error(
     outside_data: fn(&dyn sqlx::error::DatabaseError) -> bool,
 ) -> StoreError {
     use sqlx::Error as E;
-    let e = match e {
-        E::Migrate(m) => return migrate_error(*m, outside_data),
-        e => e,
-    };
     let unavailable = match &e {
         E::Io(_)
         | E::Tls(_)
@@ -304,20 +300,6 @@ pub(super) fn store_error(
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Corrupt(e.to_string())
-    }
-}
-
-/// Maps a failed migration: a failed statement as [`store_error`]; a database migrated by
-/// another version of the sidecar (unknown or changed migrations) as
-/// [`StoreError::Corrupt`], because this version cannot safely read it.
-pub(super) fn migrate_error(
-    e: sqlx::migrate::MigrateError,
-    outside_data: fn(&dyn sqlx::error::DatabaseError) -> bool,
-) -> StoreError {
-    use sqlx::migrate::MigrateError as M;
-    match e {
-        M::Execute(e) | M::ExecuteMigration(e, _) => store_error(e, outside_data),
-        other => StoreError::Corrupt(format!("migrations: {other}")),
     }
 }
 

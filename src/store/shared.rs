@@ -11,10 +11,10 @@
 //! Why statements over [`Conn`] and plain decision functions, not code generic over
 //! `sqlx::Database`: the bounds such code needs (an `Executor` for every borrow, `Encode` and
 //! `Type` per parameter type, `FromRow` per row) would outweigh the logic they guard, and a
-//! later move of SQLite to another driver (rusqlite on a dedicated thread, for one) would have
-//! to rewrite it. Here only `sqlx_conn!` names sqlx: a rusqlite backend implements [`Conn`]
-//! for its connection (its futures would be ready at once, so a whole operation could run on
-//! the driver's thread) and keeps every statement and decision.
+//! move of SQLite to another driver would have had to rewrite it. Here only `sqlx_conn!` names
+//! sqlx: the SQLite backend, on rusqlite, implements [`Conn`] for its connection (its futures
+//! are ready at once: statements run on the calling thread) and keeps every statement and
+//! decision.
 //!
 //! Each operation runs inside whatever the caller began; the caller commits. Operations that
 //! read a payment before changing it use [`payment_locked`], which holds the row on
@@ -793,18 +793,15 @@ pub(super) async fn prune_events<C: Conn>(
 pub(super) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The connection statements run on.
     type Conn: Conn;
-    /// A pooled connection, for reads and one-statement writes outside a transaction.
+    /// A connection outside a write transaction.
     type Pooled: DerefMut<Target = Self::Conn> + Send;
     /// A write transaction, rolled back if dropped.
     type Tx: DerefMut<Target = Self::Conn> + Send;
 
-    /// A connection for reads.
+    /// A connection for reads outside a write transaction. Every write of the shared
+    /// operations runs in a transaction ([`Backend::begin`]), a one-statement write too: on
+    /// SQLite that keeps the commit's `fsync` off the runtime's threads.
     fn reader(&self) -> impl Future<Output = Result<Self::Pooled, StoreError>> + Send;
-
-    /// A connection for a write that is one statement; by default a reader's.
-    fn writer(&self) -> impl Future<Output = Result<Self::Pooled, StoreError>> + Send {
-        self.reader()
-    }
 
     /// Begins a write transaction.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
@@ -890,11 +887,11 @@ impl<B: Backend> Store for B {
     }
 
     async fn release_attempt(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        release_attempt(&mut *self.writer().await?, invoice).await
+        in_transaction!(self, |tx| release_attempt(tx, invoice))
     }
 
     async fn record_outcome_unknown(&self, invoice: &InvoiceNumber) -> Result<(), StoreError> {
-        record_outcome_unknown(&mut *self.writer().await?, invoice).await
+        in_transaction!(self, |tx| record_outcome_unknown(tx, invoice))
     }
 
     async fn record_rejected(
@@ -975,7 +972,7 @@ impl<B: Backend> Store for B {
         invoice: &InvoiceNumber,
         at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
-        schedule_check(&mut *self.writer().await?, invoice, at).await
+        in_transaction!(self, |tx| schedule_check(tx, invoice, at))
     }
 
     fn commit_hints(&self) -> Option<watch::Receiver<u64>> {

@@ -5,13 +5,14 @@
 //! [`super::shared`] writes every operation once against [`Conn`]; a backend only says how
 //! its connections run a [`Stmt`] (for sqlx connections, [`sqlx_conn!`]) and which errors
 //! mean "unavailable". Nothing here names sqlx outside that macro, so a backend on another
-//! driver (rusqlite on a dedicated thread, say) implements [`Conn`] for its own connection,
-//! mapping [`Arg`] to its parameter type, and keeps every statement and decision.
+//! driver implements [`Conn`] for its own connection, mapping [`Arg`] to its parameter type,
+//! and keeps every statement and decision: the SQLite store does, on rusqlite.
 
 use std::future::Future;
 
 use time::OffsetDateTime;
 
+use super::migrate::AppliedMigration;
 use super::{PaymentRecord, RejectedAttempt, StoreError};
 use crate::payment::Event;
 
@@ -122,6 +123,12 @@ pub(super) struct Dialect {
     /// The `payment_attempts` of invoice `$1`, oldest first, in insertion order among equal
     /// times.
     pub(super) rejected_attempts: &'static str,
+    /// Creates `_sqlx_migrations` if missing, as sqlx's migrator creates it for the engine.
+    pub(super) migrations_table: &'static str,
+    /// A statement taking the lock (its one parameter the key, held to the end of the
+    /// transaction) that keeps concurrent migrators out; `None` where the write transaction
+    /// already does (SQLite).
+    pub(super) lock_migrations: Option<&'static str>,
 }
 
 /// A connection (or transaction) that runs [`Stmt`]s: what [`super::shared`] needs of a
@@ -132,6 +139,9 @@ pub(super) trait Conn: Send {
 
     /// Runs a statement; returns the number of rows it changed.
     fn execute(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Runs SQL that may hold several statements and no parameters (a migration file).
+    fn batch(&mut self, sql: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The `payments` row the statement returns, if any (columns: `payment_columns!`).
     fn payment(
@@ -160,6 +170,19 @@ pub(super) trait Conn: Send {
         stmt: Stmt<'_>,
     ) -> impl Future<Output = Result<Vec<RejectedAttempt>, StoreError>> + Send;
 
+    /// Every `_sqlx_migrations` row the statement returns (columns: version, checksum,
+    /// success).
+    fn migrations(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<AppliedMigration>, StoreError>> + Send;
+
+    /// The text in the first column of the first row; `None` for no row or `NULL`.
+    fn text(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
     /// The integer in the first column of the first row; `None` for no row or `NULL`.
     fn int(
         &mut self,
@@ -170,8 +193,8 @@ pub(super) trait Conn: Send {
     fn flag(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// Implements [`Conn`] for a sqlx connection type: `sqlx_conn!(SqliteConnection, Sqlite,
-/// &SQLITE, db_error)` with the backend's [`Dialect`] and error mapping. A macro rather than a
+/// Implements [`Conn`] for a sqlx connection type: `sqlx_conn!(PgConnection, Postgres,
+/// &POSTGRES, db_error)` with the backend's [`Dialect`] and error mapping. A macro rather than a
 /// generic impl over `sqlx::Database`: the bounds such an impl needs (an `Executor` for every
 /// borrow, `Encode` and `Type` for each parameter type, `FromRow` for each row, a
 /// `rows_affected` that sqlx has on each driver's result type but in no trait) would say less
@@ -249,6 +272,11 @@ macro_rules! sqlx_conn {
                 Ok(done.rows_affected())
             }
 
+            async fn batch(&mut self, sql: &'static str) -> Result<(), $crate::store::StoreError> {
+                sqlx::raw_sql(sql).execute(self).await.map_err($error)?;
+                Ok(())
+            }
+
             async fn payment(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
@@ -284,6 +312,31 @@ macro_rules! sqlx_conn {
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<$crate::store::RejectedAttempt>, $crate::store::StoreError> {
                 sqlx_fetch_all::<$crate::store::rows::AttemptRow, _>(self, stmt).await
+            }
+
+            async fn migrations(
+                &mut self,
+                stmt: $crate::store::sql::Stmt<'_>,
+            ) -> Result<Vec<$crate::store::migrate::AppliedMigration>, $crate::store::StoreError>
+            {
+                let sql = stmt.sql;
+                sqlx::query_as_with(sql, sqlx_arguments(stmt)?)
+                    .fetch_all(self)
+                    .await
+                    .map_err($error)
+            }
+
+            async fn text(
+                &mut self,
+                stmt: $crate::store::sql::Stmt<'_>,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                let sql = stmt.sql;
+                let value: Option<Option<String>> =
+                    sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
+                        .fetch_optional(self)
+                        .await
+                        .map_err($error)?;
+                Ok(value.flatten())
             }
 
             async fn int(

@@ -3,8 +3,9 @@
 //! # On-disk format
 //!
 //! One SQLite database file (plus its `-wal` and `-shm` companions), schema versioned by
-//! `migrations/sqlite/` (sqlx's `_sqlx_migrations` table records what ran; migrations run at
-//! open). Tables, all `STRICT`:
+//! `migrations/sqlite/` (the `_sqlx_migrations` table records what ran, in the format of
+//! sqlx's migrator, which earlier versions used; [`super::migrate`] runs what is pending at
+//! open, all in one transaction). Tables, all `STRICT`:
 //!
 //! - `payments`: one row per invoice (primary key): amount, channel, `payment_code` (NULL until
 //!   DOKU issues it), status text (`PENDING`, `PAID`, …), create/expire/pay times, how-to-pay
@@ -32,69 +33,150 @@
 //! `synchronous=FULL` (a committed notification survives power loss, not only a crash),
 //! `foreign_keys=ON`, `busy_timeout` 5 s.
 //!
-//! # Concurrency
+//! # Concurrency and threads
 //!
-//! Writes go through a pool of exactly one connection and every write transaction starts
-//! with `BEGIN IMMEDIATE`: writers queue in the pool (in order, without SQLite's busy-wait),
-//! and a transaction never has to upgrade a read lock to a write lock, which in WAL mode can
-//! fail with `SQLITE_BUSY` instead of waiting. A second process writing to the same file
-//! (which the deployment does not do) would still be handled by the busy timeout. Reads that
-//! are not part of a write go through a separate pool of a few connections, which WAL lets run
+//! The driver is rusqlite, and a statement runs on the thread that asks for it: a statement
+//! on a page SQLite or the kernel has cached takes microseconds, less than handing it to
+//! another thread and back (sqlx's SQLite driver, used before, ran every statement on its
+//! connection's own thread: two thread wake-ups per statement, a dozen per operation;
+//! `docs/design-notes.md` has the measurements). What waits for the disk is the `COMMIT` of a
+//! write transaction (`synchronous=FULL`: an `fsync`), so the commit alone goes to tokio's
+//! blocking pool: **one thread hop per write transaction**, and none for a read. Every write
+//! is a transaction (a one-statement write too), so no `fsync` ever runs on a runtime thread.
+//!
+//! Writes go through one connection, held by a transaction from `BEGIN IMMEDIATE` to its
+//! commit: writers queue on its lock (in order, without SQLite's busy-wait), and a
+//! transaction never has to upgrade a read lock to a write lock, which in WAL mode can fail
+//! with `SQLITE_BUSY` instead of waiting. A second process writing to the same file (which
+//! [`super::cache::SoleWriter`] prevents) would still be handled by the busy timeout. Reads
+//! that are not part of a write go through a few reader connections, which WAL lets run
 //! beside the writer; they see every committed write.
 
-use std::str::FromStr as _;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use percent_encoding::percent_decode_str;
+use rusqlite::types::{Null, ToSql, ToSqlOutput};
+use rusqlite::{CachedStatement, Connection, OpenFlags, Row};
 use time::OffsetDateTime;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 #[cfg(doc)]
 use super::Store;
-use super::rows::{attempts_of_invoice, payment_of_invoice};
+use super::migrate::AppliedMigration;
+use super::rows::{AttemptRow, EventRow, PaymentRow, attempts_of_invoice, payment_of_invoice};
 use super::shared::{self, Backend, NotificationBatches};
-use super::sql::{Dialect, sqlx_conn};
-use super::{Created, PaymentDraft, StoreError};
-use crate::payment::InvoiceNumber;
+use super::sql::{Arg, Conn, Dialect, Stmt};
+use super::{Created, PaymentDraft, PaymentRecord, RejectedAttempt, StoreError};
+use crate::payment::{Event, InvoiceNumber};
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an operation waits for a pooled connection before the store is "unavailable".
+/// How long an operation waits for a connection before the store is "unavailable".
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections for reads outside write transactions.
-const READERS: u32 = 4;
+/// Connections for reads outside write transactions. A read holds one only while its
+/// statements run (never across a wait), so a few serve every runtime thread.
+const READERS: usize = 4;
+/// Prepared statements kept per connection: every statement the store runs, with room.
+const STATEMENT_CACHE: usize = 64;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// The SQLite store. Cheap to share behind an `Arc`; see the module doc for the format.
+/// Where a `sqlite://` URL points and how it may be opened.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    /// One connection: every write, in `BEGIN IMMEDIATE` transactions.
-    writer: SqlitePool,
-    /// Reads outside write transactions.
-    reader: SqlitePool,
-    /// Notifications waiting for the writer (group commit); shared by clones.
-    notifications: std::sync::Arc<NotificationBatches>,
+struct Location {
+    /// The database file.
+    path: PathBuf,
+    /// `?mode=ro`: open without writing (a read-only volume); writes then fail as
+    /// "unavailable".
+    read_only: bool,
 }
 
-/// The connect options of a `sqlite://` URL; an in-memory database is refused.
-fn options_of(url: &str) -> Result<SqliteConnectOptions, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Unavailable(format!("invalid SQLite store URL: {e}")))?;
-    if url.contains(":memory:") || url.contains("mode=memory") {
-        return Err(StoreError::Unavailable(
+/// The location of a `sqlite://PATH[?mode=ro|rw|rwc]` URL (`sqlite:PATH` too; the path
+/// percent-decoded, as sqlx read it before). An in-memory database is refused: the
+/// sidecar's promise is that an acknowledged notification is durable.
+fn location_of(url: &str) -> Result<Location, StoreError> {
+    let invalid = |why: String| StoreError::Unavailable(format!("invalid SQLite store URL: {why}"));
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| invalid("expected sqlite://PATH".into()))?;
+    let (path, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let not_durable = || {
+        StoreError::Unavailable(
             "an in-memory SQLite store is not durable; use sqlite://PATH".into(),
-        ));
+        )
+    };
+    if path == ":memory:" {
+        return Err(not_durable());
     }
-    Ok(options)
+    let mut read_only = false;
+    for param in params.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=').unwrap_or((param, "")) {
+            ("mode", "ro") => read_only = true,
+            ("mode", "rw" | "rwc") => read_only = false,
+            ("mode", "memory") => return Err(not_durable()),
+            (key, value) => {
+                return Err(invalid(format!("unsupported parameter {key}={value:?}")));
+            }
+        }
+    }
+    let path = percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|e| invalid(format!("path is not UTF-8: {e}")))?;
+    if path.is_empty() {
+        return Err(invalid("no path".into()));
+    }
+    Ok(Location {
+        path: PathBuf::from(path.as_ref()),
+        read_only,
+    })
 }
 
 /// The database file a `sqlite://` URL names.
-pub fn database_path(url: &str) -> Result<std::path::PathBuf, StoreError> {
-    Ok(options_of(url)?.get_filename().to_path_buf())
+pub fn database_path(url: &str) -> Result<PathBuf, StoreError> {
+    Ok(location_of(url)?.path)
+}
+
+/// The SQLite store. Cheap to clone; see the module doc for the format.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The one connection every write transaction runs on; `None` once closed.
+    writer: Slot,
+    /// Reads outside write transactions.
+    readers: Arc<Readers>,
+    /// Notifications waiting for the writer (group commit); shared by clones.
+    notifications: Arc<NotificationBatches>,
+}
+
+/// A connection behind the lock that lends it to one operation at a time; `None` once the
+/// store is closed.
+type Slot = Arc<Mutex<Option<SqliteConn>>>;
+
+/// The reader connections, lent in turn.
+#[derive(Debug)]
+struct Readers {
+    slots: Vec<Slot>,
+    /// Where the next search for a free reader starts.
+    next: AtomicUsize,
+}
+
+impl Readers {
+    /// A free reader if there is one, else the next in turn once it is free.
+    async fn lease(&self) -> Result<Lease, StoreError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.slots.len();
+        for k in 0..n {
+            if let Ok(guard) = self.slots[(start + k) % n].clone().try_lock_owned() {
+                return Lease::of(guard);
+            }
+        }
+        Lease::acquire(&self.slots[start % n]).await
+    }
 }
 
 impl SqliteStore {
@@ -104,74 +186,406 @@ impl SqliteStore {
     /// In-memory databases are refused: the sidecar's promise is that an acknowledged
     /// notification is durable, and tests use a temporary file just as cheaply.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = options_of(url)?
-            .foreign_keys(true)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+        let at = location_of(url)?;
         // The writer connects first: it creates the file and switches it to WAL (a persistent
-        // property of the file, so readers need not set it), then migrates.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .before_acquire(|conn, _| Box::pin(writer_usable(conn)))
-            .connect_with(
-                options
-                    .clone()
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal),
-            )
-            .await
-            .map_err(db_error)?;
-        MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|e| super::rows::migrate_error(e, outside_data))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(db_error)?;
-        Ok(Self {
-            writer,
-            reader,
+        // property of the file, so readers need not set it).
+        let writer = SqliteConn::open(&at, true)?;
+        let readers = (0..READERS)
+            .map(|_| Ok(Arc::new(Mutex::new(Some(SqliteConn::open(&at, false)?)))))
+            .collect::<Result<_, StoreError>>()?;
+        let store = Self {
+            writer: Arc::new(Mutex::new(Some(writer))),
+            readers: Arc::new(Readers {
+                slots: readers,
+                next: AtomicUsize::new(0),
+            }),
             notifications: Default::default(),
-        })
+        };
+        super::migrate::run(&store, &MIGRATOR).await?;
+        Ok(store)
     }
 
     /// Closes every connection, waiting for in-flight operations; later calls fail as
-    /// [`StoreError::Unavailable`]. Lets a graceful shutdown checkpoint the WAL.
+    /// [`StoreError::Unavailable`]. The last connection to close checkpoints the WAL.
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        for slot in &self.readers.slots {
+            slot.lock().await.take();
+        }
+        self.writer.lock().await.take();
     }
 }
 
-/// Whether the writer connection can start a transaction. When a COMMIT fails with an I/O
-/// error or a full disk, SQLite has already rolled the transaction back; sqlx's own ROLLBACK
-/// then fails and sqlx keeps counting the transaction as open, so every later `BEGIN` on that
-/// connection would be refused until a restart. Such a connection is replaced by a new one.
-async fn writer_usable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
-    use sqlx::Connection as _;
-    if !conn.is_in_transaction() {
-        return Ok(true);
+/// A SQLite connection. Its statements run on the calling thread, so the futures of its
+/// [`Conn`] methods are ready when made.
+#[derive(Debug)]
+pub struct SqliteConn(Connection);
+
+impl SqliteConn {
+    /// Opens a connection to `at` with the store's pragmas; the writer creates the file and
+    /// switches it to WAL.
+    fn open(at: &Location, writer: bool) -> Result<Self, StoreError> {
+        // Each connection is used by one thread at a time (its slot's lock sees to that).
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        flags |= if at.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else if writer {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Connection::open_with_flags(&at.path, flags).map_err(db_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        if writer && !at.read_only {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+                .map_err(db_error)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::Unavailable(format!(
+                    "SQLite store: journal_mode is {mode:?}, WAL is required"
+                )));
+            }
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+            .map_err(db_error)?;
+        Ok(Self(conn))
     }
-    // A dropped transaction's ROLLBACK may still be queued: let it run, then look again.
-    let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
-    Ok(!conn.is_in_transaction())
+
+    /// `stmt` prepared (from the connection's cache) with its parameters bound. The SQL
+    /// numbers parameters `$1`, `$2`, … (the text PostgreSQL reads too); SQLite takes `$1` as
+    /// a parameter *named* `$1`, numbered in order of first use, so each is bound by its
+    /// name's number.
+    fn prepared(&self, stmt: &Stmt<'_>) -> rusqlite::Result<CachedStatement<'_>> {
+        let mut prepared = self.0.prepare_cached(stmt.sql)?;
+        for i in 1..=prepared.parameter_count() {
+            let n = match prepared.parameter_name(i) {
+                Some(name) => name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
+                None => Some(i),
+            };
+            let arg = n
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|n| stmt.args.get(n))
+                .ok_or(rusqlite::Error::InvalidParameterCount(i, stmt.args.len()))?;
+            prepared.raw_bind_parameter(i, arg)?;
+        }
+        Ok(prepared)
+    }
+
+    /// Every row `stmt` returns, decoded by `decode`.
+    fn rows<T>(
+        &self,
+        stmt: Stmt<'_>,
+        mut decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut prepared = self.prepared(&stmt).map_err(db_error)?;
+        let mut rows = prepared.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(db_error)? {
+            out.push(decode(row).map_err(db_error)?);
+        }
+        Ok(out)
+    }
+
+    /// The first row `stmt` returns, if any, decoded by `decode`; the statement runs to its
+    /// end (a `RETURNING` statement finishes its write).
+    fn first<T>(
+        &self,
+        stmt: Stmt<'_>,
+        decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.rows(stmt, decode)?.into_iter().next())
+    }
+
+    /// Runs `stmt` to its end; the number of rows it changed.
+    fn run(&self, stmt: Stmt<'_>) -> Result<u64, StoreError> {
+        let mut prepared = self.prepared(&stmt).map_err(db_error)?;
+        let mut rows = prepared.raw_query();
+        while rows.next().map_err(db_error)?.is_some() {}
+        Ok(self.0.changes())
+    }
+
+    /// Ends a transaction left open (its commit failed, or it was dropped): SQLite keeps
+    /// some failed commits' transactions open, and the next `BEGIN` would be refused.
+    fn abandon(&self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Arg::Int(Some(v)) => ToSqlOutput::from(v),
+            Arg::Int(None) | Arg::Text(None) => ToSqlOutput::from(Null),
+            Arg::Text(Some(s)) => ToSqlOutput::from(s),
+            Arg::Bytes(b) => ToSqlOutput::from(b),
+            Arg::Bool(b) => ToSqlOutput::from(b),
+        })
+    }
+}
+
+/// A `payments` row in [`payment_columns!`](super::rows::payment_columns) order.
+fn payment_row(row: &Row<'_>) -> rusqlite::Result<PaymentRow> {
+    Ok(PaymentRow {
+        invoice: row.get(0)?,
+        amount: row.get(1)?,
+        channel: row.get(2)?,
+        payment_code: row.get(3)?,
+        status: row.get(4)?,
+        create_time: row.get(5)?,
+        expire_time: row.get(6)?,
+        pay_time: row.get(7)?,
+        how_to_pay_url: row.get(8)?,
+        how_to_pay_api_url: row.get(9)?,
+        reusable: row.get(10)?,
+        fingerprint: row.get(11)?,
+        idempotency_key: row.get(12)?,
+        doku_request_id: row.get(13)?,
+        doku_request_body: row.get(14)?,
+        attempt_lease_until: row.get(15)?,
+        next_check_at: row.get(16)?,
+        check_count: row.get(17)?,
+        rejected_http_status: row.get(18)?,
+        rejected_message: row.get(19)?,
+        outcome_unknown: row.get(20)?,
+        trace_context: row.get(21)?,
+        instructions: row.get(22)?,
+    })
+}
+
+/// An `events` row in [`event_columns!`](super::rows::event_columns) order.
+fn event_row(row: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        seq: row.get(0)?,
+        invoice: row.get(1)?,
+        status: row.get(2)?,
+        amount: row.get(3)?,
+        payment_code: row.get(4)?,
+        channel: row.get(5)?,
+        occur_time: row.get(6)?,
+        source: row.get(7)?,
+        doku_request_id: row.get(8)?,
+    })
+}
+
+/// A `payment_attempts` row in [`attempt_columns!`](super::rows::attempt_columns) order.
+fn attempt_row(row: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        doku_request_id: row.get(0)?,
+        fingerprint: row.get(1)?,
+        idempotency_key: row.get(2)?,
+        request_body: row.get(3)?,
+        http_status: row.get(4)?,
+        message: row.get(5)?,
+        ended_at: row.get(6)?,
+    })
+}
+
+/// Decodes rows into domain values, failing on the first that cannot be read.
+fn decoded<R, T: TryFrom<R, Error = StoreError>>(
+    rows: Result<Vec<R>, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    super::rows::decode_all(rows?)
+}
+
+impl Conn for SqliteConn {
+    const DIALECT: &'static Dialect = &SQLITE;
+
+    fn execute(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(self.run(stmt))
+    }
+
+    fn batch(&mut self, sql: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(self.0.execute_batch(sql).map_err(db_error))
+    }
+
+    fn payment(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send {
+        let row = self.first(stmt, payment_row);
+        std::future::ready(row.and_then(|row| row.map(PaymentRecord::try_from).transpose()))
+    }
+
+    fn payments(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send {
+        std::future::ready(decoded(self.rows(stmt, payment_row)))
+    }
+
+    fn event(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<Event, StoreError>> + Send {
+        let row = self.first(stmt, event_row).and_then(|row| {
+            let row = row.ok_or_else(|| db_error(rusqlite::Error::QueryReturnedNoRows))?;
+            Event::try_from(row)
+        });
+        std::future::ready(row)
+    }
+
+    fn events(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        std::future::ready(decoded(self.rows(stmt, event_row)))
+    }
+
+    fn attempts(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<RejectedAttempt>, StoreError>> + Send {
+        std::future::ready(decoded(self.rows(stmt, attempt_row)))
+    }
+
+    fn migrations(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<AppliedMigration>, StoreError>> + Send {
+        std::future::ready(self.rows(stmt, |row| {
+            Ok(AppliedMigration {
+                version: row.get(0)?,
+                checksum: row.get(1)?,
+                success: row.get(2)?,
+            })
+        }))
+    }
+
+    fn int(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send {
+        let value = self.first(stmt, |row| row.get::<_, Option<i64>>(0));
+        std::future::ready(value.map(Option::flatten))
+    }
+
+    fn text(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        let value = self.first(stmt, |row| row.get::<_, Option<String>>(0));
+        std::future::ready(value.map(Option::flatten))
+    }
+
+    fn flag(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let value = self
+            .first(stmt, |row| row.get::<_, bool>(0))
+            .and_then(|value| value.ok_or_else(|| db_error(rusqlite::Error::QueryReturnedNoRows)));
+        std::future::ready(value)
+    }
+}
+
+/// A connection lent to one operation: its slot's lock, held until dropped.
+#[derive(Debug)]
+pub struct Lease(OwnedMutexGuard<Option<SqliteConn>>);
+
+impl Lease {
+    /// The connection behind `guard`, unless the store is closed.
+    fn of(guard: OwnedMutexGuard<Option<SqliteConn>>) -> Result<Self, StoreError> {
+        match *guard {
+            Some(_) => Ok(Self(guard)),
+            None => Err(StoreError::Unavailable("the SQLite store is closed".into())),
+        }
+    }
+
+    /// The connection of `slot` once it is free, waiting at most [`ACQUIRE_TIMEOUT`].
+    async fn acquire(slot: &Slot) -> Result<Self, StoreError> {
+        let guard = tokio::time::timeout(ACQUIRE_TIMEOUT, slot.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no SQLite connection came free within {ACQUIRE_TIMEOUT:?}"
+                ))
+            })?;
+        Self::of(guard)
+    }
+
+    /// The driver's connection.
+    fn connection(&self) -> &Connection {
+        &(**self).0
+    }
+
+    /// Commits the transaction this lease's connection is in; a failed commit leaves no
+    /// transaction open.
+    fn commit(self) -> Result<(), StoreError> {
+        let committed = self.connection().execute_batch("COMMIT").map_err(db_error);
+        if committed.is_err() {
+            self.abandon();
+        }
+        committed
+    }
+}
+
+impl Deref for Lease {
+    type Target = SqliteConn;
+
+    fn deref(&self) -> &SqliteConn {
+        // `Lease::of` lends only an open connection, and closing takes the slot's lock.
+        self.0.as_ref().expect("a lease holds an open connection")
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut SqliteConn {
+        self.0.as_mut().expect("a lease holds an open connection")
+    }
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) on the writer connection; rolled back if dropped
+/// before [`Backend::commit`].
+#[derive(Debug)]
+pub struct SqliteTx(Option<Lease>);
+
+impl Deref for SqliteTx {
+    type Target = SqliteConn;
+
+    fn deref(&self) -> &SqliteConn {
+        self.0
+            .as_ref()
+            .expect("an unfinished transaction holds its lease")
+    }
+}
+
+impl DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConn {
+        self.0
+            .as_mut()
+            .expect("an unfinished transaction holds its lease")
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if let Some(lease) = &self.0 {
+            lease.abandon();
+        }
+    }
 }
 
 /// SQLite's primary result codes that mean "the environment", not "the data": BUSY, LOCKED,
 /// NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL.
-fn outside_data(e: &dyn sqlx::error::DatabaseError) -> bool {
-    let extended: i32 = e.code().and_then(|c| c.parse().ok()).unwrap_or(0);
-    matches!(extended & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15)
+fn outside_data(extended_code: i32) -> bool {
+    matches!(extended_code & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15)
 }
 
-fn db_error(e: sqlx::Error) -> StoreError {
-    super::rows::store_error(e, outside_data)
+/// Maps a driver error: what lies outside the data is [`StoreError::Unavailable`], anything
+/// else (a row or statement this version cannot handle) [`StoreError::Corrupt`]. The message
+/// names SQLite's extended result code, `(code: N)`.
+fn db_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            let detail = message.as_deref().unwrap_or("");
+            let text = format!(
+                "SQLite error (code: {}): {failure} {detail}",
+                failure.extended_code
+            );
+            if outside_data(failure.extended_code) {
+                StoreError::Unavailable(text)
+            } else {
+                StoreError::Corrupt(text)
+            }
+        }
+        _ => StoreError::Corrupt(format!("SQLite: {e}")),
+    }
 }
 
 /// The statements where SQLite's text differs from PostgreSQL's.
@@ -184,40 +598,52 @@ const SQLITE: Dialect = Dialect {
     raise_pruned_through: "INSERT INTO meta (key, value) VALUES ('pruned_through', $1) \
                            ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
     rejected_attempts: attempts_of_invoice!("rowid"),
+    // sqlx's migrator's table for SQLite, column for column.
+    migrations_table: "CREATE TABLE IF NOT EXISTS _sqlx_migrations ( \
+                       version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+                       installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+                       success BOOLEAN NOT NULL, checksum BLOB NOT NULL, \
+                       execution_time BIGINT NOT NULL)",
+    // The `BEGIN IMMEDIATE` transaction already keeps other migrators out.
+    lock_migrations: None,
 };
 
-sqlx_conn!(SqliteConnection, sqlx::Sqlite, &SQLITE, db_error);
-
 impl Backend for SqliteStore {
-    type Conn = SqliteConnection;
-    type Pooled = PoolConnection<sqlx::Sqlite>;
-    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+    type Conn = SqliteConn;
+    type Pooled = Lease;
+    type Tx = SqliteTx;
 
-    async fn reader(&self) -> Result<Self::Pooled, StoreError> {
-        self.reader.acquire().await.map_err(db_error)
+    async fn reader(&self) -> Result<Lease, StoreError> {
+        self.readers.lease().await
     }
 
-    async fn writer(&self) -> Result<Self::Pooled, StoreError> {
-        self.writer.acquire().await.map_err(db_error)
+    async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        let lease = Lease::acquire(&self.writer).await?;
+        // A transaction a failed commit or a dropped one left open is ended first.
+        lease.abandon();
+        lease
+            .connection()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db_error)?;
+        Ok(SqliteTx(Some(lease)))
     }
 
-    async fn begin(&self) -> Result<Self::Tx, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
+    async fn commit(mut tx: SqliteTx) -> Result<(), StoreError> {
+        let Some(lease) = tx.0.take() else {
+            return Err(StoreError::Unavailable(
+                "transaction already finished".into(),
+            ));
+        };
+        // The commit waits for the disk: on the blocking pool, not on a runtime thread. Once
+        // started it finishes even if the caller stops waiting.
+        tokio::task::spawn_blocking(move || lease.commit())
             .await
-            .map_err(db_error)
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
-        tx.commit().await.map_err(db_error)
+            .map_err(|e| StoreError::Unavailable(format!("the commit did not finish: {e}")))?
     }
 
     async fn ping_database(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let mut reader = self.reader().await?;
+        reader.execute(Stmt::new("SELECT 1")).await.map(drop)
     }
 
     async fn create_draft(&self, draft: &PaymentDraft) -> Result<Created, StoreError> {
@@ -426,31 +852,132 @@ mod tests {
         assert_eq!(stores[0].events_after(0, 100).await.unwrap().len(), 4);
     }
 
+    /// Every connection of `store`: the writer, then each reader.
+    async fn each_connection(store: &SqliteStore, mut check: impl FnMut(&Connection)) {
+        for slot in std::iter::once(&store.writer).chain(&store.readers.slots) {
+            let lease = Lease::acquire(slot).await.unwrap();
+            check(lease.connection());
+        }
+    }
+
+    /// Runs `sql` on the writer connection, outside the store's operations.
+    async fn write_by_hand(store: &SqliteStore, sql: &str) {
+        let lease = Lease::acquire(&store.writer).await.unwrap();
+        lease.connection().execute_batch(sql).unwrap();
+    }
+
     #[tokio::test]
     async fn connections_use_the_durable_pragmas() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&url(&dir)).await.unwrap();
-        for pool in [&store.writer, &store.reader] {
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-                .fetch_one(pool)
+        each_connection(&store, |conn| {
+            let pragma = |name: &str| -> String {
+                conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+                    row.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+            };
+            assert_eq!(pragma("journal_mode"), "wal");
+            assert_eq!(pragma("synchronous"), "2", "FULL");
+            assert_eq!(pragma("foreign_keys"), "1");
+            assert_eq!(pragma("busy_timeout"), "5000");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn statements_bind_parameters_by_their_number_not_their_place() {
+        // `$2` before `$1` in the text: SQLite numbers named parameters by first use, so a
+        // positional bind would swap them.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        let mut reader = store.reader().await.unwrap();
+        let text = reader
+            .text(
+                Stmt::new("SELECT $2 || '-' || $1 || '-' || $2")
+                    .bind("a")
+                    .bind("b"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(text.as_deref(), Some("b-a-b"));
+        match reader.text(Stmt::new("SELECT $1 || $3").bind("a")).await {
+            Err(StoreError::Corrupt(_)) => {}
+            other => panic!("a missing parameter must fail the statement: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_transaction_is_rolled_back_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        {
+            let mut tx = store.begin().await.unwrap();
+            shared::insert_draft(&mut *tx, &draft("INV-DROPPED"))
                 .await
                 .unwrap();
-            assert_eq!(mode, "wal");
-            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(pool)
-                .await
+        }
+        let invoice = InvoiceNumber::parse("INV-DROPPED").unwrap();
+        assert_eq!(store.get_payment(&invoice).await.unwrap(), None);
+        assert!(matches!(
+            store.create_payment(&draft("INV-DROPPED")).await.unwrap(),
+            Created::New(_)
+        ));
+        assert!(store.get_payment(&invoice).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_new_store_is_migrated_in_one_transaction_and_reopens_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let mut recorded = Vec::new();
+        each_connection(&store, |conn| {
+            let mut stmt = conn
+                .prepare("SELECT version, execution_time FROM _sqlx_migrations ORDER BY version")
                 .unwrap();
-            assert_eq!(sync, 2, "FULL");
-            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-                .fetch_one(pool)
-                .await
+            recorded = stmt
+                .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
                 .unwrap();
-            assert_eq!(fk, 1);
-            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            assert_eq!(busy, 5000);
+        })
+        .await;
+        assert_eq!(recorded.iter().map(|r| r.0).collect::<Vec<_>>(), versions);
+        assert!(recorded.iter().all(|r| r.1 == -1), "{recorded:?}");
+        store.close().await;
+        // Reopening read-only works: nothing is pending, so nothing is written.
+        let path = dir.path().join("o2o.db");
+        SqliteStore::open(&format!("sqlite://{}?mode=ro", path.display()))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn urls_name_a_file_and_nothing_else() {
+        let at = location_of("sqlite:///var/lib/o2o/o2o%20a.db?mode=rwc").unwrap();
+        assert_eq!(at.path, PathBuf::from("/var/lib/o2o/o2o a.db"));
+        assert!(!at.read_only);
+        assert_eq!(
+            location_of("sqlite:o2o.db").unwrap().path,
+            PathBuf::from("o2o.db")
+        );
+        assert!(location_of("sqlite://x.db?mode=ro").unwrap().read_only);
+        for bad in [
+            "sqlite://",
+            "sqlite://x.db?cache=shared",
+            "sqlite://x.db?mode=nope",
+            "file:x.db",
+        ] {
+            assert!(
+                matches!(location_of(bad), Err(StoreError::Unavailable(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -461,10 +988,7 @@ mod tests {
             .record_notification(accepted(change("INV-1", PaymentStatus::Paid, "r1")))
             .await
             .unwrap();
-        sqlx::query("UPDATE payments SET status = 'SETTLED'")
-            .execute(&store.writer)
-            .await
-            .unwrap();
+        write_by_hand(&store, "UPDATE payments SET status = 'SETTLED'").await;
         store
     }
 
@@ -477,10 +1001,7 @@ mod tests {
             Err(StoreError::Corrupt(detail)) => assert!(detail.contains("SETTLED"), "{detail}"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        sqlx::query("UPDATE events SET source = 'CARRIER_PIGEON'")
-            .execute(&store.writer)
-            .await
-            .unwrap();
+        write_by_hand(&store, "UPDATE events SET source = 'CARRIER_PIGEON'").await;
         assert!(matches!(
             store.events_after(0, 10).await,
             Err(StoreError::Corrupt(_))
@@ -518,13 +1039,16 @@ mod tests {
             assert!(store.get_payment(&invoice).await.unwrap().is_some());
         }
         assert_eq!(store.last_seq().await.unwrap(), before + 2);
-        let audit: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM notifications WHERE doku_request_id = 'r1-late'",
-        )
-        .fetch_one(&store.reader)
-        .await
-        .unwrap();
-        assert_eq!(audit, 0);
+        let audit = store
+            .reader()
+            .await
+            .unwrap()
+            .int(Stmt::new(
+                "SELECT COUNT(*) FROM notifications WHERE doku_request_id = 'r1-late'",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(audit, Some(0));
     }
 
     #[tokio::test]

@@ -557,15 +557,21 @@ async fn events_before_sentinel(h: &mut InProcessSidecar, sentinel: &str) -> Vec
 }
 
 async fn verdict_of(h: &InProcessSidecar, request_id: &str) -> Option<String> {
-    let pool = sqlx::SqlitePool::connect(&h.store_url).await.unwrap();
-    let verdict =
-        sqlx::query_scalar("SELECT verdict FROM notifications WHERE doku_request_id = $1")
-            .bind(request_id)
-            .fetch_optional(&pool)
-            .await
+    let path = o2o_sidecar::store::sqlite::database_path(&h.store_url).unwrap();
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    pool.close().await;
-    verdict
+    db.query_row(
+        "SELECT verdict FROM notifications WHERE doku_request_id = ?1",
+        [request_id],
+        |row| row.get(0),
+    )
+    .map(Some)
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    })
+    .unwrap()
 }
 
 #[tokio::test]
