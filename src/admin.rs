@@ -358,6 +358,28 @@ async fn store_health(State(r): State<Readiness>) -> (StatusCode, Json<serde_jso
     }
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes
+/// `/metrics` (the exporter's own upkeep period).
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds, until `stop`.
+///
+/// The exporter keeps each histogram's new samples in a list until the next scrape or
+/// upkeep; a recorder made with `build_recorder` (as here: the admin listener serves it)
+/// runs no upkeep of its own, so a sidecar nobody scraped kept every sample of every request:
+/// the steady memory climb of the soak (+66 MB/h at 350 requests/s).
+pub async fn metrics_upkeep(stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => prometheus().run_upkeep(),
+        }
+    }
+}
+
 async fn metrics_text() -> String {
     process_collector().collect();
     prometheus().render()

@@ -401,6 +401,7 @@ fn background(config: &Config, store: Arc<dyn Store>, lifetime: &CancellationTok
         store.clone(),
         lifetime.clone().cancelled_owned(),
     ));
+    tasks.spawn(admin::metrics_upkeep(lifetime.clone().cancelled_owned()));
     tasks.spawn(reconcile::prune(
         store,
         config.event_retention,
