@@ -333,15 +333,31 @@ async fn ping_store(store: &dyn Store) -> bool {
 
 /// Keeps `o2o_store_up` current: a ping every [`STORE_PING_INTERVAL`] until `stop`.
 pub async fn watch_store(store: Arc<dyn Store>, stop: impl std::future::Future<Output = ()>) {
+    periodically(STORE_PING_INTERVAL, stop, || async {
+        ping_store(store.as_ref()).await;
+    })
+    .await;
+}
+
+/// Runs `work` at once and then every `period` (a late round delays the next, none is
+/// skipped or doubled), until `stop`.
+async fn periodically<F, Fut>(
+    period: Duration,
+    stop: impl std::future::Future<Output = ()>,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(STORE_PING_INTERVAL);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut stop => break,
             _ = tick.tick() => {}
         }
-        ping_store(store.as_ref()).await;
+        work().await;
     }
 }
 
@@ -369,15 +385,10 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// runs no upkeep of its own, so a sidecar nobody scraped kept every sample of every request:
 /// the steady memory climb of the soak (+66 MB/h at 350 requests/s).
 pub async fn metrics_upkeep(stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            _ = tick.tick() => prometheus().run_upkeep(),
-        }
-    }
+    periodically(METRICS_UPKEEP_INTERVAL, stop, || async {
+        prometheus().run_upkeep();
+    })
+    .await;
 }
 
 async fn metrics_text() -> String {
