@@ -36,7 +36,7 @@ use crate::{
     load::PhaseReport,
     machine::Machine,
     report::Report,
-    scenarios::{Notifications, P6, Plan, Rig, RunResult},
+    scenarios::{P6, Plan, Rig, RunResult},
     soak::{SoakPlan, SoakReport},
 };
 
@@ -244,7 +244,7 @@ async fn measure(rig: &Rig, plan: &Plan) -> anyhow::Result<(Vec<RunResult>, scen
 /// failure (no PostgreSQL server); its phases count when it was.
 fn too_many_failures(runs: &[RunResult]) -> bool {
     let lossy = |p: &PhaseReport| p.errors * 100 > p.errors + p.ok;
-    let lost = |n: &Notifications| n.missing * 100 > n.event.count + n.missing;
+    let lost = |missing: u64, arrived: u64| missing * 100 > arrived + missing;
     runs.iter().any(|r| {
         [
             &r.p1_fixed_baseline,
@@ -258,7 +258,7 @@ fn too_many_failures(runs: &[RunResult]) -> bool {
         ]
         .into_iter()
         .any(lossy)
-            || r.p3_events_missing * 100 > r.p3_event.count + r.p3_events_missing
+            || lost(r.p3_events_missing, r.p3_event.count)
             || match &r.p6 {
                 P6::Measured(pg) => {
                     [
@@ -268,7 +268,7 @@ fn too_many_failures(runs: &[RunResult]) -> bool {
                     ]
                     .into_iter()
                     .any(lossy)
-                        || lost(&pg.notifications)
+                        || lost(pg.notifications.missing, pg.notifications.event.count)
                 }
                 P6::NotMeasured(_) => false,
             }
