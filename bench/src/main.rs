@@ -41,8 +41,10 @@ use crate::{
 };
 
 /// Benchmarks o2o-sidecar against baselines in the same run.
+// A flag given twice takes the last value: `bench/run` passes `--bin-dir` and `--out` before
+// the caller's arguments, which may set them again (`bash bench/run --out /tmp/x`).
 #[derive(Debug, Parser)]
-#[command(name = "o2o-bench")]
+#[command(name = "o2o-bench", args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -273,4 +275,29 @@ fn too_many_failures(runs: &[RunResult]) -> bool {
                 P6::NotMeasured(_) => false,
             }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_flags_after_bench_runs_take_precedence() {
+        let cli = Cli::try_parse_from([
+            "o2o-bench",
+            "--out",
+            "bench/results",
+            "--runs",
+            "1",
+            "--out",
+            "/tmp/x",
+            "--sidecar-env",
+            "A=1",
+            "--sidecar-env",
+            "B=2",
+        ])
+        .unwrap();
+        assert_eq!(cli.out, PathBuf::from("/tmp/x"));
+        assert_eq!(cli.sidecar_env.len(), 2, "repeatable flags still add up");
+    }
 }
