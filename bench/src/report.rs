@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     load::PhaseReport,
     machine::Machine,
-    scenarios::{Once, Plan, RunResult},
+    scenarios::{Notifications, Once, P6, Plan, Postgres, RunResult},
 };
 
 /// How a row's value is shown.
@@ -65,6 +65,9 @@ pub(crate) struct Row {
     pub(crate) ours_runs: Vec<f64>,
     /// Every run's baseline value.
     pub(crate) baseline_runs: Vec<f64>,
+    /// Why there is no value (P6 without a PostgreSQL server); shown instead of `ours`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) not_measured: Option<String>,
 }
 
 /// The median (the mean of the two middle values for an even count).
@@ -111,6 +114,23 @@ fn row(
         met,
         ours_runs,
         baseline_runs: baseline_runs.unwrap_or_default(),
+        not_measured: None,
+    }
+}
+
+/// A row whose measurement did not happen, and why; its target shown, not judged.
+fn not_measured(
+    id: &'static str,
+    measure: String,
+    unit: Unit,
+    target: Option<Target>,
+    reason: &str,
+) -> Row {
+    // Built without the target, so that `met` stays unjudged; the target is put back to show.
+    Row {
+        target,
+        not_measured: Some(reason.to_owned()),
+        ..row(id, measure, unit, Vec::new(), None, None)
     }
 }
 
@@ -412,6 +432,87 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
             Some(Target::AtMost(12.0 * mb)),
         ),
     ]
+    .into_iter()
+    .chain(postgres_rows(plan, runs))
+    .collect()
+}
+
+/// How one P6 row reads a run (and the run's P6): its value, or its baseline's.
+type PgValue = fn(&RunResult, &Postgres) -> f64;
+
+/// The P6 rows: medians over the runs that measured them (the baseline, P1's no-op server,
+/// from those same runs); without any, every row says why, with the first run's reason.
+fn postgres_rows(plan: &Plan, runs: &[RunResult]) -> Vec<Row> {
+    let measured: Vec<(&RunResult, &Postgres)> = runs
+        .iter()
+        .filter_map(|r| match &r.p6 {
+            P6::Measured(pg) => Some((r, &**pg)),
+            P6::NotMeasured(_) => None,
+        })
+        .collect();
+    let reason = runs
+        .iter()
+        .find_map(|r| match &r.p6 {
+            P6::NotMeasured(why) => Some(why.as_str()),
+            P6::Measured(_) => None,
+        })
+        .unwrap_or("no run");
+    let col = |f: PgValue| measured.iter().map(|(r, pg)| f(r, pg)).collect();
+    let pg_row = |measure: String,
+                  unit: Unit,
+                  ours: PgValue,
+                  baseline: Option<PgValue>,
+                  target: Option<Target>| {
+        if measured.is_empty() {
+            not_measured("P6", measure, unit, target, reason)
+        } else {
+            row("P6", measure, unit, col(ours), baseline.map(col), target)
+        }
+    };
+    let p3 = thousands(plan.p3_rate);
+    vec![
+        pg_row(
+            format!(
+                "durable ingest on PostgreSQL, 2 replicas ({} concurrent POSTs split across both)",
+                plan.p3_ingest_workers
+            ),
+            Unit::PerSecond,
+            |_, pg| pg.notifications.ingest.throughput_per_s,
+            None,
+            Some(Target::AtLeast(3000.0)),
+        ),
+        pg_row(
+            format!("notification POST to replica A → event on a stream on B, p50 at {p3}/s"),
+            Unit::Ms,
+            |_, pg| pg.notifications.event.p50_ms,
+            None,
+            None,
+        ),
+        pg_row(
+            format!("notification POST to replica A → event on a stream on B, p99 at {p3}/s"),
+            Unit::Ms,
+            |_, pg| pg.notifications.event.p99_ms,
+            None,
+            Some(Target::AtMost(10.0)),
+        ),
+        pg_row(
+            format!("notification POST to replica A → 200, p99 at {p3}/s"),
+            Unit::Ms,
+            |_, pg| pg.notifications.ack.latency.p99_ms,
+            None,
+            None,
+        ),
+        pg_row(
+            format!(
+                "GetStatus throughput at saturation on PostgreSQL (one replica, {} in flight)",
+                plan.p1_workers
+            ),
+            Unit::PerSecond,
+            |_, pg| pg.saturation.throughput_per_s,
+            Some(|r, _| r.p1_saturation_baseline.throughput_per_s),
+            None,
+        ),
+    ]
 }
 
 /// Problems seen in the runs: failed requests, events that never arrived.
@@ -443,13 +544,7 @@ pub(crate) fn problems(runs: &[RunResult]) -> Vec<String> {
         ];
         for (name, p) in phases {
             if p.errors > 0 {
-                out.push(format!(
-                    "run {}: {name}: {} of {} requests failed (first: {})",
-                    i + 1,
-                    p.errors,
-                    p.errors + p.ok,
-                    p.first_error.as_deref().unwrap_or("?")
-                ));
+                out.push(failed(i, name, p));
             }
         }
         if r.p3_events_missing > 0 {
@@ -459,8 +554,44 @@ pub(crate) fn problems(runs: &[RunResult]) -> Vec<String> {
                 r.p3_events_missing
             ));
         }
+        if let P6::Measured(pg) = &r.p6 {
+            let Notifications {
+                ack,
+                missing,
+                ingest,
+                ..
+            } = &pg.notifications;
+            let phases = [
+                ("P6 GetStatus at saturation on PostgreSQL", &pg.saturation),
+                ("P6 notification POSTs to replica A", ack),
+                ("P6 ingest over replicas A and B", ingest),
+            ];
+            for (name, p) in phases {
+                if p.errors > 0 {
+                    out.push(failed(i, name, p));
+                }
+            }
+            if *missing > 0 {
+                out.push(format!(
+                    "run {}: P6: {missing} notifications accepted by replica A never reached \
+                     the stream on replica B",
+                    i + 1
+                ));
+            }
+        }
     }
     out
+}
+
+/// The problem line of a phase with failed requests.
+fn failed(i: usize, name: &str, p: &PhaseReport) -> String {
+    format!(
+        "run {}: {name}: {} of {} requests failed (first: {})",
+        i + 1,
+        p.errors,
+        p.errors + p.ok,
+        p.first_error.as_deref().unwrap_or("?")
+    )
 }
 
 /// Everything one invocation produced.
@@ -503,7 +634,11 @@ impl Report {
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for r in &self.rows {
-            let mut ours = show(r.unit, r.ours);
+            let mut ours = match &r.not_measured {
+                // A reason may hold `|`, which would end the cell.
+                Some(why) => format!("not measured: {}", why.replace('|', "\\|")),
+                None => show(r.unit, r.ours),
+            };
             if let (Some(Target::AddedAtMost(_)), Some(b)) = (r.target, r.baseline) {
                 let _ = write!(ours, " (+{})", show(r.unit, r.ours - b));
             }
@@ -530,6 +665,22 @@ impl Report {
              (closed loop). Load generator, sidecar, simulator and baseline share the \
              machine's cores."
         );
+        if let Some(pg) = self.runs.iter().find_map(|r| match &r.p6 {
+            P6::Measured(pg) => Some(&pg.server),
+            P6::NotMeasured(_) => None,
+        }) {
+            let _ = writeln!(
+                s,
+                "\nP6: the sidecar on PostgreSQL {} (`fsync={}`, `synchronous_commit={}`), \
+                 a new database per run; replicas A and B are two sidecar \
+                 processes on it. GetStatus runs on A alone, next to P1's no-op server of the \
+                 same runs; the ingest POSTs alternate between A and B.",
+                // `15.20 (Debian 15.20-0+deb12u1)`: the number is enough here.
+                pg.version.split_whitespace().next().unwrap_or_default(),
+                pg.fsync,
+                pg.synchronous_commit
+            );
+        }
         problems_and_rest(
             &mut s,
             &self.problems,
@@ -611,6 +762,16 @@ mod tests {
             ),
             (Some(false), "≤ 2× baseline")
         );
+        let r = not_measured(
+            "P6",
+            "w".into(),
+            Unit::PerSecond,
+            Some(Target::AtLeast(3000.0)),
+            "psql: error: connection refused",
+        );
+        assert!(r.ours.is_nan() && r.baseline.is_none());
+        assert_eq!(r.met, None, "a target is not judged without a value");
+        assert!(r.target.is_some(), "but it is shown");
         assert_eq!(thousands(12345.4), "12,345");
         assert_eq!(show(Unit::Bytes, 9_500_000.0), "9.5 MB");
     }

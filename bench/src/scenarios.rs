@@ -10,6 +10,10 @@
 //!   `StreamNotifications` stream (open loop), and the durable ingest rate (closed loop).
 //! - P4 and P5: a fresh sidecar per run: start to `SERVING` (gRPC health), RSS idle, RSS with
 //!   many open streams after one event has reached all of them; binary size.
+//! - P6: the sidecar on PostgreSQL, a new database per run (see [`crate::postgres`]):
+//!   `GetStatus` at saturation on one replica (P1's load, next to P1's no-op baseline), then a
+//!   second replica on the same database, notifications POSTed to the first until their events
+//!   arrive on a stream opened on the second (P3's load), and the durable ingest of both.
 
 use std::{
     collections::HashMap,
@@ -36,6 +40,7 @@ use tonic::transport::Channel;
 use crate::{
     hist::{Latencies, Summary},
     load::{PhaseReport, closed_loop, open_loop},
+    postgres::{Database, Server},
     procs::{Memory, Proc},
 };
 
@@ -63,21 +68,21 @@ pub(crate) struct Plan {
     pub(crate) p1_rate: f64,
     /// P1 fixed-rate phase length, s.
     pub(crate) p1_fixed_s: f64,
-    /// P1 saturation phase length, s.
+    /// P1 (and P6) saturation phase length, s.
     pub(crate) p1_saturation_s: f64,
-    /// P1 saturation: concurrent requests.
+    /// P1 (and P6) saturation: concurrent requests.
     pub(crate) p1_workers: usize,
     /// P2 rate, requests/s.
     pub(crate) p2_rate: f64,
     /// P2 phase length, s.
     pub(crate) p2_s: f64,
-    /// P3 notification rate, /s.
+    /// P3 (and P6) notification rate, /s.
     pub(crate) p3_rate: f64,
-    /// P3 latency phase length, s.
+    /// P3 (and P6) latency phase length, s.
     pub(crate) p3_s: f64,
-    /// P3 ingest phase length, s.
+    /// P3 (and P6) ingest phase length, s.
     pub(crate) p3_ingest_s: f64,
-    /// P3 ingest: concurrent POSTs.
+    /// P3 (and P6, over two replicas) ingest: concurrent POSTs.
     pub(crate) p3_ingest_workers: usize,
     /// P4 open streams.
     pub(crate) p4_streams: usize,
@@ -170,6 +175,33 @@ pub(crate) struct RunResult {
     pub(crate) p5_start_samples: Vec<f64>,
     /// P5: every restart, ms.
     pub(crate) p5_restart_samples: Vec<f64>,
+    /// P6: the sidecar on PostgreSQL, or why it was not measured.
+    pub(crate) p6: P6,
+}
+
+/// The P6 measurements of one run, or why there are none: PostgreSQL is optional for the
+/// harness (a machine without a server still gets every other row).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum P6 {
+    /// Measured.
+    Measured(Box<Postgres>),
+    /// Not measured, and why (the server could not be reached, `psql` is missing, …).
+    NotMeasured(String),
+}
+
+/// The sidecar on PostgreSQL in one run: replicas A and B on a database of their own.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Postgres {
+    /// The server: version and durability settings.
+    pub(crate) server: Server,
+    /// `GetStatus` at saturation on A alone (P1's load).
+    pub(crate) saturation: PhaseReport,
+    /// A's CPU time per `GetStatus` at saturation, µs (PostgreSQL's own not counted).
+    pub(crate) saturation_cpu_us: f64,
+    /// POSTed to A, event awaited on a stream on B (P3's loads); ingest split over A and B.
+    #[serde(flatten)]
+    pub(crate) notifications: Notifications,
 }
 
 /// Results that are not repeated per run.
@@ -201,6 +233,8 @@ pub(crate) struct Rig {
     noop_addr: SocketAddr,
     http: reqwest::Client,
     doku: DokuClient,
+    /// The admin URL P6 creates and drops its databases with (`--postgres`).
+    postgres: String,
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
@@ -340,8 +374,14 @@ impl Drop for Watch {
 }
 
 impl Rig {
-    /// Starts the simulator, the no-op server and the sidecar, and creates the payment P1 reads.
-    pub(crate) async fn start(plan: Plan, bin_dir: PathBuf, work: PathBuf) -> anyhow::Result<Self> {
+    /// Starts the simulator, the no-op server and the sidecar, and creates the payment P1 reads;
+    /// P6 will use the PostgreSQL server at the admin URL `postgres`.
+    pub(crate) async fn start(
+        plan: Plan,
+        bin_dir: PathBuf,
+        work: PathBuf,
+        postgres: String,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&work)?;
         let client_id = "MCH-0001-BENCH0000001".to_owned();
         let secret = format!("SK-bench-{}", uuid::Uuid::new_v4().simple());
@@ -381,13 +421,14 @@ impl Rig {
             &plan,
             &bin_dir,
             &work.join("main"),
+            &sqlite_store(&work.join("main")),
             &sim_url,
             &client_id,
             &key_file,
         )
         .await?;
         let grpc = sidecar.addr("grpc_addr")?;
-        let notify_url = format!("http://{}{NOTIFICATION_PATH}", sidecar.addr("http_addr")?);
+        let notify_url = notify_url(&sidecar)?;
 
         let doku = DokuClient::new(
             DokuClientConfig {
@@ -401,17 +442,7 @@ impl Rig {
             .pool_max_idle_per_host(256)
             .build()?;
 
-        let mut client = O2oPaymentsClient::new(connect(grpc).await?);
-        let payment = client
-            .generate_payment_code(request(STATUS_INVOICE))
-            .await
-            .context("GeneratePaymentCode for the P1 invoice")?
-            .into_inner()
-            .payment
-            .context("no payment")?;
-        if payment.payment_code.is_empty() {
-            bail!("the P1 payment has no code");
-        }
+        create_status_payment(grpc, STATUS_INVOICE).await?;
         Ok(Self {
             plan,
             bin_dir,
@@ -428,15 +459,46 @@ impl Rig {
             noop_addr,
             http,
             doku,
+            postgres,
         })
     }
 }
 
-/// Starts `o2o-sidecar serve` on port 0 with a fresh SQLite file in `dir`.
+/// Creates the payment `invoice` that P1 (or P6) reads, through the sidecar at `grpc`.
+async fn create_status_payment(grpc: SocketAddr, invoice: &str) -> anyhow::Result<()> {
+    let mut client = O2oPaymentsClient::new(connect(grpc).await?);
+    let payment = client
+        .generate_payment_code(request(invoice))
+        .await
+        .with_context(|| format!("GeneratePaymentCode for {invoice}, the invoice GetStatus reads"))?
+        .into_inner()
+        .payment
+        .context("no payment")?;
+    if payment.payment_code.is_empty() {
+        bail!("the payment of {invoice} has no code");
+    }
+    Ok(())
+}
+
+/// The notification URL of the sidecar `proc`.
+fn notify_url(proc: &Proc) -> anyhow::Result<String> {
+    Ok(format!(
+        "http://{}{NOTIFICATION_PATH}",
+        proc.addr("http_addr")?
+    ))
+}
+
+/// `--store` for a SQLite file in `dir` (new, or the one an earlier sidecar left there).
+fn sqlite_store(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("o2o.db").display())
+}
+
+/// Starts `o2o-sidecar serve` on port 0 on `store` (a `--store` URL), logging into `dir`.
 async fn spawn_sidecar(
     plan: &Plan,
     bin_dir: &Path,
     dir: &Path,
+    store: &str,
     sim_url: &str,
     client_id: &str,
     key_file: &Path,
@@ -469,18 +531,13 @@ async fn spawn_sidecar(
             arg("--doku-secret-key-file"),
             key_file.display().to_string(),
             arg("--store"),
-            format!("sqlite://{}", dir.join("o2o.db").display()),
+            arg(store),
         ],
         &envs,
         "o2o-sidecar serving",
         dir.join("o2o-sidecar.log"),
     )
     .await
-}
-
-/// `GetStatus` of the invoice P1 reads, from the store.
-async fn get_status(client: O2oPaymentsClient<Channel>) -> Result<(), String> {
-    get_status_of(client, STATUS_INVOICE.into()).await
 }
 
 /// `GetStatus` of `invoice`, from the store (`refresh=false`).
@@ -498,12 +555,13 @@ pub(crate) async fn get_status_of(
         .map_err(|s| format!("GetStatus: {s}"))
 }
 
-/// A short closed loop that opens connections and warms caches before a measurement.
-async fn warm_up(clients: &Arc<Vec<O2oPaymentsClient<Channel>>>, plan: &Plan) {
-    let clients = clients.clone();
+/// A short closed loop of `GetStatus` of `invoice` that opens connections and warms caches
+/// before a measurement.
+async fn warm_up(clients: &Arc<Vec<O2oPaymentsClient<Channel>>>, plan: &Plan, invoice: &str) {
+    let (clients, invoice) = (clients.clone(), invoice.to_owned());
     let d = if plan.smoke { 0.05 } else { 0.5 };
     let _ = closed_loop(8, secs(d), move |i| {
-        get_status(clients[i as usize % clients.len()].clone())
+        get_status_of(clients[i as usize % clients.len()].clone(), invoice.clone())
     })
     .await;
 }
@@ -525,35 +583,41 @@ pub(crate) async fn clients(
 /// algorithm waiting for a delayed ACK) shows in full.
 async fn get_status_sequential(addr: SocketAddr, plan: &Plan) -> anyhow::Result<PhaseReport> {
     let clients = clients(addr, 1).await?;
-    warm_up(&clients, plan).await;
+    warm_up(&clients, plan, STATUS_INVOICE).await;
     let client = clients[0].clone();
-    let out = closed_loop(1, secs(plan.p0_s), move |_| get_status(client.clone())).await;
+    let out = closed_loop(1, secs(plan.p0_s), move |_| {
+        get_status_of(client.clone(), STATUS_INVOICE.into())
+    })
+    .await;
     Ok(out.report())
 }
 
 /// P1 at the fixed rate, on one connection (as an application would call its sidecar).
 async fn get_status_fixed(addr: SocketAddr, plan: &Plan) -> anyhow::Result<PhaseReport> {
     let clients = clients(addr, 1).await?;
-    warm_up(&clients, plan).await;
+    warm_up(&clients, plan, STATUS_INVOICE).await;
     let client = clients[0].clone();
     let out = open_loop(plan.p1_rate, secs(plan.p1_fixed_s), move |_, _| {
-        get_status(client.clone())
+        get_status_of(client.clone(), STATUS_INVOICE.into())
     })
     .await;
     Ok(out.report())
 }
 
-/// P1 at saturation; also the server's CPU time per request, µs.
+/// P1 (and P6) at saturation, `GetStatus` of `invoice` from the server `server` at `addr`;
+/// also its CPU time per request, µs.
 async fn get_status_saturation(
     addr: SocketAddr,
     server: &Proc,
     plan: &Plan,
+    invoice: &str,
 ) -> anyhow::Result<(PhaseReport, f64)> {
     let clients = clients(addr, CONNECTIONS).await?;
-    warm_up(&clients, plan).await;
+    warm_up(&clients, plan, invoice).await;
     let cpu_before = server.cpu_time()?;
+    let invoice = invoice.to_owned();
     let out = closed_loop(plan.p1_workers, secs(plan.p1_saturation_s), move |i| {
-        get_status(clients[i as usize % CONNECTIONS].clone())
+        get_status_of(clients[i as usize % CONNECTIONS].clone(), invoice.clone())
     })
     .await;
     let cpu = server.cpu_time()?.saturating_sub(cpu_before);
@@ -679,13 +743,30 @@ pub(crate) async fn generate_code(
     Ok(payment.payment_code)
 }
 
-/// Latencies of one P3 run.
+/// Latencies of one P3 (or P6) run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Notifications {
+    /// POST until `200`.
+    pub(crate) ack: PhaseReport,
+    /// POST due until the event is on the stream.
+    pub(crate) event: Summary,
+    /// Accepted notifications whose event never reached the stream.
+    pub(crate) missing: u64,
+    /// Closed-loop ingest.
+    pub(crate) ingest: PhaseReport,
+}
+
+/// Where [`Rig::notifications`] sends and watches: P3's one sidecar, or P6's two replicas.
 #[derive(Debug)]
-struct Notifications {
-    ack: PhaseReport,
-    event: Summary,
-    missing: u64,
-    ingest: PhaseReport,
+struct NotifyTargets {
+    /// First part of every invoice number, so that measurements never share an invoice.
+    tag: &'static str,
+    /// The latency phase POSTs here…
+    post: Notifier,
+    /// …and awaits each event on a stream opened on this gRPC address.
+    watch: SocketAddr,
+    /// The ingest phase POSTs to these in turn (request `i` to `ingest[i % len]`).
+    ingest: Vec<Notifier>,
 }
 
 /// P4 and P5 of one fresh sidecar.
@@ -743,16 +824,27 @@ impl Rig {
         let p1_fixed_sidecar = get_status_fixed(self.grpc, plan).await?;
         say("P1 GetStatus at saturation (baseline, sidecar)");
         let (p1_saturation_baseline, p1_cpu_us_baseline) =
-            get_status_saturation(self.noop_addr, &self.noop, plan).await?;
+            get_status_saturation(self.noop_addr, &self.noop, plan, STATUS_INVOICE).await?;
         let (p1_saturation_sidecar, p1_cpu_us_sidecar) =
-            get_status_saturation(self.grpc, &self.sidecar, plan).await?;
+            get_status_saturation(self.grpc, &self.sidecar, plan, STATUS_INVOICE).await?;
 
         say("P2 GeneratePaymentCode (straight to the simulator, through the sidecar)");
         let p2_direct = self.generate_direct(r).await?;
         let (p2_sidecar, p2_cpu_us_sidecar) = self.generate_via_sidecar(r).await?;
 
         say("P3 notification to stream event, durable ingest; fsync of the store's disk");
-        let n = self.notifications(r).await?;
+        let sidecar = self.notifier(self.notify_url.clone());
+        let n = self
+            .notifications(
+                r,
+                NotifyTargets {
+                    tag: "P3",
+                    post: sidecar.clone(),
+                    watch: self.grpc,
+                    ingest: vec![sidecar],
+                },
+            )
+            .await?;
         let dir = self.work.join("main");
         let disk_fsync = tokio::task::spawn_blocking(move || fsync_probe(&dir, 200))
             .await??
@@ -760,6 +852,9 @@ impl Rig {
 
         say("P4/P5 fresh sidecar: start-up, idle RSS, open streams");
         let f = self.fresh(r).await?;
+
+        say("P6 PostgreSQL: GetStatus at saturation, notification A → stream on B, ingest A+B");
+        let p6 = self.postgres(r).await?;
 
         Ok(RunResult {
             p0_status_baseline,
@@ -787,6 +882,78 @@ impl Rig {
             p5_restart_ms: crate::report::median(&f.restarts),
             p5_start_samples: f.starts,
             p5_restart_samples: f.restarts,
+            p6,
+        })
+    }
+
+    /// P6 of run `r` on a database of its own, dropped afterwards whatever happened;
+    /// [`P6::NotMeasured`] when it cannot be created (PostgreSQL unreachable, `psql` missing).
+    async fn postgres(&self, r: usize) -> anyhow::Result<P6> {
+        let name = format!("o2o_bench_{}_{r}", std::process::id());
+        let db = match Database::create(&self.postgres, &name).await {
+            Ok(db) => db,
+            Err(reason) => {
+                eprintln!("o2o-bench: P6 not measured: {reason}");
+                return Ok(P6::NotMeasured(reason));
+            }
+        };
+        let measured = self.on_postgres(r, &db).await;
+        // A failure to drop does not spoil the figures: say so, the database is named.
+        if let Err(e) = db.drop().await {
+            eprintln!("o2o-bench: warning: {e:#}");
+        }
+        Ok(P6::Measured(Box::new(measured?)))
+    }
+
+    /// P6's measurements on `db`: replica A alone for `GetStatus` (P1's saturation load: one
+    /// replica, as P1's one sidecar), then B beside it for P3's loads across the two. A replica
+    /// left running by an error is killed when dropped, and the database dropped with `FORCE`.
+    async fn on_postgres(&self, r: usize, db: &Database) -> anyhow::Result<Postgres> {
+        let plan = &self.plan;
+        let dir = self.work.join(format!("postgres-{r}"));
+        let replica = async |name: &str| {
+            spawn_sidecar(
+                plan,
+                &self.bin_dir,
+                &dir.join(name),
+                &db.url,
+                &self.sim_url,
+                &self.client_id,
+                &self.key_file,
+            )
+            .await
+            .with_context(|| format!("replica {name} on PostgreSQL"))
+        };
+        // A alone first: it migrates the new database before B starts.
+        let a = replica("a").await?;
+        let a_grpc = a.addr("grpc_addr")?;
+        // An invoice of its own: the simulator, shared by every run, refuses a second code
+        // for P1's.
+        let invoice = format!("{STATUS_INVOICE}-P6-{r}");
+        create_status_payment(a_grpc, &invoice).await?;
+        let (saturation, saturation_cpu_us) =
+            get_status_saturation(a_grpc, &a, plan, &invoice).await?;
+
+        let b = replica("b").await?;
+        let to_a = self.notifier(notify_url(&a)?);
+        let notifications = self
+            .notifications(
+                r,
+                NotifyTargets {
+                    tag: "P6",
+                    post: to_a.clone(),
+                    watch: b.addr("grpc_addr")?,
+                    ingest: vec![to_a, self.notifier(notify_url(&b)?)],
+                },
+            )
+            .await?;
+        a.stop().await;
+        b.stop().await;
+        Ok(Postgres {
+            server: db.server.clone(),
+            saturation,
+            saturation_cpu_us,
+            notifications,
         })
     }
 
@@ -851,14 +1018,24 @@ impl Rig {
         Ok((out.report(), per_request_us(cpu, out.latencies.count())))
     }
 
-    async fn notifications(&self, r: usize) -> anyhow::Result<Notifications> {
+    /// P3's loads on `to`: warm-up notifications (each must reach the stream), the open loop
+    /// of POSTs whose events are awaited on the stream, then the closed-loop ingest.
+    async fn notifications(&self, r: usize, to: NotifyTargets) -> anyhow::Result<Notifications> {
         let plan = &self.plan;
-        let notifier = self.notifier(self.notify_url.clone());
-        let mut watch = Watch::open(self.grpc).await?;
+        let NotifyTargets {
+            tag,
+            post: notifier,
+            watch,
+            ingest,
+        } = to;
+        if ingest.is_empty() {
+            bail!("{tag}: no sidecar to send the ingest load to");
+        }
+        let mut watch = Watch::open(watch).await?;
 
         let mut warm = HashMap::new();
         for i in 0..10 {
-            let invoice = format!("P3-W{r}-{i}");
+            let invoice = format!("{tag}-W{r}-{i}");
             let at = Instant::now();
             notifier
                 .post(&invoice, 6_000_000 + i)
@@ -876,7 +1053,7 @@ impl Rig {
         let ack = open_loop(plan.p3_rate, secs(plan.p3_s), move |i, due| {
             let (n, dues) = (n.clone(), d.clone());
             async move {
-                let invoice = format!("P3-L{r}-{i}");
+                let invoice = format!("{tag}-L{r}-{i}");
                 lock(&dues).insert(invoice.clone(), due);
                 let result = n.post(&invoice, 7_000_000 + i).await;
                 if result.is_err() {
@@ -889,10 +1066,9 @@ impl Rig {
         let due = std::mem::take(&mut *lock(&dues));
         let (event, missing) = watch.collect(due, Duration::from_secs(30)).await;
 
-        let n = notifier.clone();
         let ingest = closed_loop(plan.p3_ingest_workers, secs(plan.p3_ingest_s), move |i| {
-            let n = n.clone();
-            async move { n.post(&format!("P3-I{r}-{i}"), 8_000_000 + i).await }
+            let n = ingest[i as usize % ingest.len()].clone();
+            async move { n.post(&format!("{tag}-I{r}-{i}"), 8_000_000 + i).await }
         })
         .await;
         watch.drain();
@@ -906,10 +1082,12 @@ impl Rig {
 
     async fn fresh(&self, r: usize) -> anyhow::Result<Fresh> {
         let plan = &self.plan;
+        let dir = self.work.join(format!("fresh-{r}"));
         let proc = spawn_sidecar(
             plan,
             &self.bin_dir,
-            &self.work.join(format!("fresh-{r}")),
+            &dir,
+            &sqlite_store(&dir),
             &self.sim_url,
             &self.client_id,
             &self.key_file,
@@ -945,10 +1123,7 @@ impl Rig {
                 })
             })
             .collect();
-        let notifier = self.notifier(format!(
-            "http://{}{NOTIFICATION_PATH}",
-            proc.addr("http_addr")?
-        ));
+        let notifier = self.notifier(notify_url(&proc)?);
         let sent = Instant::now();
         notifier
             .post(&format!("P4-{r}"), 9_000_000 + r as u64)
@@ -973,7 +1148,7 @@ impl Rig {
         let (mut starts, mut restarts) = (vec![start_ms], Vec::new());
         for k in 0..P5_STARTS {
             let dir = if k == 0 {
-                self.work.join(format!("fresh-{r}"))
+                dir.clone()
             } else {
                 self.work.join(format!("fresh-{r}-{k}"))
             };
@@ -998,6 +1173,7 @@ impl Rig {
             &self.plan,
             &self.bin_dir,
             dir,
+            &sqlite_store(dir),
             &self.sim_url,
             &self.client_id,
             &self.key_file,
