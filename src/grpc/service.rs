@@ -57,7 +57,7 @@ pub type NotificationStream =
 
 #[tonic::async_trait]
 impl O2oPayments for PaymentsService {
-    #[tracing::instrument(skip_all, fields(rpc = "GeneratePaymentCode"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "GeneratePaymentCode"))]
     async fn generate_payment_code(
         &self,
         request: Request<pb::GeneratePaymentCodeRequest>,
@@ -73,7 +73,7 @@ impl O2oPayments for PaymentsService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetStatus"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "GetStatus"))]
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
@@ -91,7 +91,7 @@ impl O2oPayments for PaymentsService {
 
     type StreamNotificationsStream = NotificationStream;
 
-    #[tracing::instrument(skip_all, fields(rpc = "StreamNotifications"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "StreamNotifications"))]
     async fn stream_notifications(
         &self,
         request: Request<pb::StreamNotificationsRequest>,
