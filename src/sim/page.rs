@@ -225,21 +225,10 @@ mod tests {
         let t = OffsetDateTime::UNIX_EPOCH;
         let p = PaymentRecord {
             invoice_number: "INV-<1>".into(),
-            amount: 150_000,
-            channel: crate::sim::SimChannel::Indomaret,
             payment_code: "773101234567890".into(),
-            customer_name: "Budi".into(),
-            how_to_pay_url: String::new(),
-            token: "t".into(),
             request_id: "r".into(),
-            reusable: false,
             info: Some("Order <b>1</b>".into()),
-            created_at: t,
-            expires_at: t,
-            paid: Vec::new(),
-            expired_at: None,
-            failed_at: None,
-            notification_url: None,
+            ..PaymentRecord::example(1)
         };
         assert!(HOW_TO_PAY_HTML.contains("{{code_groups}}"));
         let body = how_to_pay_body(&p, t - time::Duration::minutes(1));

@@ -311,6 +311,33 @@ pub(crate) struct PaymentRecord {
     pub(crate) notification_url: Option<String>,
 }
 
+#[cfg(test)]
+impl PaymentRecord {
+    /// The `i`-th of a run of unpaid Indomaret payments created and expiring at the epoch: a
+    /// test's starting point.
+    pub(crate) fn example(i: usize) -> Self {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        Self {
+            invoice_number: format!("INV-{i}"),
+            amount: 150_000,
+            channel: SimChannel::Indomaret,
+            payment_code: format!("77310{i:010}"),
+            customer_name: "Budi".into(),
+            how_to_pay_url: String::new(),
+            token: "t".into(),
+            request_id: format!("r-{i}"),
+            reusable: false,
+            info: None,
+            created_at: t,
+            expires_at: t,
+            paid: Vec::new(),
+            expired_at: None,
+            failed_at: None,
+            notification_url: None,
+        }
+    }
+}
+
 impl PaymentRecord {
     pub(crate) fn status(&self, now: OffsetDateTime) -> SimStatus {
         if !self.paid.is_empty() {
@@ -530,25 +557,7 @@ mod tests {
     use super::*;
 
     fn record(i: usize) -> PaymentRecord {
-        let t = OffsetDateTime::UNIX_EPOCH;
-        PaymentRecord {
-            invoice_number: format!("INV-{i}"),
-            amount: 150_000,
-            channel: SimChannel::Indomaret,
-            payment_code: format!("77310{i:010}"),
-            customer_name: "Budi".into(),
-            how_to_pay_url: String::new(),
-            token: "t".into(),
-            request_id: format!("r-{i}"),
-            reusable: false,
-            info: None,
-            created_at: t,
-            expires_at: t,
-            paid: Vec::new(),
-            expired_at: None,
-            failed_at: None,
-            notification_url: None,
-        }
+        PaymentRecord::example(i)
     }
 
     fn state_of(n: usize) -> State {
