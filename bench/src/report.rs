@@ -666,7 +666,8 @@ impl Report {
             s,
             "\nBaselines, run in the same invocation: P1, a no-op tonic server of the same \
              service answering a constant payment; P2, the same DOKU-signed request sent by \
-             the harness straight to `doku-sim`. Ratio = ours / baseline. Latencies are from \
+             the harness straight to `doku-sim`, then the GET of the how-to-pay JSON its \
+             answer links to (the sidecar's two DOKU round trips). Ratio = ours / baseline. Latencies are from \
              open-loop load (measured from when each request was due), except at saturation \
              (closed loop). Load generator, sidecar, simulator and baseline share the \
              machine's cores."

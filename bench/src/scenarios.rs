@@ -5,7 +5,8 @@
 //!   saturation, against the no-op tonic server; plus CPU time per request.
 //! - P2: `GeneratePaymentCode` through the sidecar, against the same signed DOKU request sent
 //!   by the harness straight to the simulator (the body and signature come from the
-//!   sidecar's own library, so both paths send the same bytes to the same simulator).
+//!   sidecar's own library, so both paths send the same bytes to the same simulator),
+//!   followed, as the sidecar does, by the GET of the how-to-pay JSON the answer links to.
 //! - P3: a DOKU-signed notification POSTed to the sidecar until its event arrives on an open
 //!   `StreamNotifications` stream (open loop), and the durable ingest rate (closed loop).
 //! - P4 and P5: a fresh sidecar per run: start to `SERVING` (gRPC health), RSS idle, RSS with
@@ -674,7 +675,8 @@ fn per_request_us(cpu: Duration, requests: u64) -> f64 {
 }
 
 /// P2's baseline: the request the sidecar would send, built and signed by the sidecar's own
-/// library, sent by the harness straight to the simulator.
+/// library, sent by the harness straight to the simulator, then the GET of the how-to-pay
+/// JSON its answer links to: the two DOKU round trips of every `GeneratePaymentCode`.
 #[derive(Debug)]
 struct Direct {
     doku: DokuClient,
@@ -715,6 +717,26 @@ impl Direct {
                 "simulator answered {status}: {}",
                 String::from_utf8_lossy(&body)
             ));
+        }
+        // Then the how-to-pay JSON the answer links to: the sidecar fetches it on every call
+        // (its instructions commit with the code), so the baseline does the same DOKU work.
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("answer: {e}"))?;
+        let url = answer["online_to_offline_info"]["how_to_pay_api"]
+            .as_str()
+            .ok_or("the answer has no online_to_offline_info.how_to_pay_api")?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET how_to_pay_api: {e}"))?;
+        let status = resp.status().as_u16();
+        resp.bytes()
+            .await
+            .map_err(|e| format!("how-to-pay body: {e}"))?;
+        if status != 200 {
+            return Err(format!("how_to_pay_api answered {status}"));
         }
         Ok(())
     }
