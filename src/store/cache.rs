@@ -14,7 +14,10 @@
 //! PostgreSQL other replicas write too; its store is read as before.
 
 use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use hashlink::LruCache;
@@ -143,24 +146,73 @@ impl Cached {
         }
     }
 
-    /// Runs `write` (of `invoice`'s payment, on `self.inner`) to its end in a task of its
-    /// own, then forgets the payment. In a task, because a caller that stops waiting (a
-    /// cancelled gRPC call) must not stop the forgetting: the write may still commit (a
-    /// `COMMIT` already sent, a notification a batch-mate leads), and a payment cached from
-    /// before it would then be served stale until evicted.
+    /// Runs `write` (of `invoice`'s payment, on `self.inner`) to its end, then forgets the
+    /// payment. Run in the caller's task; if the caller stops waiting before the write ended
+    /// (a cancelled gRPC call), the rest of the write moves to a task of its own, which
+    /// forgets the payment when the write ends: it may still commit (a `COMMIT` already
+    /// sent, a notification a batch-mate leads), and a payment cached from before it would
+    /// then be served stale until evicted. (A task for every write, as before, woke a second
+    /// runtime thread on every call: [`ToTheEnd`].)
     async fn write<T: Send + 'static>(
         &self,
         invoice: &InvoiceNumber,
         write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (entries, invoice) = (self.entries.clone(), invoice.clone());
-        tokio::spawn(async move {
-            let result = write.await;
-            entries.forget(&invoice);
-            result
-        })
+        ToTheEnd {
+            write: Some(Box::pin(write)),
+            entries: self.entries.clone(),
+            invoice: invoice.clone(),
+        }
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store write did not finish: {e}")))?
+    }
+}
+
+/// A store write in progress.
+type Write<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A write that forgets its payment when it ends, and that ends even if its caller stops
+/// waiting: dropped unfinished, it hands the write to a task of its own (see
+/// [`Cached::write`]).
+struct ToTheEnd<T: Send + 'static> {
+    write: Option<Write<T>>,
+    entries: Arc<Entries>,
+    invoice: InvoiceNumber,
+}
+
+impl<T: Send + 'static> Future for ToTheEnd<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(write) = self.write.as_mut() else {
+            return Poll::Ready(Err(StoreError::Unavailable(
+                "store write polled after it ended".into(),
+            )));
+        };
+        let result = std::task::ready!(write.as_mut().poll(cx));
+        self.write = None;
+        self.entries.forget(&self.invoice);
+        Poll::Ready(result)
+    }
+}
+
+impl<T: Send + 'static> Drop for ToTheEnd<T> {
+    fn drop(&mut self) {
+        let Some(write) = self.write.take() else {
+            return;
+        };
+        let (entries, invoice) = (self.entries.clone(), self.invoice.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    // Its caller is gone: only the forgetting needs the result.
+                    let _ = write.await;
+                    entries.forget(&invoice);
+                });
+            }
+            // No runtime left to run it (the process is shutting down): nothing can read
+            // the map after this either.
+            Err(_) => entries.forget(&invoice),
+        }
     }
 }
 
