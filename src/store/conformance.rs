@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             record_issued_schedules_the_first_check_with_the_code,
             record_issued_keeps_the_instructions,
             a_draft_created_with_a_lease_is_held_until_it_ends,
+            a_draft_is_due_for_the_sweeper_when_its_lease_ends,
             status_moves_forward_only,
             reusable_code_paid_twice_makes_two_events,
             reconciliation_then_notification_is_one_event,
@@ -465,6 +466,56 @@ pub(crate) async fn a_draft_created_with_a_lease_is_held_until_it_ends(store: Ar
     assert!(store.claim_attempt(&i, t(30), t(60)).await.unwrap());
     let rec = store.get_payment(&i).await.unwrap().unwrap();
     assert!(rec.outcome_unknown);
+}
+
+/// A draft whose code never got recorded (its creating call died after DOKU answered, or the
+/// code's unsynced commit was lost with the machine) is due for the sweeper when its lease
+/// ends, so that the stored request is replayed; recording the code, or an attempt that ended
+/// and answered its caller, takes it off that schedule.
+pub(crate) async fn a_draft_is_due_for_the_sweeper_when_its_lease_ends(store: Arc<dyn Store>) {
+    let store = &*store;
+    let due = |at| async move {
+        store
+            .due_for_check(t(at), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payment.invoice.to_string())
+            .collect::<Vec<_>>()
+    };
+    for (invoice, lease_end) in [("INV-VANISHED", 30), ("INV-ISSUED", 40), ("INV-FAILED", 50)] {
+        let held = PaymentDraft {
+            attempt_lease_until: Some(t(lease_end)),
+            ..draft(invoice, None, false)
+        };
+        create(store, &held).await;
+    }
+    assert_eq!(due(29).await, Vec::<String>::new());
+    assert_eq!(due(30).await, ["INV-VANISHED"]);
+    assert_eq!(due(50).await, ["INV-VANISHED", "INV-ISSUED", "INV-FAILED"]);
+
+    store
+        .record_issued(
+            &inv("INV-ISSUED"),
+            &issued("8888002", Some(5), Some(3605)),
+            Some(t(600)),
+        )
+        .await
+        .unwrap();
+    // The attempt failed and its caller was told: no replay behind the caller's back.
+    store.release_attempt(&inv("INV-FAILED")).await.unwrap();
+    assert_eq!(due(599).await, ["INV-VANISHED"]);
+    assert_eq!(due(600).await, ["INV-VANISHED", "INV-ISSUED"]);
+
+    // A caller's retry claims the failed draft: due again when that lease ends.
+    assert!(
+        store
+            .claim_attempt(&inv("INV-FAILED"), t(700), t(730))
+            .await
+            .unwrap()
+    );
+    assert_eq!(due(729).await, ["INV-VANISHED", "INV-ISSUED"]);
+    assert_eq!(due(730).await, ["INV-VANISHED", "INV-ISSUED", "INV-FAILED"]);
 }
 
 /// record_issued with a first check: the code and the sweeper's schedule commit together;

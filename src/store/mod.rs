@@ -497,6 +497,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// clears the lease and, with `first_check`, schedules the sweeper's first check, in one
     /// transaction.
     /// Idempotent for the same code; a different code is [`StoreError::CodeConflict`].
+    ///
+    /// **Committed without waiting for the disk** on SQLite (`synchronous=NORMAL` for this
+    /// transaction alone): a killed process loses nothing (the WAL frames are in the kernel's
+    /// page cache); only a machine that stops before the next durable commit loses it, and
+    /// then the payment is its draft again, which the sidecar recovers from: the draft (its
+    /// exact request and Request-Id, committed durably before DOKU was called) is due for the
+    /// sweeper when its lease ends, and the replay, by the sweeper or by the caller's retry,
+    /// gets the same code from DOKU (one Request-Id, one code); a notification for the code
+    /// meanwhile is accepted (a payment without a stored code takes DOKU's). What a caller
+    /// may see meanwhile is `GetStatus` without the code it was given. The WAL is replayed
+    /// in order and a later durable commit syncs every earlier frame, so what is lost is
+    /// always the newest writes, never one in the middle. PostgreSQL commits it durably.
     async fn record_issued(
         &self,
         invoice: &InvoiceNumber,

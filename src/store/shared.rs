@@ -66,23 +66,30 @@ fn draft_stmt<'a>(sql: &'static str, draft: &'a PaymentDraft) -> Stmt<'a> {
 }
 
 /// A new draft; nothing where the invoice or the key exists (the caller then looks).
+///
+/// A draft created with its lease is due for the sweeper when the lease ends
+/// (`next_check_at = $13`): if its code is still unknown then, the creating call is gone
+/// (its process died after DOKU answered, or the code's commit was lost with the machine,
+/// see [`super::Store::record_issued`]) and the sweeper replays the stored request. The
+/// commit of the code moves the schedule to the first check; a failed attempt sets its own
+/// ([`release_attempt`] clears it, an unknown outcome reschedules).
 const INSERT_DRAFT: &str = concat!(
     "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
      reusable, fingerprint, idempotency_key, doku_request_id, doku_request_body, \
-     check_count, updated_at, trace_context, attempt_lease_until) \
-     VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $13) \
+     check_count, updated_at, trace_context, attempt_lease_until, next_check_at) \
+     VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $13, $13) \
      ON CONFLICT DO NOTHING RETURNING ",
     payment_columns!()
 );
 
 /// A draft replacing the invoice's rejected one: new request, Request-Id, key, times and
-/// lease (the replacing creator's); the rejection and schedule cleared. Only while the row is
-/// still a rejected draft.
+/// lease (the replacing creator's), due for the sweeper when that lease ends (as
+/// [`INSERT_DRAFT`]); the rejection cleared. Only while the row is still a rejected draft.
 const REPLACE_REJECTED: &str = concat!(
     "UPDATE payments SET amount = $2, channel = $3, create_time = $4, expire_time = $5, \
      reusable = $6, fingerprint = $7, idempotency_key = $8, doku_request_id = $9, \
      doku_request_body = $10, updated_at = $11, pay_time = NULL, how_to_pay_url = NULL, \
-     how_to_pay_api_url = NULL, attempt_lease_until = $13, next_check_at = NULL, \
+     how_to_pay_api_url = NULL, attempt_lease_until = $13, next_check_at = $13, \
      check_count = 0, rejected_http_status = NULL, rejected_message = NULL, \
      trace_context = $12 \
      WHERE invoice = $1 AND ",
@@ -199,8 +206,11 @@ pub(super) async fn claim_attempt<C: Conn>(
 ) -> Result<bool, StoreError> {
     // A lease still set when it is taken over was never released: its holder vanished
     // mid-call, so that attempt's outcome is unknown.
+    // A claimed draft with no schedule is due for the sweeper when this lease ends, as a new
+    // one is (INSERT_DRAFT).
     let claim = Stmt::new(
         "UPDATE payments SET attempt_lease_until = $2, updated_at = $4, \
+         next_check_at = COALESCE(next_check_at, $2), \
          outcome_unknown = CASE WHEN attempt_lease_until IS NULL THEN outcome_unknown \
          ELSE TRUE END \
          WHERE invoice = $1 AND payment_code IS NULL AND rejected_http_status IS NULL \
@@ -231,12 +241,15 @@ async fn update_one<C: Conn>(
     Ok(())
 }
 
-/// Ends the attempt lease of `invoice`.
+/// Ends the attempt lease of `invoice`; a payment still without a code is no longer due for
+/// the sweeper at the lease's end (its caller was answered: [`INSERT_DRAFT`]).
 pub(super) async fn release_attempt<C: Conn>(
     conn: &mut C,
     invoice: &InvoiceNumber,
 ) -> Result<(), StoreError> {
-    let sql = "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2 WHERE invoice = $1";
+    let sql = "UPDATE payments SET attempt_lease_until = NULL, updated_at = $2, \
+               next_check_at = CASE WHEN payment_code IS NULL THEN NULL ELSE next_check_at END \
+               WHERE invoice = $1";
     let stmt = Stmt::new(sql).bind(invoice.as_str()).bind(unix_now());
     update_one(conn, invoice, stmt).await
 }
@@ -806,6 +819,15 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Begins a write transaction.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 
+    /// Begins a write transaction whose commit need not wait for the disk: it survives the
+    /// process being killed, and is lost only if the machine stops (power, kernel) before the
+    /// next transaction that does wait, which makes it durable too. Only for a write whose
+    /// loss the sidecar recovers from ([`Store::record_issued`]). By default
+    /// [`Backend::begin`].
+    fn begin_unsynced(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send {
+        self.begin()
+    }
+
     /// Commits a write transaction.
     fn commit(tx: Self::Tx) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -844,8 +866,11 @@ pub(super) type NotificationBatches =
 
 /// Runs `op` in a write transaction of `backend` and commits what it did.
 macro_rules! in_transaction {
-    ($backend:expr, |$tx:ident| $op:expr) => {{
-        let mut tx = $backend.begin().await?;
+    ($backend:expr, |$tx:ident| $op:expr) => {
+        in_transaction!($backend, begin, |$tx| $op)
+    };
+    ($backend:expr, $begin:ident, |$tx:ident| $op:expr) => {{
+        let mut tx = $backend.$begin().await?;
         let $tx = &mut *tx;
         let done = $op.await?;
         B::commit(tx).await?;
@@ -918,7 +943,13 @@ impl<B: Backend> Store for B {
         issued: &IssuedCode,
         first_check: Option<OffsetDateTime>,
     ) -> Result<PaymentRecord, StoreError> {
-        in_transaction!(self, |tx| record_issued(tx, invoice, issued, first_check))
+        // Without waiting for the disk: see the recovery argument on [`Store::record_issued`].
+        in_transaction!(self, begin_unsynced, |tx| record_issued(
+            tx,
+            invoice,
+            issued,
+            first_check
+        ))
     }
 
     async fn apply_status(&self, change: &StatusChange) -> Result<Applied, StoreError> {

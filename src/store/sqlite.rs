@@ -31,7 +31,11 @@
 //! Times are whole unix seconds, UTC (DOKU's times are whole seconds; a sub-second part is
 //! dropped on the way in). Pragmas on every connection: `journal_mode=WAL`,
 //! `synchronous=FULL` (a committed notification survives power loss, not only a crash),
-//! `foreign_keys=ON`, `busy_timeout` 5 s.
+//! `foreign_keys=ON`, `busy_timeout` 5 s. One write is committed with `synchronous=NORMAL`
+//! (no `fsync`; lost only with the machine, never with the process): an issued code, which
+//! the sidecar recovers by replaying the durable draft (the argument is on
+//! [`super::Store::record_issued`]). Each transaction sets its own `synchronous` as it
+//! begins, so none inherits another's.
 //!
 //! # Concurrency and threads
 //!
@@ -608,6 +612,19 @@ const SQLITE: Dialect = Dialect {
     lock_migrations: None,
 };
 
+impl SqliteStore {
+    /// Begins a write transaction with `begin`, which sets the transaction's `synchronous`
+    /// first (SQLite reads it at commit, and refuses to change it inside a transaction): every
+    /// transaction says how durable it is, so none inherits a relaxed setting.
+    async fn begin_with(&self, begin: &str) -> Result<SqliteTx, StoreError> {
+        let lease = Lease::acquire(&self.writer).await?;
+        // A transaction a failed commit or a dropped one left open is ended first.
+        lease.abandon();
+        lease.connection().execute_batch(begin).map_err(db_error)?;
+        Ok(SqliteTx(Some(lease)))
+    }
+}
+
 impl Backend for SqliteStore {
     type Conn = SqliteConn;
     type Pooled = Lease;
@@ -618,14 +635,13 @@ impl Backend for SqliteStore {
     }
 
     async fn begin(&self) -> Result<SqliteTx, StoreError> {
-        let lease = Lease::acquire(&self.writer).await?;
-        // A transaction a failed commit or a dropped one left open is ended first.
-        lease.abandon();
-        lease
-            .connection()
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(db_error)?;
-        Ok(SqliteTx(Some(lease)))
+        self.begin_with("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
+            .await
+    }
+
+    async fn begin_unsynced(&self) -> Result<SqliteTx, StoreError> {
+        self.begin_with("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+            .await
     }
 
     async fn commit(mut tx: SqliteTx) -> Result<(), StoreError> {
@@ -634,8 +650,9 @@ impl Backend for SqliteStore {
                 "transaction already finished".into(),
             ));
         };
-        // The commit waits for the disk: on the blocking pool, not on a runtime thread. Once
-        // started it finishes even if the caller stops waiting.
+        // The commit waits for the disk: on the blocking pool, not on a runtime thread (an
+        // unsynced one too: it may checkpoint the WAL). Once started it finishes even if the
+        // caller stops waiting.
         tokio::task::spawn_blocking(move || lease.commit())
             .await
             .map_err(|e| StoreError::Unavailable(format!("the commit did not finish: {e}")))?
@@ -864,6 +881,39 @@ mod tests {
     async fn write_by_hand(store: &SqliteStore, sql: &str) {
         let lease = Lease::acquire(&store.writer).await.unwrap();
         lease.connection().execute_batch(sql).unwrap();
+    }
+
+    /// The writer's `synchronous` inside a transaction begun by `begin`.
+    async fn synchronous_in(
+        tx: impl Future<Output = Result<SqliteTx, StoreError>>,
+        commit: bool,
+    ) -> i64 {
+        let tx = tx.await.unwrap();
+        let level =
+            tx.0.as_ref()
+                .unwrap()
+                .connection()
+                .query_row("PRAGMA synchronous", [], |row| row.get(0))
+                .unwrap();
+        if commit {
+            SqliteStore::commit(tx).await.unwrap();
+        }
+        level
+    }
+
+    /// Only the transaction begun unsynced commits without an `fsync`: the next one, after a
+    /// commit or a rollback, is FULL again.
+    #[tokio::test]
+    async fn an_unsynced_transaction_leaves_the_next_one_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        let (normal, full) = (1, 2);
+        assert_eq!(synchronous_in(store.begin(), true).await, full);
+        assert_eq!(synchronous_in(store.begin_unsynced(), true).await, normal);
+        assert_eq!(synchronous_in(store.begin(), true).await, full);
+        // Dropped, so rolled back.
+        assert_eq!(synchronous_in(store.begin_unsynced(), false).await, normal);
+        assert_eq!(synchronous_in(store.begin(), false).await, full);
     }
 
     #[tokio::test]
