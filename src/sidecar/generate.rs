@@ -88,7 +88,8 @@ impl Sidecar {
         };
         let rec = match self.store.create_payment(&draft).await? {
             Created::New(rec) => {
-                tracing::info!(request_id = %draft.doku_request.request_id, "payment created");
+                // One `info` line per call, when its code is issued; this one at `debug`.
+                tracing::debug!(request_id = %draft.doku_request.request_id, "payment created");
                 return self.ensure_issued(rec, Lease::Held).await;
             }
             Created::Existing(rec) if rec.fingerprint == fingerprint => rec,
@@ -157,7 +158,11 @@ impl Sidecar {
                     .store
                     .record_issued(&invoice, &issued, Some(first_check))
                     .await?;
-                tracing::info!(code = %issued.payment_code, "payment code issued");
+                tracing::info!(
+                    code = %issued.payment_code,
+                    request_id = %request.request_id,
+                    "payment code issued"
+                );
                 Ok(rec.payment)
             }
             Err(e) => Err(self
