@@ -1,6 +1,7 @@
-//! The baseline for P1: a no-op `o2o.v1.O2OPayments` server on the same tonic stack as the
-//! sidecar, answering `GetStatus` with a constant payment of the same shape the sidecar sends.
-//! Its handler awaits once, like a real one. It runs as its own process (`o2o-bench noop-server`), like the sidecar, and logs
+//! The baseline for P1, and P2's gRPC stack alone: a no-op `o2o.v1.O2OPayments` server on the
+//! same tonic stack as the sidecar, answering `GetStatus` and `GeneratePaymentCode` with a
+//! constant payment of the same shape the sidecar sends. Its handlers await once, like real
+//! ones. It runs as its own process (`o2o-bench noop-server`), like the sidecar, and logs
 //! `o2o-bench noop-server listening addr=IP:PORT`.
 
 use std::pin::Pin;
@@ -59,7 +60,11 @@ impl O2oPayments for Noop {
         &self,
         _request: Request<pb::GeneratePaymentCodeRequest>,
     ) -> Result<Response<pb::GeneratePaymentCodeResponse>, Status> {
-        Err(Status::unimplemented("the baseline serves GetStatus only"))
+        // P2's stack alone: the same constant payment, after awaiting once.
+        tokio::task::yield_now().await;
+        Ok(Response::new(pb::GeneratePaymentCodeResponse {
+            payment: self.answer.payment.clone(),
+        }))
     }
 
     async fn get_status(

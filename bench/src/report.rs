@@ -300,11 +300,33 @@ pub(crate) fn rows(plan: &Plan, runs: &[RunResult], once: &Once) -> Vec<Row> {
         ),
         row(
             "P2",
-            "sidecar CPU per GeneratePaymentCode".into(),
+            format!(
+                "sidecar CPU per GeneratePaymentCode at {} rps (baseline: the two rows below, \
+                 summed)",
+                thousands(plan.p2_rate)
+            ),
             Unit::Us,
             col(&|r| r.p2_cpu_us_sidecar),
-            None,
+            Some(col(&|r| r.p2_cpu_us_noop + r.p2_cpu_us_sim)),
             Some(Target::AtMost(400.0)),
+        ),
+        row(
+            "P2",
+            "of the stack alone: no-op gRPC server's CPU per GeneratePaymentCode, same rate".into(),
+            Unit::Us,
+            col(&|r| r.p2_cpu_us_noop),
+            None,
+            None,
+        ),
+        row(
+            "P2",
+            "of the stack alone: doku-sim's CPU per POST + how-to-pay GET sent straight to it, \
+             same rate"
+                .into(),
+            Unit::Us,
+            col(&|r| r.p2_cpu_us_sim),
+            None,
+            None,
         ),
         row(
             "P3",

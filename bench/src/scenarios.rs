@@ -6,7 +6,9 @@
 //! - P2: `GeneratePaymentCode` through the sidecar, against the same signed DOKU request sent
 //!   by the harness straight to the simulator (the body and signature come from the
 //!   sidecar's own library, so both paths send the same bytes to the same simulator),
-//!   followed, as the sidecar does, by the GET of the how-to-pay JSON the answer links to.
+//!   followed, as the sidecar does, by the GET of the how-to-pay JSON the answer links to;
+//!   and the CPU that rate costs the stack alone (the no-op server's per call, the
+//!   simulator's per POST + GET), beside the sidecar's.
 //! - P3: a DOKU-signed notification POSTed to the sidecar until its event arrives on an open
 //!   `StreamNotifications` stream (open loop), and the durable ingest rate (closed loop).
 //! - P4 and P5: a fresh sidecar per run: start to `SERVING` (gRPC health), RSS idle, RSS with
@@ -151,6 +153,11 @@ pub(crate) struct RunResult {
     pub(crate) p2_sidecar: PhaseReport,
     /// Server CPU time per GeneratePaymentCode, µs, sidecar.
     pub(crate) p2_cpu_us_sidecar: f64,
+    /// P2's stack alone: CPU per GeneratePaymentCode of the no-op server at P2's rate, µs.
+    pub(crate) p2_cpu_us_noop: f64,
+    /// P2's stack alone: the simulator's CPU per POST + how-to-pay GET sent straight to it at
+    /// P2's rate, µs.
+    pub(crate) p2_cpu_us_sim: f64,
     /// P3: POST until `200`.
     pub(crate) p3_ack: PhaseReport,
     /// P3: POST due until the event is on the stream.
@@ -851,7 +858,8 @@ impl Rig {
             get_status_saturation(self.grpc, &self.sidecar, plan, STATUS_INVOICE).await?;
 
         say("P2 GeneratePaymentCode (straight to the simulator, through the sidecar)");
-        let p2_direct = self.generate_direct(r).await?;
+        let (p2_direct, p2_cpu_us_sim) = self.generate_direct(r).await?;
+        let p2_cpu_us_noop = self.generate_noop(r).await?;
         let (p2_sidecar, p2_cpu_us_sidecar) = self.generate_via_sidecar(r).await?;
 
         say("P3 notification to stream event, durable ingest; fsync of the store's disk");
@@ -892,6 +900,8 @@ impl Rig {
             p2_direct,
             p2_sidecar,
             p2_cpu_us_sidecar,
+            p2_cpu_us_noop,
+            p2_cpu_us_sim,
             p3_ack: n.ack,
             p3_event: n.event,
             p3_events_missing: n.missing,
@@ -1008,7 +1018,8 @@ impl Rig {
         Ok((out.report(), via.report()))
     }
 
-    async fn generate_direct(&self, r: usize) -> anyhow::Result<PhaseReport> {
+    /// P2's baseline, and the simulator's CPU per POST + GET (µs) while it ran.
+    async fn generate_direct(&self, r: usize) -> anyhow::Result<(PhaseReport, f64)> {
         let direct = self.direct();
         for i in 0..5 {
             direct
@@ -1016,12 +1027,39 @@ impl Rig {
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
+        let cpu_before = self.sim.cpu_time()?;
         let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
             let direct = direct.clone();
             async move { direct.send(&format!("P2-D{r}-{i}")).await }
         })
         .await;
-        Ok(out.report())
+        let cpu = self.sim.cpu_time()?.saturating_sub(cpu_before);
+        Ok((out.report(), per_request_us(cpu, out.latencies.count())))
+    }
+
+    /// What P2's rate of `GeneratePaymentCode` costs the gRPC stack alone: the no-op server's
+    /// CPU per call (µs), same client, same rate.
+    async fn generate_noop(&self, r: usize) -> anyhow::Result<f64> {
+        let client = O2oPaymentsClient::new(connect(self.noop_addr).await?);
+        for i in 0..5 {
+            generate(client.clone(), format!("P2-NW{r}-{i}"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        let cpu_before = self.noop.cpu_time()?;
+        let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
+            generate(client.clone(), format!("P2-N{r}-{i}"))
+        })
+        .await;
+        let cpu = self.noop.cpu_time()?.saturating_sub(cpu_before);
+        if out.errors > 0 {
+            bail!(
+                "{} GeneratePaymentCode calls to the no-op server failed: {}",
+                out.errors,
+                out.first_error.unwrap_or_default()
+            );
+        }
+        Ok(per_request_us(cpu, out.latencies.count()))
     }
 
     async fn generate_via_sidecar(&self, r: usize) -> anyhow::Result<(PhaseReport, f64)> {
