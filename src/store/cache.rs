@@ -188,7 +188,16 @@ impl<T: Send + 'static> Future for ToTheEnd<T> {
                 "store write polled after it ended".into(),
             )));
         };
-        let result = std::task::ready!(write.as_mut().poll(cx));
+        // A write that panicked is over too (and must not be polled again): its caller gets
+        // an error, as from a task that panicked.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write.as_mut().poll(cx)
+        }));
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(_) => Err(StoreError::Unavailable("the store write panicked".into())),
+        };
         self.write = None;
         self.entries.forget(&self.invoice);
         Poll::Ready(result)
