@@ -13,12 +13,43 @@
 //! Transactions are READ COMMITTED. Every transaction that changes a payment first locks its
 //! row (`SELECT … FOR UPDATE`, or the unique index for an insert), so changes to one payment
 //! are serialized. Every transaction that appends to `events` takes
-//! `pg_advisory_xact_lock(EVENT_APPEND_LOCK)` just before the insert and holds it to commit:
+//! `pg_advisory_xact_lock(EVENT_APPEND_LOCK)` before its first insert and holds it to commit:
 //! appends (and the seqs they draw) are serialized, so seq order is commit order and a reader
 //! that has seen seq `n` never later sees a smaller one appear (a plain identity column could
-//! commit 8 before 7). The lock is taken last, after every row lock, so it cannot deadlock
-//! with them; it is held only for the insert and the commit.
+//! commit 8 before 7).
 //!
+//! ## Lock order: why no transaction deadlocks
+//!
+//! Every transaction takes the event log's lock *last*, after every row or key lock it takes,
+//! and holding it only inserts its events (new rows; their foreign key checks payment rows it
+//! already holds), updates `notifications` rows it inserted itself, and commits. So the
+//! holder of the log's lock waits for no other transaction's lock: the log's lock is never in
+//! a wait cycle, and it is held for the appends and the commit only, not for the work before.
+//!
+//! The transactions that take row or key locks, and in which order:
+//!
+//! - A batch of notifications (group commit, per replica; `record_in_one_transaction` in
+//!   [`super::shared`]): (1) the `notifications` keys of its Request-Ids, in Request-Id order
+//!   (an insert waits for a concurrent uncommitted insert of the same key); (2) the payment
+//!   rows of its accepted notifications, in invoice order, each locked (`FOR UPDATE`) or
+//!   inserted (a payment created from a notification, its unique invoice key) when first
+//!   reached; (3) the log. Every batch takes its keys in this one global order (Request-Ids
+//!   before invoices before the log, each kind sorted), so two batches, on one replica or
+//!   two, never each hold a key the other waits for. A payment created during the batch is
+//!   locked at its place in the invoice order, like an existing one; a PENDING for an unknown
+//!   invoice creates nothing and holds nothing.
+//! - A reconciliation result (`apply_status`, anything else calling `apply_change`): one
+//!   payment row, then the log if the status moves.
+//! - Everything else locks one payment row (plus, for a new draft, its idempotency key, which
+//!   no batch takes; for a rejection, its `payment_attempts` key, which no batch takes) and
+//!   never the log.
+//!
+//! A transaction holding one payment row and waiting for the log waits for a holder that
+//! waits for nothing. A cycle would need two transactions each holding a key the other
+//! waits for; only batches hold more than one key of the kinds they share, and they take them
+//! in one order. The same Request-Id sent to both replicas at once: the second batch's audit
+//! insert waits for the first batch's commit, then finds the row (a duplicate, no event).
+
 //! # Many replicas
 //!
 //! - **Wake-ups** ([`Store::commit_hints`]): a trigger on `events` sends `NOTIFY o2o_events`
@@ -773,5 +804,123 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
+    }
+
+    /// Two replicas' batches sharing Request-Ids and invoices, in opposite orders, at the same
+    /// time: each batch takes its keys in one global order (Request-Ids, then invoices, then
+    /// the log; see the module doc), so neither waits for the other in a cycle (PostgreSQL
+    /// would abort one with a deadlock after `deadlock_timeout`, failing the whole batch), and
+    /// every Request-Id is stored once, by one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_of_two_replicas_in_opposite_orders_neither_deadlock_nor_repeat() {
+        use crate::store::conformance::{accepted, draft, notified};
+        let Some(db) = ScratchDb::create().await else {
+            return;
+        };
+        let a = PostgresStore::connect(db.options()).await.unwrap();
+        let b = PostgresStore::connect(db.options()).await.unwrap();
+        for i in 0..4 {
+            a.create_payment(&draft(&format!("INV-D{i}"), None, false))
+                .await
+                .unwrap();
+        }
+        for round in 0..30 {
+            // Known invoices and unknown ones (created by the batch), two notifications each.
+            let batch: Vec<_> = (0..16_i64)
+                .map(|j| {
+                    let invoice = match j % 8 {
+                        k @ 0..4 => format!("INV-D{k}"),
+                        k => format!("INV-N{round}-{k}"),
+                    };
+                    let status = if j < 8 {
+                        PaymentStatus::Paid
+                    } else {
+                        PaymentStatus::Expired
+                    };
+                    accepted(notified(&invoice, status, j, &format!("r{round}-{j}")))
+                })
+                .collect();
+            let reversed: Vec<_> = batch.iter().rev().cloned().collect();
+            // A wait cycle would end in a deadlock error (SQLSTATE 40P01) after
+            // `deadlock_timeout`: every item of one batch would fail as unavailable.
+            let (on_a, on_b) = tokio::join!(
+                shared::record_notifications(&a, &batch),
+                shared::record_notifications(&b, &reversed)
+            );
+            for (j, n) in batch.iter().enumerate() {
+                let (x, y) = (&on_a[j], &on_b[batch.len() - 1 - j]);
+                let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+                let duplicates = [x, y]
+                    .iter()
+                    .filter(|r| ***r == Recorded::Duplicate)
+                    .count();
+                assert_eq!(duplicates, 1, "{}: {x:?}, {y:?}", n.doku_request_id);
+            }
+        }
+        let per_request: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT doku_request_id, COUNT(*) FROM events GROUP BY doku_request_id \
+             HAVING COUNT(*) > 1",
+        )
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+        assert!(per_request.is_empty(), "{per_request:?}");
+        // Every event is linked from its notification, and only its own.
+        let unlinked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events e LEFT JOIN notifications n \
+             ON n.doku_request_id = e.doku_request_id \
+             WHERE e.doku_request_id IS NOT NULL AND n.event_seq IS DISTINCT FROM e.seq",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(unlinked, 0);
+        let linked: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE event_seq IS NOT NULL")
+                .fetch_one(&a.pool)
+                .await
+                .unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+        assert_eq!(linked, events);
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A dated repeat PAID of a reusable code twice in one batch (two Request-Ids, the same
+    /// payment): the second sees the first's event, which the batch appends only at its end,
+    /// and is not emitted again.
+    #[tokio::test]
+    async fn a_repeat_paid_twice_in_one_batch_is_emitted_once() {
+        use crate::store::conformance::{accepted, draft, notified};
+        let Some(db) = ScratchDb::create().await else {
+            return;
+        };
+        let store = PostgresStore::connect(db.options()).await.unwrap();
+        store
+            .create_payment(&draft("INV-RR", None, true))
+            .await
+            .unwrap();
+        let first = accepted(notified("INV-RR", PaymentStatus::Paid, 100, "rr-1"));
+        let first = store.record_notification(first).await.unwrap();
+        assert!(matches!(first, Recorded::Stored { event: Some(_) }));
+        let batch = [
+            accepted(notified("INV-RR", PaymentStatus::Paid, 200, "rr-2")),
+            accepted(notified("INV-RR", PaymentStatus::Paid, 200, "rr-3")),
+            accepted(notified("INV-RR", PaymentStatus::Paid, 300, "rr-4")),
+        ];
+        let results = shared::record_notifications(&store, &batch).await;
+        let emitted: Vec<bool> = results
+            .iter()
+            .map(|r| match r.as_ref().unwrap() {
+                Recorded::Stored { event } => event.is_some(),
+                other => panic!("expected stored, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(emitted, [true, false, true]);
+        assert_eq!(store.last_seq().await.unwrap(), 3);
+        store.close().await;
     }
 }

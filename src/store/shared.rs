@@ -417,13 +417,14 @@ pub(super) async fn due_for_check<C: Conn>(
 // Status changes and events
 
 /// Takes the dialect's lock on appends to the event log, held to the end of the transaction
-/// (taking it again in the same transaction is free).
+/// (taking it again in the same transaction is free, but a round trip).
 ///
-/// A transaction that may append events for more than one payment, or that may append after
-/// locking a payment row, takes it *first*, before any payment row: every such transaction
-/// then locks in the same order (log, then rows), and two of them can never each hold what
-/// the other waits for. [`append_event`] takes it too, for the transactions that lock one row
-/// and append last.
+/// Every transaction takes it *last*: after every payment row and every other key it locks,
+/// right before its first append ([`append_event`]). While it holds the lock a transaction
+/// only appends (new `events` rows, whose foreign key checks payment rows it already holds),
+/// links its own `notifications` rows and commits: it never waits for another transaction's
+/// lock, so the lock is never part of a wait cycle, and it is held only for the appends and
+/// the commit. The PostgreSQL store's module doc has the whole argument.
 async fn lock_event_log<C: Conn>(conn: &mut C) -> Result<(), StoreError> {
     if let Some((lock, key)) = C::DIALECT.lock_events {
         conn.execute(Stmt::new(lock).bind(key)).await?;
@@ -431,70 +432,111 @@ async fn lock_event_log<C: Conn>(conn: &mut C) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends an event for `change` on a payment of `channel` at `occur` (DOKU's time, or when
-/// the sidecar learned an undated change), after taking the dialect's append lock.
-async fn append_event<C: Conn>(
-    conn: &mut C,
-    change: &StatusChange,
+/// An event a transaction appends once it holds the log's lock: decided by [`apply_change`]
+/// or [`create_from_notification`], written by [`append_event`].
+#[derive(Debug)]
+pub(super) struct Append<'a> {
+    /// The change it records.
+    change: &'a StatusChange,
+    /// When it happened: DOKU's time, or when the sidecar learned an undated change.
     occur: OffsetDateTime,
-    code: Option<&PaymentCode>,
+    /// The event's code.
+    code: Option<PaymentCode>,
+    /// The payment's channel.
     channel: Channel,
-    doku_request_id: Option<&str>,
-) -> Result<Event, StoreError> {
-    lock_event_log(conn).await?;
+    /// The Request-Id of the notification that carried it.
+    doku_request_id: Option<&'a str>,
+}
+
+impl Append<'_> {
+    /// Whether this is a PAID event of `invoice` at `at` (unix seconds): what
+    /// [`Emit::UnlessPaidAt`] looks for in the log.
+    fn is_paid_at(&self, invoice: &InvoiceNumber, at: i64) -> bool {
+        self.change.invoice == *invoice
+            && self.change.status == PaymentStatus::Paid
+            && unix(self.occur) == at
+    }
+}
+
+/// Appends `append` to the log. The caller holds the log's lock ([`lock_event_log`]), taken
+/// after every row lock of its transaction.
+async fn append_event<C: Conn>(conn: &mut C, append: &Append<'_>) -> Result<Event, StoreError> {
     let insert = Stmt::new(concat!(
         "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, \
          source, doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          RETURNING ",
         event_columns!()
     ));
+    let change = append.change;
     let insert = insert
         .bind(change.invoice.as_str())
         .bind(change.status.as_str())
         .bind(change.amount.rupiah())
-        .bind(code.map(PaymentCode::as_str))
-        .bind(channel.as_str())
-        .bind(occur)
+        .bind(append.code.as_ref().map(PaymentCode::as_str))
+        .bind(append.channel.as_str())
+        .bind(append.occur)
         .bind(change.source.as_str())
-        .bind(doku_request_id)
+        .bind(append.doku_request_id)
         .bind(unix_now());
     conn.event(insert).await
 }
 
+/// Sets `event_seq` of every notification whose event has a seq in `first..=last`, in one
+/// statement: the events this transaction appended (it held the log's lock from the first to
+/// the last, so no other transaction's event is in between).
+async fn link_notifications<C: Conn>(
+    conn: &mut C,
+    first: u64,
+    last: u64,
+) -> Result<(), StoreError> {
+    let link = Stmt::new(
+        "UPDATE notifications SET event_seq = e.seq FROM events AS e \
+         WHERE e.seq BETWEEN $1 AND $2 AND notifications.doku_request_id = e.doku_request_id",
+    );
+    conn.execute(link.bind(signed(first)).bind(signed(last)))
+        .await?;
+    Ok(())
+}
+
 /// What [`apply_change`] did.
 #[derive(Debug)]
-pub(super) struct Changed {
+pub(super) struct Changed<'a> {
     /// The payment afterwards.
     pub(super) record: PaymentRecord,
-    /// The event appended, if any.
-    pub(super) event: Option<Event>,
+    /// The event to append, if any: the caller appends it ([`append_event`]) after its last
+    /// row lock.
+    pub(super) append: Option<Append<'a>>,
     /// Whether it was an undated repeat PAID (withheld).
     pub(super) withheld: bool,
 }
 
 /// Applies `change` to the held payment `record` by [`emit`] and [`plan_change`]; an undated
-/// change happens at `learned_at`.
-pub(super) async fn apply_change<C: Conn>(
+/// change happens at `learned_at`. The event, if any, is returned to append, not appended:
+/// `unlogged` are the events this transaction decided before and has not appended yet, which
+/// count as in the log.
+pub(super) async fn apply_change<'a, C: Conn>(
     conn: &mut C,
     record: PaymentRecord,
-    change: &StatusChange,
+    change: &'a StatusChange,
     repeat_allowed: bool,
-    doku_request_id: Option<&str>,
+    doku_request_id: Option<&'a str>,
     learned_at: OffsetDateTime,
-) -> Result<Changed, StoreError> {
+    unlogged: &[Append<'_>],
+) -> Result<Changed<'a>, StoreError> {
     let invoice = &record.payment.invoice;
     let decision = emit(&record, change, repeat_allowed);
     let emitted = match decision {
         Emit::Yes => true,
         Emit::No | Emit::Withheld => false,
         // The row held since the lookup serializes this check with every other change of
-        // the payment.
+        // the payment; this transaction's own events are not in the log yet.
         Emit::UnlessPaidAt(at) => {
             let seen = Stmt::new(
                 "SELECT EXISTS (SELECT 1 FROM events \
                  WHERE invoice = $1 AND status = 'PAID' AND occur_time = $2)",
             );
-            !conn.flag(seen.bind(invoice.as_str()).bind(at)).await?
+            !(unlogged.iter().any(|a| a.is_paid_at(invoice, at))
+                || conn.flag(seen.bind(invoice.as_str()).bind(at)).await?)
         }
     };
     let withheld = decision == Emit::Withheld;
@@ -502,7 +544,7 @@ pub(super) async fn apply_change<C: Conn>(
         Write::Nothing => {
             return Ok(Changed {
                 record,
-                event: None,
+                append: None,
                 withheld,
             });
         }
@@ -516,7 +558,7 @@ pub(super) async fn apply_change<C: Conn>(
             let record = returned(conn.payment(stmt.bind(unix_now())).await?, invoice)?;
             return Ok(Changed {
                 record,
-                event: None,
+                append: None,
                 withheld,
             });
         }
@@ -534,11 +576,16 @@ pub(super) async fn apply_change<C: Conn>(
         .bind(m.code.as_ref().map(PaymentCode::as_str))
         .bind(unix_now());
     let updated = returned(conn.payment(update).await?, invoice)?;
-    let (code, channel) = (m.event_code.as_ref(), updated.payment.channel);
-    let event = append_event(conn, change, m.occur_time, code, channel, doku_request_id).await?;
+    let append = Append {
+        change,
+        occur: m.occur_time,
+        code: m.event_code,
+        channel: updated.payment.channel,
+        doku_request_id,
+    };
     Ok(Changed {
         record: updated,
-        event: Some(event),
+        append: Some(append),
         withheld: false,
     })
 }
@@ -548,29 +595,35 @@ pub(super) async fn apply_status<C: Conn>(
     conn: &mut C,
     change: &StatusChange,
 ) -> Result<Applied, StoreError> {
-    // The log before the row, as a batch of notifications takes them.
-    lock_event_log(conn).await?;
+    // The row, then the log (only to append): the order every transaction takes them in.
     let record = existing_locked(conn, &change.invoice).await?;
     let request_id = change.doku_request_id.as_deref();
     let now = OffsetDateTime::now_utc();
-    let changed = apply_change(conn, record, change, false, request_id, now).await?;
+    let changed = apply_change(conn, record, change, false, request_id, now, &[]).await?;
+    let event = match &changed.append {
+        Some(append) => {
+            lock_event_log(conn).await?;
+            Some(append_event(conn, append).await?)
+        }
+        None => None,
+    };
     Ok(Applied {
         record: changed.record,
-        event: changed.event,
+        event,
     })
 }
 
 /// Creates the payment of an accepted notification for an invoice the store did not know,
-/// from what DOKU sent, and appends its event. `None` if another transaction created the
-/// invoice meanwhile (PostgreSQL; the caller then applies the change to it). The caller never
-/// passes a PENDING change.
-async fn create_from_notification<C: Conn>(
+/// from what DOKU sent; returns its event to append. `None` if another transaction created
+/// the invoice meanwhile (PostgreSQL; the caller then applies the change to it). The caller
+/// never passes a PENDING change.
+async fn create_from_notification<'a, C: Conn>(
     conn: &mut C,
-    change: &StatusChange,
+    change: &'a StatusChange,
     channel: Channel,
-    doku_request_id: &str,
+    doku_request_id: &'a str,
     received_at: OffsetDateTime,
-) -> Result<Option<Event>, StoreError> {
+) -> Result<Option<Append<'a>>, StoreError> {
     let occur_time = change.occur_time.unwrap_or(received_at);
     let occur = unix(occur_time);
     let insert = Stmt::new(
@@ -591,19 +644,24 @@ async fn create_from_notification<C: Conn>(
     if conn.execute(insert).await? == 0 {
         return Ok(None);
     }
-    let code = change.payment_code.as_ref();
-    let request_id = Some(doku_request_id);
-    let event = append_event(conn, change, occur_time, code, channel, request_id).await?;
-    Ok(Some(event))
+    Ok(Some(Append {
+        change,
+        occur: occur_time,
+        code: change.payment_code.clone(),
+        channel,
+        doku_request_id: Some(doku_request_id),
+    }))
 }
 
 /// Applies the change of an accepted notification: to the stored payment, or by creating
-/// the payment. Returns the event, if any, and whether the change was withheld.
-async fn accept<C: Conn>(
+/// the payment. Returns the event to append, if any, and whether the change was withheld;
+/// `unlogged` as for [`apply_change`].
+async fn accept<'a, C: Conn>(
     conn: &mut C,
-    n: &InboundNotification,
-    change: &StatusChange,
-) -> Result<(Option<Event>, bool), StoreError> {
+    n: &'a InboundNotification,
+    change: &'a StatusChange,
+    unlogged: &[Append<'_>],
+) -> Result<(Option<Append<'a>>, bool), StoreError> {
     let invoice = change.invoice.as_str();
     let record = match payment_locked(conn, invoice).await? {
         Some(record) => record,
@@ -612,8 +670,8 @@ async fn accept<C: Conn>(
         None => {
             let id = &n.doku_request_id;
             let created = create_from_notification(conn, change, n.channel, id, n.received_at);
-            if let Some(event) = created.await? {
-                return Ok((Some(event), false));
+            if let Some(append) = created.await? {
+                return Ok((Some(append), false));
             }
             // Created by another transaction since the lookup.
             payment_locked(conn, invoice).await?.ok_or_else(|| {
@@ -624,22 +682,28 @@ async fn accept<C: Conn>(
         }
     };
     let request_id = Some(n.doku_request_id.as_str());
-    let changed = apply_change(conn, record, change, true, request_id, n.received_at).await?;
-    Ok((changed.event, changed.withheld))
+    let changed = apply_change(
+        conn,
+        record,
+        change,
+        true,
+        request_id,
+        n.received_at,
+        unlogged,
+    )
+    .await?;
+    Ok((changed.append, changed.withheld))
 }
 
-/// Records a verified notification and applies an accepted one's change; see
-/// [`super::Store::record_notification`].
-pub(super) async fn record_notification<C: Conn>(
-    conn: &mut C,
-    n: &InboundNotification,
-) -> Result<Recorded, StoreError> {
+/// Stores the audit row of a verified notification; `false` when its Request-Id was recorded
+/// before (a concurrent insert of the same Request-Id makes this wait for it, then do
+/// nothing).
+async fn insert_audit<C: Conn>(conn: &mut C, n: &InboundNotification) -> Result<bool, StoreError> {
     let detail = match &n.verdict {
         Verdict::Accepted => None,
         Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
         Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
     };
-    // A concurrent insert of the same Request-Id makes this wait for it, then do nothing.
     let audit = Stmt::new(
         "INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict, \
          verdict_detail, invoice) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -653,31 +717,20 @@ pub(super) async fn record_notification<C: Conn>(
         .bind(n.verdict.as_str())
         .bind(detail)
         .bind(n.change.as_ref().map(|c| c.invoice.as_str()));
-    if conn.execute(audit).await? == 0 {
-        return Ok(Recorded::Duplicate);
-    }
-    let (event, withheld) = match (&n.verdict, &n.change) {
-        (Verdict::Accepted, Some(change)) => accept(conn, n, change).await?,
-        _ => (None, false),
-    };
-    let id = n.doku_request_id.as_str();
-    if withheld {
-        let sql = "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
-                   WHERE doku_request_id = $1";
-        let verdict = Verdict::UndatedRepeat.as_str();
-        let stmt = Stmt::new(sql)
-            .bind(id)
-            .bind(verdict)
-            .bind(UNDATED_REPEAT_DETAIL);
-        conn.execute(stmt).await?;
-        return Ok(Recorded::UndatedRepeat);
-    }
-    if let Some(event) = &event {
-        let sql = "UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1";
-        conn.execute(Stmt::new(sql).bind(id).bind(signed(event.seq)))
-            .await?;
-    }
-    Ok(Recorded::Stored { event })
+    Ok(conn.execute(audit).await? == 1)
+}
+
+/// Marks the stored notification `id` as an undated repeat (its change was withheld).
+async fn mark_undated_repeat<C: Conn>(conn: &mut C, id: &str) -> Result<(), StoreError> {
+    let sql = "UPDATE notifications SET verdict = $2, verdict_detail = $3 \
+               WHERE doku_request_id = $1";
+    let verdict = Verdict::UndatedRepeat.as_str();
+    let stmt = Stmt::new(sql)
+        .bind(id)
+        .bind(verdict)
+        .bind(UNDATED_REPEAT_DETAIL);
+    conn.execute(stmt).await?;
+    Ok(())
 }
 
 /// How a batch of notifications failed.
@@ -688,11 +741,20 @@ enum BatchFailure {
     Store(StoreError),
 }
 
+/// How an error of the item at `i` fails its batch: an error of the store fails every item.
+fn item_failure(i: usize) -> impl Fn(StoreError) -> BatchFailure {
+    move |e| match e {
+        e @ StoreError::Unavailable(_) => BatchFailure::Store(e),
+        e => BatchFailure::Item(i, e),
+    }
+}
+
 /// Records a batch of notifications (group commit, [`super::group`]) in one transaction: one
 /// commit, one `fsync`, for all of them, with each item's result as if it had been recorded
-/// alone, in batch order. An item that fails on its own data is answered with its error and
-/// the others run again without it (failures are rare; a savepoint per item would cost every
-/// batch two statements an item); an error of the store itself is every item's answer.
+/// alone, in batch order ([`record_in_one_transaction`]). An item that fails on its own data
+/// is answered with its error and the others run again without it (failures are rare; a
+/// savepoint per item would cost every batch two statements an item); an error of the store
+/// itself is every item's answer.
 pub(super) async fn record_notifications<B: Backend>(
     backend: &B,
     batch: &[InboundNotification],
@@ -725,23 +787,84 @@ pub(super) async fn record_notifications<B: Backend>(
         .collect()
 }
 
-/// [`record_notifications`]' transaction over the items at `pending`.
+/// [`record_notifications`]' transaction over the items at `pending`, in three passes, each
+/// taking one kind of lock in one global order, so that two batches (on two replicas) run at
+/// the same time without a wait cycle and the log is held only at the end:
+///
+/// 1. the audit rows, in Request-Id order (the first of a repeated Request-Id in batch order
+///    is the one stored);
+/// 2. the payments of the accepted ones, in invoice order (a payment's notifications in
+///    batch order): lock or create, then change, deciding the events;
+/// 3. the log's lock, the events (in pass 2's order), one statement linking them to their
+///    notifications, and the commit.
+///
+/// An item's result is what recording it alone would give: its audit row depends on no other
+/// item, its change only on the earlier changes of its own payment, and each pass keeps
+/// batch order among those.
 async fn record_in_one_transaction<B: Backend>(
     backend: &B,
     batch: &[InboundNotification],
     pending: &[usize],
 ) -> Result<Vec<Recorded>, BatchFailure> {
     let mut tx = backend.begin().await.map_err(BatchFailure::Store)?;
-    // The batch may append events for several payments: the log's lock first.
-    lock_event_log(&mut *tx)
-        .await
-        .map_err(BatchFailure::Store)?;
-    let mut recorded = Vec::with_capacity(pending.len());
-    for &i in pending {
-        match record_notification(&mut *tx, &batch[i]).await {
-            Ok(r) => recorded.push(r),
-            Err(e @ StoreError::Unavailable(_)) => return Err(BatchFailure::Store(e)),
-            Err(e) => return Err(BatchFailure::Item(i, e)),
+    let conn = &mut *tx;
+    // By position in `pending`.
+    let mut recorded = vec![Recorded::Duplicate; pending.len()];
+
+    let mut by_request_id: Vec<usize> = (0..pending.len()).collect();
+    by_request_id.sort_by(|&a, &b| {
+        let id = |k: usize| batch[pending[k]].doku_request_id.as_str();
+        id(a).cmp(id(b))
+    });
+    let mut accepted = Vec::new();
+    for k in by_request_id {
+        let n = &batch[pending[k]];
+        if !insert_audit(conn, n)
+            .await
+            .map_err(item_failure(pending[k]))?
+        {
+            continue;
+        }
+        recorded[k] = Recorded::Stored { event: None };
+        if let (Verdict::Accepted, Some(change)) = (&n.verdict, &n.change) {
+            accepted.push((k, change));
+        }
+    }
+
+    // Stable: a payment's notifications stay in batch order (pass 1 kept no order).
+    accepted.sort_by(|(a, x), (b, y)| x.invoice.cmp(&y.invoice).then(a.cmp(b)));
+    let mut appends = Vec::new();
+    let mut owners = Vec::new();
+    for (k, change) in accepted {
+        let (i, n) = (pending[k], &batch[pending[k]]);
+        let (append, withheld) = accept(conn, n, change, &appends)
+            .await
+            .map_err(item_failure(i))?;
+        if withheld {
+            let marked = mark_undated_repeat(conn, &n.doku_request_id).await;
+            marked.map_err(item_failure(i))?;
+            recorded[k] = Recorded::UndatedRepeat;
+        }
+        if let Some(append) = append {
+            appends.push(append);
+            owners.push(k);
+        }
+    }
+
+    if !appends.is_empty() {
+        lock_event_log(conn).await.map_err(BatchFailure::Store)?;
+        let mut seqs = Vec::with_capacity(appends.len());
+        for (append, &k) in appends.iter().zip(&owners) {
+            let event = append_event(conn, append).await;
+            let event = event.map_err(item_failure(pending[k]))?;
+            seqs.push(event.seq);
+            recorded[k] = Recorded::Stored { event: Some(event) };
+        }
+        let (first, last) = (seqs.iter().min(), seqs.iter().max());
+        if let (Some(&first), Some(&last)) = (first, last) {
+            link_notifications(conn, first, last)
+                .await
+                .map_err(BatchFailure::Store)?;
         }
     }
     B::commit(tx).await.map_err(BatchFailure::Store)?;
@@ -860,7 +983,7 @@ pub(super) trait Backend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The group commit of notifications: [`InboundNotification`]s waiting for a transaction,
-/// answered with what [`record_notification`] made of each.
+/// answered with what [`record_notifications`] made of each.
 pub(super) type NotificationBatches =
     GroupCommit<InboundNotification, Result<Recorded, StoreError>>;
 

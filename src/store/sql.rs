@@ -112,9 +112,9 @@ pub(super) struct Dialect {
     /// the transaction ends: `FOR UPDATE` on PostgreSQL; on SQLite the write transaction
     /// already holds the database, so a plain `SELECT`.
     pub(super) lock_payment: &'static str,
-    /// A statement (and its one parameter) run just before every append to `events`, holding
-    /// what serializes appends to commit (PostgreSQL's advisory lock); `None` where the write
-    /// transaction already does (SQLite).
+    /// A statement (and its one parameter) run before a transaction's first append to
+    /// `events`, after its last row lock, holding what serializes appends to commit
+    /// (PostgreSQL's advisory lock); `None` where the write transaction already does (SQLite).
     pub(super) lock_events: Option<(&'static str, i64)>,
     /// The highest seq ever committed, pruned or not: one row, one column.
     pub(super) last_seq: &'static str,
