@@ -190,9 +190,8 @@ impl<T: Send + 'static> Future for ToTheEnd<T> {
         };
         // A write that panicked is over too (and must not be polled again): its caller gets
         // an error, as from a task that panicked.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            write.as_mut().poll(cx)
-        }));
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write.as_mut().poll(cx)));
         let result = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(result)) => result,

@@ -49,7 +49,7 @@
 //! waits for; only batches hold more than one key of the kinds they share, and they take them
 //! in one order. The same Request-Id sent to both replicas at once: the second batch's audit
 //! insert waits for the first batch's commit, then finds the row (a duplicate, no event).
-
+//!
 //! # Many replicas
 //!
 //! - **Wake-ups** ([`Store::commit_hints`]): a trigger on `events` sends `NOTIFY o2o_events`
