@@ -174,9 +174,11 @@ fn show_target(unit: Unit, t: Target) -> String {
 
 /// A target value without needless decimals.
 fn show_round(unit: Unit, x: f64) -> String {
+    // A target computed from a measurement (an `fsync` p50 + 0.3 ms) is shown to the µs, not
+    // with the float's every digit.
     match unit {
-        Unit::Ms => format!("{x} ms"),
-        Unit::Us => format!("{x} µs"),
+        Unit::Ms => format!("{} ms", (x * 1e3).round() / 1e3),
+        Unit::Us => format!("{} µs", (x * 10.0).round() / 10.0),
         Unit::PerSecond => format!("{}/s", thousands(x)),
         Unit::Bytes => format!("{} MB", x / 1e6),
     }
