@@ -859,8 +859,17 @@ impl Rig {
 
         say("P2 GeneratePaymentCode (straight to the simulator, through the sidecar)");
         let (p2_direct, p2_cpu_us_sim) = self.generate_direct(r).await?;
-        let p2_cpu_us_noop = self.generate_noop(r).await?;
-        let (p2_sidecar, p2_cpu_us_sidecar) = self.generate_via_sidecar(r).await?;
+        let (p2_noop, p2_cpu_us_noop) =
+            self.generate_at_rate(self.noop_addr, &self.noop, "N", r).await?;
+        if p2_noop.errors > 0 {
+            bail!(
+                "{} GeneratePaymentCode calls to the no-op server failed: {}",
+                p2_noop.errors,
+                p2_noop.first_error.unwrap_or_default()
+            );
+        }
+        let (p2_sidecar, p2_cpu_us_sidecar) =
+            self.generate_at_rate(self.grpc, &self.sidecar, "S", r).await?;
 
         say("P3 notification to stream event, durable ingest; fsync of the store's disk");
         let sidecar = self.notifier(self.notify_url.clone());
@@ -1037,44 +1046,28 @@ impl Rig {
         Ok((out.report(), per_request_us(cpu, out.latencies.count())))
     }
 
-    /// What P2's rate of `GeneratePaymentCode` costs the gRPC stack alone: the no-op server's
-    /// CPU per call (µs), same client, same rate.
-    async fn generate_noop(&self, r: usize) -> anyhow::Result<f64> {
-        let client = O2oPaymentsClient::new(connect(self.noop_addr).await?);
+    /// P2's open loop of `GeneratePaymentCode` against `addr` (new invoices, `P2-{tag}…`)
+    /// after five warm-up calls, and `server`'s CPU per call (µs) meanwhile: the sidecar, or
+    /// the no-op server (what that rate costs the gRPC stack alone).
+    async fn generate_at_rate(
+        &self,
+        addr: SocketAddr,
+        server: &Proc,
+        tag: &'static str,
+        r: usize,
+    ) -> anyhow::Result<(PhaseReport, f64)> {
+        let client = O2oPaymentsClient::new(connect(addr).await?);
         for i in 0..5 {
-            generate(client.clone(), format!("P2-NW{r}-{i}"))
+            generate(client.clone(), format!("P2-{tag}W{r}-{i}"))
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
-        let cpu_before = self.noop.cpu_time()?;
+        let cpu_before = server.cpu_time()?;
         let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
-            generate(client.clone(), format!("P2-N{r}-{i}"))
+            generate(client.clone(), format!("P2-{tag}{r}-{i}"))
         })
         .await;
-        let cpu = self.noop.cpu_time()?.saturating_sub(cpu_before);
-        if out.errors > 0 {
-            bail!(
-                "{} GeneratePaymentCode calls to the no-op server failed: {}",
-                out.errors,
-                out.first_error.unwrap_or_default()
-            );
-        }
-        Ok(per_request_us(cpu, out.latencies.count()))
-    }
-
-    async fn generate_via_sidecar(&self, r: usize) -> anyhow::Result<(PhaseReport, f64)> {
-        let client = O2oPaymentsClient::new(connect(self.grpc).await?);
-        for i in 0..5 {
-            generate(client.clone(), format!("P2-SW{r}-{i}"))
-                .await
-                .map_err(anyhow::Error::msg)?;
-        }
-        let cpu_before = self.sidecar.cpu_time()?;
-        let out = open_loop(self.plan.p2_rate, secs(self.plan.p2_s), move |i, _| {
-            generate(client.clone(), format!("P2-S{r}-{i}"))
-        })
-        .await;
-        let cpu = self.sidecar.cpu_time()?.saturating_sub(cpu_before);
+        let cpu = server.cpu_time()?.saturating_sub(cpu_before);
         Ok((out.report(), per_request_us(cpu, out.latencies.count())))
     }
 

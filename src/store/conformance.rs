@@ -468,21 +468,24 @@ pub(crate) async fn a_draft_created_with_a_lease_is_held_until_it_ends(store: Ar
     assert!(rec.outcome_unknown);
 }
 
+/// The invoices due for the sweeper at `at`, oldest first, at most `limit`.
+async fn due_at(store: &dyn Store, at: i64, limit: u32) -> Vec<String> {
+    store
+        .due_for_check(t(at), limit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payment.invoice.to_string())
+        .collect()
+}
+
 /// A draft whose code never got recorded (its creating call died after DOKU answered, or the
 /// code's unsynced commit was lost with the machine) is due for the sweeper when its lease
 /// ends, so that the stored request is replayed; recording the code, or an attempt that ended
 /// and answered its caller, takes it off that schedule.
 pub(crate) async fn a_draft_is_due_for_the_sweeper_when_its_lease_ends(store: Arc<dyn Store>) {
     let store = &*store;
-    let due = |at| async move {
-        store
-            .due_for_check(t(at), 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.payment.invoice.to_string())
-            .collect::<Vec<_>>()
-    };
+    let due = |at| due_at(store, at, 10);
     for (invoice, lease_end) in [("INV-VANISHED", 30), ("INV-ISSUED", 40), ("INV-FAILED", 50)] {
         let held = PaymentDraft {
             attempt_lease_until: Some(t(lease_end)),
@@ -530,17 +533,8 @@ pub(crate) async fn record_issued_schedules_the_first_check_with_the_code(store:
         .await
         .unwrap();
     assert_eq!(rec.payment.payment_code, Some(code("8888001")));
-    let due = |at| async move {
-        store
-            .due_for_check(t(at), 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.payment.invoice)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(due(59).await, Vec::<InvoiceNumber>::new());
-    assert_eq!(due(60).await, vec![i.clone()]);
+    assert_eq!(due_at(store, 59, 10).await, Vec::<String>::new());
+    assert_eq!(due_at(store, 60, 10).await, ["INV-1"]);
 }
 
 /// record_issued keeps the instructions with the code, in order and as given (multi-byte text
@@ -1465,15 +1459,7 @@ pub(crate) async fn due_for_check_is_oldest_first(store: Arc<dyn Store>) {
         .apply_status(&reconciled("INV-PAID", PaymentStatus::Paid, 1))
         .await
         .unwrap();
-    let due = |now: i64, limit: u32| async move {
-        store
-            .due_for_check(t(now), limit)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.payment.invoice.to_string())
-            .collect::<Vec<_>>()
-    };
+    let due = |now: i64, limit: u32| due_at(store, now, limit);
     assert_eq!(due(25, 10).await, ["INV-B", "INV-C"]);
     assert_eq!(due(30, 10).await, ["INV-B", "INV-C", "INV-A"], "due at now");
     assert_eq!(due(25, 1).await, ["INV-B"]);
