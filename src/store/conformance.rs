@@ -1869,3 +1869,67 @@ pub(crate) async fn event_log_matches_model(store: Arc<dyn Store>) {
     .await
     .unwrap();
 }
+
+/// One batch (group commit, [`super::shared::record_notifications`] on `backend`) that
+/// creates payments and changes one of them again: a PENDING before the creating change is
+/// audit only, the creating change and a forward change after it are each an event, a
+/// change that is not forward is none; events follow the invoice order the batch locks in;
+/// what the store reads back is what the batch decided. Both backends run it: SQLite runs the
+/// batch's statements row by row, PostgreSQL once each with arrays.
+pub(crate) async fn a_batch_changes_the_payments_it_creates<B: super::shared::Backend>(
+    backend: &B,
+) {
+    let before = backend.last_seq().await.unwrap();
+    let mut paid = notified("INV-B1", PaymentStatus::Paid, 200, "b2");
+    paid.payment_code = Some(code("770002"));
+    let batch = [
+        accepted(notified("INV-B2", PaymentStatus::Paid, 300, "b3")),
+        accepted(notified("INV-B1", PaymentStatus::Pending, 50, "b0")),
+        accepted(notified("INV-B1", PaymentStatus::Expired, 100, "b1")),
+        accepted(paid),
+        accepted(notified("INV-B1", PaymentStatus::Expired, 400, "b4")),
+    ];
+    let results = super::shared::record_notifications(backend, &batch).await;
+    let events: Vec<Option<Event>> = results
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            Recorded::Stored { event } => event,
+            other => panic!("expected stored, got {other:?}"),
+        })
+        .collect();
+    let seen: Vec<Option<(u64, &str, PaymentStatus)>> = events
+        .iter()
+        .map(|e| e.as_ref().map(|e| (e.seq, e.invoice.as_str(), e.status)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            Some((before + 3, "INV-B2", PaymentStatus::Paid)),
+            None,
+            Some((before + 1, "INV-B1", PaymentStatus::Expired)),
+            Some((before + 2, "INV-B1", PaymentStatus::Paid)),
+            None,
+        ]
+    );
+    let mut returned: Vec<Event> = events.into_iter().flatten().collect();
+    returned.sort_by_key(|e| e.seq);
+    assert_eq!(backend.events_after(before, 10).await.unwrap(), returned);
+    assert_eq!(returned[1].payment_code, Some(code("770002")));
+
+    let b1 = backend.get_payment(&inv("INV-B1")).await.unwrap().unwrap();
+    let p = &b1.payment;
+    assert_eq!(
+        (p.status, p.create_time, p.pay_time, p.payment_code.clone()),
+        (
+            PaymentStatus::Paid,
+            t(100),
+            Some(t(200)),
+            Some(code("770002"))
+        )
+    );
+    let b2 = backend.get_payment(&inv("INV-B2")).await.unwrap().unwrap();
+    assert_eq!(
+        (b2.payment.status, b2.payment.pay_time),
+        (PaymentStatus::Paid, Some(t(300)))
+    );
+}

@@ -29,15 +29,18 @@
 //! The transactions that take row or key locks, and in which order:
 //!
 //! - A batch of notifications (group commit, per replica; `record_in_one_transaction` in
-//!   [`super::shared`]): (1) the `notifications` keys of its Request-Ids, in Request-Id order
-//!   (an insert waits for a concurrent uncommitted insert of the same key); (2) the payment
-//!   rows of its accepted notifications, in invoice order, each locked (`FOR UPDATE`) or
-//!   inserted (a payment created from a notification, its unique invoice key) when first
-//!   reached; (3) the log. Every batch takes its keys in this one global order (Request-Ids
-//!   before invoices before the log, each kind sorted), so two batches, on one replica or
-//!   two, never each hold a key the other waits for. A payment created during the batch is
-//!   locked at its place in the invoice order, like an existing one; a PENDING for an unknown
-//!   invoice creates nothing and holds nothing.
+//!   [`super::shared`]), one statement per step: (1) the `notifications` keys of its
+//!   Request-Ids, inserted in Request-Id order (an insert waits for a concurrent uncommitted
+//!   insert of the same key); (2) the invoice keys of the payments it creates (those the store
+//!   may lack, one insert `ON CONFLICT DO NOTHING` in invoice order; it waits for a concurrent
+//!   uncommitted insert of the same invoice, never for a row lock); (3) the rows of its other
+//!   payments, locked by one `SELECT … ORDER BY invoice COLLATE "C" FOR UPDATE` (PostgreSQL
+//!   sorts, then locks in that order); (4) the log. Every batch takes its keys in this one
+//!   global order (Request-Ids, then new invoices, then payment rows, then the log, each kind
+//!   sorted bytewise), so two batches, on one replica or two, never each hold a key the other
+//!   waits for. Kinds (2) and (3) never meet: a row lock is only ever taken on a committed
+//!   row, and a row another transaction inserted and has not committed is invisible to it. A
+//!   PENDING for an unknown invoice creates nothing and holds nothing.
 //! - A reconciliation result (`apply_status`, anything else calling `apply_change`): one
 //!   payment row, then the log if the status moves.
 //! - Everything else locks one payment row (plus, for a new draft, its idempotency key, which
@@ -887,6 +890,16 @@ mod tests {
         assert_eq!(linked, events);
         a.close().await;
         b.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_changes_the_payments_it_creates() {
+        let Some(db) = ScratchDb::create().await else {
+            return;
+        };
+        let store = PostgresStore::connect(db.options()).await.unwrap();
+        crate::store::conformance::a_batch_changes_the_payments_it_creates(&store).await;
+        store.close().await;
     }
 
     /// A dated repeat PAID of a reusable code twice in one batch (two Request-Ids, the same

@@ -371,7 +371,7 @@ fn channel(invoice: &InvoiceNumber, s: &str) -> Result<Channel, StoreError> {
     Channel::parse(s).ok_or_else(|| corrupt(invoice, &format!("unknown channel {s:?}")))
 }
 
-fn from_unix(
+pub(super) fn from_unix(
     invoice: &InvoiceNumber,
     field: &str,
     secs: i64,

@@ -20,6 +20,7 @@
 //! read a payment before changing it use [`payment_locked`], which holds the row on
 //! PostgreSQL (SQLite's write transaction already holds the database).
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::ops::DerefMut;
 
@@ -30,8 +31,8 @@ use tokio::sync::watch;
 use super::decide::{Emit, Write, emit, plan_change, rejection_frees};
 use super::group::{Abandoned, GroupCommit, Turn};
 use super::rows::{
-    UNDATED_REPEAT_DETAIL, event_columns, instructions_json, payment_columns, payment_of_invoice,
-    rejected_draft, signed, unix, unix_now, unsigned,
+    UNDATED_REPEAT_DETAIL, event_columns, from_unix, instructions_json, payment_columns,
+    payment_of_invoice, rejected_draft, signed, unix, unix_now, unsigned,
 };
 use super::sql::{Conn, Stmt};
 use super::{
@@ -39,7 +40,8 @@ use super::{
     Recorded, RejectedAttempt, Store, StoreError, Verdict,
 };
 use crate::payment::{
-    Channel, Event, InvoiceNumber, IssuedCode, NewPayment, PaymentCode, PaymentStatus, StatusChange,
+    Channel, Event, InvoiceNumber, IssuedCode, NewPayment, Payment, PaymentCode, PaymentStatus,
+    StatusChange,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -420,7 +422,7 @@ pub(super) async fn due_for_check<C: Conn>(
 /// (taking it again in the same transaction is free, but a round trip).
 ///
 /// Every transaction takes it *last*: after every payment row and every other key it locks,
-/// right before its first append ([`append_event`]). While it holds the lock a transaction
+/// right before its first append ([`append_events`]). While it holds the lock a transaction
 /// only appends (new `events` rows, whose foreign key checks payment rows it already holds),
 /// links its own `notifications` rows and commits: it never waits for another transaction's
 /// lock, so the lock is never part of a wait cycle, and it is held only for the appends and
@@ -433,7 +435,7 @@ async fn lock_event_log<C: Conn>(conn: &mut C) -> Result<(), StoreError> {
 }
 
 /// An event a transaction appends once it holds the log's lock: decided by [`apply_change`]
-/// or [`create_from_notification`], written by [`append_event`].
+/// or by creating a payment, written by [`append_events`].
 #[derive(Debug)]
 pub(super) struct Append<'a> {
     /// The change it records.
@@ -458,27 +460,58 @@ impl Append<'_> {
     }
 }
 
-/// Appends `append` to the log. The caller holds the log's lock ([`lock_event_log`]), taken
-/// after every row lock of its transaction.
-async fn append_event<C: Conn>(conn: &mut C, append: &Append<'_>) -> Result<Event, StoreError> {
-    let insert = Stmt::new(concat!(
-        "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, \
-         source, doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         RETURNING ",
-        event_columns!()
-    ));
-    let change = append.change;
-    let insert = insert
-        .bind(change.invoice.as_str())
-        .bind(change.status.as_str())
-        .bind(change.amount.rupiah())
-        .bind(append.code.as_ref().map(PaymentCode::as_str))
-        .bind(append.channel.as_str())
-        .bind(append.occur)
-        .bind(change.source.as_str())
-        .bind(append.doku_request_id)
-        .bind(unix_now());
-    conn.event(insert).await
+/// [`append_events`] for one row: `$1`…`$9` the event's columns.
+const INSERT_EVENT: &str = concat!(
+    "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, source, \
+     doku_request_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+    event_columns!()
+);
+
+/// [`INSERT_EVENT`] for every row at once (arrays; see [`Stmt::rows`]), inserted in row order.
+const INSERT_EVENTS: &str = concat!(
+    "INSERT INTO events (invoice, status, amount, payment_code, channel, occur_time, source, \
+     doku_request_id, recorded_at) \
+     SELECT invoice, status, amount, payment_code, channel, occur_time, source, \
+     doku_request_id, recorded_at \
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], \
+     $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY AS r(invoice, status, amount, \
+     payment_code, channel, occur_time, source, doku_request_id, recorded_at, n) \
+     ORDER BY n RETURNING ",
+    event_columns!()
+);
+
+/// Appends `appends` to the log in one statement, in order; their events, in the same order.
+/// The caller holds the log's lock ([`lock_event_log`]), taken after every row lock of its
+/// transaction.
+async fn append_events<C: Conn>(
+    conn: &mut C,
+    appends: &[Append<'_>],
+) -> Result<Vec<Event>, StoreError> {
+    let mut insert = Stmt::rows(INSERT_EVENT, INSERT_EVENTS, 9);
+    let now = unix_now();
+    for append in appends {
+        let change = append.change;
+        insert.push(change.invoice.as_str());
+        insert.push(change.status.as_str());
+        insert.push(change.amount.rupiah());
+        insert.push(append.code.as_ref().map(PaymentCode::as_str));
+        insert.push(append.channel.as_str());
+        insert.push(append.occur);
+        insert.push(change.source.as_str());
+        insert.push(append.doku_request_id);
+        insert.push(now);
+    }
+    let mut events = conn.events(insert).await?;
+    // Seqs are drawn in insertion order: by seq, the events are in the order of `appends`.
+    events.sort_unstable_by_key(|e| e.seq);
+    if events.len() != appends.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{} events appended, {} returned",
+            appends.len(),
+            events.len()
+        )));
+    }
+    Ok(events)
 }
 
 /// Sets `event_seq` of every notification whose event has a seq in `first..=last`, in one
@@ -498,25 +531,25 @@ async fn link_notifications<C: Conn>(
     Ok(())
 }
 
-/// What [`apply_change`] did.
+/// What [`apply_change`] did to the payment it was given.
 #[derive(Debug)]
 pub(super) struct Changed<'a> {
-    /// The payment afterwards.
-    pub(super) record: PaymentRecord,
-    /// The event to append, if any: the caller appends it ([`append_event`]) after its last
+    /// Whether the payment changed: the caller writes it ([`write_changes`]).
+    pub(super) written: bool,
+    /// The event to append, if any: the caller appends it ([`append_events`]) after its last
     /// row lock.
     pub(super) append: Option<Append<'a>>,
     /// Whether it was an undated repeat PAID (withheld).
     pub(super) withheld: bool,
 }
 
-/// Applies `change` to the held payment `record` by [`emit`] and [`plan_change`]; an undated
-/// change happens at `learned_at`. The event, if any, is returned to append, not appended:
-/// `unlogged` are the events this transaction decided before and has not appended yet, which
-/// count as in the log.
+/// Applies `change` to the held payment `record` by [`emit`] and [`plan_change`], in memory;
+/// an undated change happens at `learned_at`. The caller writes the payment if it changed and
+/// appends the event, if any: `unlogged` are the events this transaction decided before and
+/// has not appended yet, which count as in the log.
 pub(super) async fn apply_change<'a, C: Conn>(
     conn: &mut C,
-    record: PaymentRecord,
+    record: &mut PaymentRecord,
     change: &'a StatusChange,
     repeat_allowed: bool,
     doku_request_id: Option<&'a str>,
@@ -524,7 +557,7 @@ pub(super) async fn apply_change<'a, C: Conn>(
     unlogged: &[Append<'_>],
 ) -> Result<Changed<'a>, StoreError> {
     let invoice = &record.payment.invoice;
-    let decision = emit(&record, change, repeat_allowed);
+    let decision = emit(record, change, repeat_allowed);
     let emitted = match decision {
         Emit::Yes => true,
         Emit::No | Emit::Withheld => false,
@@ -540,54 +573,79 @@ pub(super) async fn apply_change<'a, C: Conn>(
         }
     };
     let withheld = decision == Emit::Withheld;
-    let m = match plan_change(&record, change, emitted, learned_at) {
+    let plan = plan_change(record, change, emitted, learned_at);
+    let payment = &mut record.payment;
+    let m = match plan {
         Write::Nothing => {
             return Ok(Changed {
-                record,
+                written: false,
                 append: None,
                 withheld,
             });
         }
         Write::Code(code) => {
-            let sql = concat!(
-                "UPDATE payments SET payment_code = $2, updated_at = $3 WHERE invoice = $1 \
-                 RETURNING ",
-                payment_columns!()
-            );
-            let stmt = Stmt::new(sql).bind(invoice.as_str()).bind(code.as_str());
-            let record = returned(conn.payment(stmt.bind(unix_now())).await?, invoice)?;
+            payment.payment_code = Some(code);
             return Ok(Changed {
-                record,
+                written: true,
                 append: None,
                 withheld,
             });
         }
         Write::Move(m) => m,
     };
-    let update = Stmt::new(concat!(
-        "UPDATE payments SET status = $2, pay_time = $3, payment_code = $4, updated_at = $5 \
-         WHERE invoice = $1 RETURNING ",
-        payment_columns!()
-    ));
-    let update = update
-        .bind(invoice.as_str())
-        .bind(m.status.as_str())
-        .bind(m.pay_time)
-        .bind(m.code.as_ref().map(PaymentCode::as_str))
-        .bind(unix_now());
-    let updated = returned(conn.payment(update).await?, invoice)?;
-    let append = Append {
-        change,
-        occur: m.occur_time,
-        code: m.event_code,
-        channel: updated.payment.channel,
-        doku_request_id,
-    };
+    let pay_time = m
+        .pay_time
+        .map(|t| from_unix(&payment.invoice, "pay_time", t));
+    payment.pay_time = pay_time.transpose()?;
+    payment.status = m.status;
+    payment.payment_code = m.code;
     Ok(Changed {
-        record: updated,
-        append: Some(append),
+        written: true,
+        append: Some(Append {
+            change,
+            occur: m.occur_time,
+            code: m.event_code,
+            channel: payment.channel,
+            doku_request_id,
+        }),
         withheld: false,
     })
+}
+
+/// [`write_changes`] for one row: `$1` the invoice, `$2`…`$5` what a change writes.
+const WRITE_CHANGE: &str = "UPDATE payments SET status = $2, pay_time = $3, payment_code = $4, \
+                            updated_at = $5 WHERE invoice = $1";
+
+/// [`WRITE_CHANGE`] for every row at once (arrays; see [`Stmt::rows`]).
+const WRITE_CHANGES: &str = "UPDATE payments AS p SET status = u.status, pay_time = u.pay_time, \
+     payment_code = u.payment_code, updated_at = u.updated_at \
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
+     AS u(invoice, status, pay_time, payment_code, updated_at) WHERE p.invoice = u.invoice";
+
+/// Writes what [`apply_change`] changed of the held payments `records` (status, pay time,
+/// code), in one statement.
+async fn write_changes<C: Conn>(
+    conn: &mut C,
+    records: &[&PaymentRecord],
+) -> Result<(), StoreError> {
+    let mut update = Stmt::rows(WRITE_CHANGE, WRITE_CHANGES, 5);
+    let now = unix_now();
+    for record in records {
+        let p = &record.payment;
+        update.push(p.invoice.as_str());
+        update.push(p.status.as_str());
+        update.push(p.pay_time);
+        update.push(p.payment_code.as_ref().map(PaymentCode::as_str));
+        update.push(now);
+    }
+    let written = conn.execute(update).await?;
+    if written != records.len() as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "{} held payments changed, {written} written",
+            records.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Applies a status change from reconciliation to the held payment.
@@ -596,128 +654,170 @@ pub(super) async fn apply_status<C: Conn>(
     change: &StatusChange,
 ) -> Result<Applied, StoreError> {
     // The row, then the log (only to append): the order every transaction takes them in.
-    let record = existing_locked(conn, &change.invoice).await?;
+    let mut record = existing_locked(conn, &change.invoice).await?;
     let request_id = change.doku_request_id.as_deref();
     let now = OffsetDateTime::now_utc();
-    let changed = apply_change(conn, record, change, false, request_id, now, &[]).await?;
-    let event = match &changed.append {
+    let changed = apply_change(conn, &mut record, change, false, request_id, now, &[]).await?;
+    if changed.written {
+        write_changes(conn, &[&record]).await?;
+    }
+    let event = match changed.append {
         Some(append) => {
             lock_event_log(conn).await?;
-            Some(append_event(conn, append).await?)
+            append_events(conn, &[append]).await?.pop()
         }
         None => None,
     };
-    Ok(Applied {
-        record: changed.record,
-        event,
+    Ok(Applied { record, event })
+}
+
+/// [`create_from_notifications`] for one row: `$1`…`$8` the payment's values.
+const CREATE_FROM_NOTIFICATION: &str = "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
+     expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, FALSE, '', 0, $8) \
+     ON CONFLICT (invoice) DO NOTHING RETURNING invoice";
+
+/// [`CREATE_FROM_NOTIFICATION`] for every row at once (arrays; see [`Stmt::rows`]), inserted
+/// in row order.
+const CREATE_FROM_NOTIFICATIONS: &str = "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
+     expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
+     SELECT invoice, amount, channel, payment_code, status, occur_time, occur_time, pay_time, \
+     FALSE, '', 0, updated_at \
+     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+     $7::bigint[], $8::bigint[]) WITH ORDINALITY AS r(invoice, amount, channel, payment_code, \
+     status, occur_time, pay_time, updated_at, n) \
+     ORDER BY n ON CONFLICT (invoice) DO NOTHING RETURNING invoice";
+
+/// Creates, in one statement and in order, the payments of accepted notifications (never a
+/// PENDING change) for invoices the store may not know, from what DOKU sent; returns the
+/// invoices it created. An invoice that exists is not created, nor one that a concurrent
+/// transaction creates meanwhile (the insert waits for it, then does nothing).
+async fn create_from_notifications<'a, C: Conn>(
+    conn: &mut C,
+    creators: impl Iterator<Item = (&'a StatusChange, &'a InboundNotification)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut insert = Stmt::rows(CREATE_FROM_NOTIFICATION, CREATE_FROM_NOTIFICATIONS, 8);
+    let now = unix_now();
+    for (change, n) in creators {
+        let occur = unix(change.occur_time.unwrap_or(n.received_at));
+        insert.push(change.invoice.as_str());
+        insert.push(change.amount.rupiah());
+        insert.push(n.channel.as_str());
+        insert.push(change.payment_code.as_ref().map(PaymentCode::as_str));
+        insert.push(change.status.as_str());
+        insert.push(occur);
+        insert.push((change.status == PaymentStatus::Paid).then_some(occur));
+        insert.push(now);
+    }
+    if insert.args.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.texts(insert).await
+}
+
+/// The payment [`create_from_notifications`] stored for `change` of `n`: what its statement
+/// inserts, read back without a round trip.
+fn created_payment(
+    change: &StatusChange,
+    n: &InboundNotification,
+) -> Result<PaymentRecord, StoreError> {
+    let invoice = &change.invoice;
+    let at = from_unix(
+        invoice,
+        "occur_time",
+        unix(change.occur_time.unwrap_or(n.received_at)),
+    )?;
+    Ok(PaymentRecord {
+        payment: Payment {
+            invoice: invoice.clone(),
+            amount: change.amount,
+            channel: n.channel,
+            payment_code: change.payment_code.clone(),
+            status: change.status,
+            create_time: at,
+            expire_time: at,
+            pay_time: (change.status == PaymentStatus::Paid).then_some(at),
+            how_to_pay_url: None,
+            how_to_pay_api_url: None,
+            reusable: false,
+            instructions: Vec::new(),
+        },
+        fingerprint: String::new(),
+        idempotency_key: None,
+        doku_request: None,
+        attempt_lease_until: None,
+        next_check_at: None,
+        check_count: 0,
+        rejection: None,
+        outcome_unknown: false,
+        trace_context: None,
     })
 }
 
-/// Creates the payment of an accepted notification for an invoice the store did not know,
-/// from what DOKU sent; returns its event to append. `None` if another transaction created
-/// the invoice meanwhile (PostgreSQL; the caller then applies the change to it). The caller
-/// never passes a PENDING change.
-async fn create_from_notification<'a, C: Conn>(
+/// [`payments_locked`] for every row at once (an array; see [`Stmt::rows`]): locked in
+/// invoice order, bytewise (`COLLATE "C"`, the order of Rust's `str`), whatever the
+/// database's collation.
+const LOCK_PAYMENTS: &str = concat!(
+    "SELECT ",
+    payment_columns!(),
+    " FROM payments WHERE invoice = ANY($1::text[]) ORDER BY invoice COLLATE \"C\" FOR UPDATE"
+);
+
+/// The payments of `invoices` (sorted, distinct) that exist, each held against other writers
+/// until the transaction ends, taken in invoice order; in one statement.
+async fn payments_locked<C: Conn>(
     conn: &mut C,
-    change: &'a StatusChange,
-    channel: Channel,
-    doku_request_id: &'a str,
-    received_at: OffsetDateTime,
-) -> Result<Option<Append<'a>>, StoreError> {
-    let occur_time = change.occur_time.unwrap_or(received_at);
-    let occur = unix(occur_time);
-    let insert = Stmt::new(
-        "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
-         expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, FALSE, '', 0, $8) \
-         ON CONFLICT (invoice) DO NOTHING",
-    );
-    let insert = insert
-        .bind(change.invoice.as_str())
-        .bind(change.amount.rupiah())
-        .bind(channel.as_str())
-        .bind(change.payment_code.as_ref().map(PaymentCode::as_str))
-        .bind(change.status.as_str())
-        .bind(occur)
-        .bind((change.status == PaymentStatus::Paid).then_some(occur))
-        .bind(unix_now());
-    if conn.execute(insert).await? == 0 {
-        return Ok(None);
+    invoices: &[&InvoiceNumber],
+) -> Result<Vec<PaymentRecord>, StoreError> {
+    if invoices.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(Some(Append {
-        change,
-        occur: occur_time,
-        code: change.payment_code.clone(),
-        channel,
-        doku_request_id: Some(doku_request_id),
-    }))
+    let mut select = Stmt::rows(C::DIALECT.lock_payment, LOCK_PAYMENTS, 1);
+    for invoice in invoices {
+        select.push(invoice.as_str());
+    }
+    conn.payments(select).await
 }
 
-/// Applies the change of an accepted notification: to the stored payment, or by creating
-/// the payment. Returns the event to append, if any, and whether the change was withheld;
-/// `unlogged` as for [`apply_change`].
-async fn accept<'a, C: Conn>(
-    conn: &mut C,
-    n: &'a InboundNotification,
-    change: &'a StatusChange,
-    unlogged: &[Append<'_>],
-) -> Result<(Option<Append<'a>>, bool), StoreError> {
-    let invoice = change.invoice.as_str();
-    let record = match payment_locked(conn, invoice).await? {
-        Some(record) => record,
-        // A PENDING for an unknown invoice reserves nothing: audit row only.
-        None if change.status == PaymentStatus::Pending => return Ok((None, false)),
-        None => {
-            let id = &n.doku_request_id;
-            let created = create_from_notification(conn, change, n.channel, id, n.received_at);
-            if let Some(append) = created.await? {
-                return Ok((Some(append), false));
-            }
-            // Created by another transaction since the lookup.
-            payment_locked(conn, invoice).await?.ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "invoice {invoice} conflicted with a row that then vanished; retry"
-                ))
-            })?
-        }
-    };
-    let request_id = Some(n.doku_request_id.as_str());
-    let changed = apply_change(
-        conn,
-        record,
-        change,
-        true,
-        request_id,
-        n.received_at,
-        unlogged,
-    )
-    .await?;
-    Ok((changed.append, changed.withheld))
-}
+/// [`insert_audits`] for one row: `$1`…`$7` the notification's columns.
+const INSERT_AUDIT: &str = "INSERT INTO notifications (doku_request_id, received_at, headers, \
+     body, verdict, verdict_detail, invoice) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (doku_request_id) DO NOTHING RETURNING doku_request_id";
 
-/// Stores the audit row of a verified notification; `false` when its Request-Id was recorded
-/// before (a concurrent insert of the same Request-Id makes this wait for it, then do
+/// [`INSERT_AUDIT`] for every row at once (arrays; see [`Stmt::rows`]), inserted in row
+/// order.
+const INSERT_AUDITS: &str = "INSERT INTO notifications (doku_request_id, received_at, headers, \
+     body, verdict, verdict_detail, invoice) \
+     SELECT doku_request_id, received_at, headers, body, verdict, verdict_detail, invoice \
+     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
+     $7::text[]) WITH ORDINALITY AS r(doku_request_id, received_at, headers, body, verdict, \
+     verdict_detail, invoice, n) \
+     ORDER BY n ON CONFLICT (doku_request_id) DO NOTHING RETURNING doku_request_id";
+
+/// Stores the audit rows of verified notifications (distinct Request-Ids), in one statement
+/// and in order; returns the Request-Ids it stored: a Request-Id recorded before is not
+/// stored again (a concurrent insert of the same Request-Id makes this wait for it, then do
 /// nothing).
-async fn insert_audit<C: Conn>(conn: &mut C, n: &InboundNotification) -> Result<bool, StoreError> {
-    let detail = match &n.verdict {
-        Verdict::Accepted => None,
-        Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
-        Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
-    };
-    let audit = Stmt::new(
-        "INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict, \
-         verdict_detail, invoice) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (doku_request_id) DO NOTHING",
-    );
-    let audit = audit
-        .bind(n.doku_request_id.as_str())
-        .bind(n.received_at)
-        .bind(n.headers.as_str())
-        .bind(n.body.as_slice())
-        .bind(n.verdict.as_str())
-        .bind(detail)
-        .bind(n.change.as_ref().map(|c| c.invoice.as_str()));
-    Ok(conn.execute(audit).await? == 1)
+async fn insert_audits<'a, C: Conn>(
+    conn: &mut C,
+    notifications: impl Iterator<Item = &'a InboundNotification>,
+) -> Result<Vec<String>, StoreError> {
+    let mut audit = Stmt::rows(INSERT_AUDIT, INSERT_AUDITS, 7);
+    for n in notifications {
+        let detail = match &n.verdict {
+            Verdict::Accepted => None,
+            Verdict::Mismatch(d) | Verdict::UnknownStatus(d) => Some(d.as_str()),
+            Verdict::UndatedRepeat => Some(UNDATED_REPEAT_DETAIL),
+        };
+        audit.push(n.doku_request_id.as_str());
+        audit.push(n.received_at);
+        audit.push(n.headers.as_str());
+        audit.push(n.body.as_slice());
+        audit.push(n.verdict.as_str());
+        audit.push(detail);
+        audit.push(n.change.as_ref().map(|c| c.invoice.as_str()));
+    }
+    conn.texts(audit).await
 }
 
 /// Marks the stored notification `id` as an undated repeat (its change was withheld).
@@ -735,66 +835,61 @@ async fn mark_undated_repeat<C: Conn>(conn: &mut C, id: &str) -> Result<(), Stor
 
 /// How a batch of notifications failed.
 enum BatchFailure {
-    /// The item at this index failed on its own data: it gets the error, the rest run again.
-    Item(usize, StoreError),
+    /// A statement failed on the data of some item: which one, a statement over every item
+    /// cannot say.
+    Data(StoreError),
     /// The store failed (I/O, a full disk, a lost connection): every item gets the error.
     Store(StoreError),
 }
 
-/// How an error of the item at `i` fails its batch: an error of the store fails every item.
-fn item_failure(i: usize) -> impl Fn(StoreError) -> BatchFailure {
-    move |e| match e {
+/// How `e` fails a batch: an error of the store fails every item.
+fn batch_failure(e: StoreError) -> BatchFailure {
+    match e {
         e @ StoreError::Unavailable(_) => BatchFailure::Store(e),
-        e => BatchFailure::Item(i, e),
+        e => BatchFailure::Data(e),
     }
 }
 
 /// Records a batch of notifications (group commit, [`super::group`]) in one transaction: one
 /// commit, one `fsync`, for all of them, with each item's result as if it had been recorded
-/// alone, in batch order ([`record_in_one_transaction`]). An item that fails on its own data
-/// is answered with its error and the others run again without it (failures are rare; a
-/// savepoint per item would cost every batch two statements an item); an error of the store
-/// itself is every item's answer.
+/// alone, in batch order ([`record_in_one_transaction`]). An error of the store itself is
+/// every item's answer. A statement that fails on the data of an item (rare: the batch's
+/// statements each cover every item, so they cannot tell which) sends the items through
+/// again one transaction each, so that only that item gets its error.
 pub(super) async fn record_notifications<B: Backend>(
     backend: &B,
     batch: &[InboundNotification],
 ) -> Vec<Result<Recorded, StoreError>> {
-    let mut results: Vec<Option<Result<Recorded, StoreError>>> = vec![None; batch.len()];
-    loop {
-        let pending: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
-        if pending.is_empty() {
-            break;
-        }
-        match record_in_one_transaction(backend, batch, &pending).await {
-            Ok(recorded) => {
-                for (i, r) in pending.into_iter().zip(recorded) {
-                    results[i] = Some(Ok(r));
-                }
-                break;
-            }
-            Err(BatchFailure::Item(i, e)) => results[i] = Some(Err(e)),
-            Err(BatchFailure::Store(e)) => {
-                for i in pending {
-                    results[i] = Some(Err(e.clone()));
-                }
-                break;
-            }
-        }
+    match record_in_one_transaction(backend, batch).await {
+        Ok(recorded) => return recorded.into_iter().map(Ok).collect(),
+        Err(BatchFailure::Store(e)) => return vec![Err(e); batch.len()],
+        Err(BatchFailure::Data(e)) if batch.len() == 1 => return vec![Err(e)],
+        Err(BatchFailure::Data(_)) => {}
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for one in batch.chunks(1) {
+        results.push(match record_in_one_transaction(backend, one).await {
+            Ok(mut recorded) => recorded
+                .pop()
+                .ok_or_else(|| StoreError::Unavailable("not recorded".into())),
+            Err(BatchFailure::Data(e) | BatchFailure::Store(e)) => Err(e),
+        });
     }
     results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("not recorded".into()))))
-        .collect()
 }
 
-/// [`record_notifications`]' transaction over the items at `pending`, in three passes, each
-/// taking one kind of lock in one global order, so that two batches (on two replicas) run at
-/// the same time without a wait cycle and the log is held only at the end:
+/// [`record_notifications`]' transaction over `batch`, in passes, each taking one kind of
+/// lock in one global order, so that two batches (on two replicas) run at the same time
+/// without a wait cycle and the log is held only at the end; each pass is one statement over
+/// all its rows ([`Stmt::rows`]):
 ///
 /// 1. the audit rows, in Request-Id order (the first of a repeated Request-Id in batch order
 ///    is the one stored);
-/// 2. the payments of the accepted ones, in invoice order (a payment's notifications in
-///    batch order): lock or create, then change, deciding the events;
+/// 2. the payments of the accepted ones: (a) those the store may lack created, in invoice
+///    order, each by its invoice's first change that is not PENDING; (b) every other one
+///    locked (`FOR UPDATE`), in invoice order; then each change applied in memory (a
+///    payment's changes in batch order), deciding the events, and (c) the changed payments
+///    written;
 /// 3. the log's lock, the events (in pass 2's order), one statement linking them to their
 ///    notifications, and the commit.
 ///
@@ -804,64 +899,123 @@ pub(super) async fn record_notifications<B: Backend>(
 async fn record_in_one_transaction<B: Backend>(
     backend: &B,
     batch: &[InboundNotification],
-    pending: &[usize],
 ) -> Result<Vec<Recorded>, BatchFailure> {
     let mut tx = backend.begin().await.map_err(BatchFailure::Store)?;
     let conn = &mut *tx;
-    // By position in `pending`.
-    let mut recorded = vec![Recorded::Duplicate; pending.len()];
+    let mut recorded = vec![Recorded::Duplicate; batch.len()];
+    let id = |k: usize| batch[k].doku_request_id.as_str();
 
-    let mut by_request_id: Vec<usize> = (0..pending.len()).collect();
-    by_request_id.sort_by(|&a, &b| {
-        let id = |k: usize| batch[pending[k]].doku_request_id.as_str();
-        id(a).cmp(id(b))
-    });
+    let mut by_request_id: Vec<usize> = (0..batch.len()).collect();
+    by_request_id.sort_unstable_by(|&a, &b| id(a).cmp(id(b)).then(a.cmp(&b)));
+    by_request_id.dedup_by(|later, first| id(*later) == id(*first));
+    let audits = by_request_id.iter().map(|&k| &batch[k]);
+    let stored = insert_audits(conn, audits).await.map_err(batch_failure)?;
+    let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
     let mut accepted = Vec::new();
     for k in by_request_id {
-        let n = &batch[pending[k]];
-        if !insert_audit(conn, n)
-            .await
-            .map_err(item_failure(pending[k]))?
-        {
+        if !stored.contains(id(k)) {
             continue;
         }
         recorded[k] = Recorded::Stored { event: None };
-        if let (Verdict::Accepted, Some(change)) = (&n.verdict, &n.change) {
+        if let (Verdict::Accepted, Some(change)) = (&batch[k].verdict, &batch[k].change) {
             accepted.push((k, change));
         }
     }
 
-    // Stable: a payment's notifications stay in batch order (pass 1 kept no order).
-    accepted.sort_by(|(a, x), (b, y)| x.invoice.cmp(&y.invoice).then(a.cmp(b)));
+    // By invoice; a payment's changes in batch order.
+    accepted.sort_unstable_by(|(a, x), (b, y)| x.invoice.cmp(&y.invoice).then(a.cmp(b)));
+    let mut creators: Vec<(usize, &StatusChange)> = Vec::new();
+    for &(k, change) in &accepted {
+        let first = creators
+            .last()
+            .is_none_or(|(_, c)| c.invoice != change.invoice);
+        if first && change.status != PaymentStatus::Pending {
+            creators.push((k, change));
+        }
+    }
+    let creators = creators.iter().map(|&(k, change)| (change, &batch[k]));
+    let created = create_from_notifications(conn, creators).await;
+    let created: HashSet<String> = created.map_err(batch_failure)?.into_iter().collect();
+    let mut others: Vec<&InvoiceNumber> = accepted.iter().map(|(_, c)| &c.invoice).collect();
+    others.dedup();
+    others.retain(|invoice| !created.contains(invoice.as_str()));
+    let locked = payments_locked(conn, &others)
+        .await
+        .map_err(batch_failure)?;
+    // Each held payment as this transaction changed it, and whether it did.
+    let mut held: BTreeMap<InvoiceNumber, (PaymentRecord, bool)> = locked
+        .into_iter()
+        .map(|r| (r.payment.invoice.clone(), (r, false)))
+        .collect();
+
     let mut appends = Vec::new();
     let mut owners = Vec::new();
     for (k, change) in accepted {
-        let (i, n) = (pending[k], &batch[pending[k]]);
-        let (append, withheld) = accept(conn, n, change, &appends)
-            .await
-            .map_err(item_failure(i))?;
-        if withheld {
+        let n = &batch[k];
+        let Some((record, written)) = held.get_mut(&change.invoice) else {
+            // A PENDING for an unknown invoice reserves nothing: audit row only.
+            if change.status == PaymentStatus::Pending {
+                continue;
+            }
+            // The invoice's first change that is not PENDING: it created the payment.
+            if !created.contains(change.invoice.as_str()) {
+                return Err(BatchFailure::Store(StoreError::Unavailable(format!(
+                    "invoice {} conflicted with a row that then vanished; retry",
+                    change.invoice
+                ))));
+            }
+            let record = created_payment(change, n).map_err(batch_failure)?;
+            appends.push(Append {
+                change,
+                occur: change.occur_time.unwrap_or(n.received_at),
+                code: change.payment_code.clone(),
+                channel: n.channel,
+                doku_request_id: Some(&n.doku_request_id),
+            });
+            owners.push(k);
+            held.insert(change.invoice.clone(), (record, false));
+            continue;
+        };
+        let request_id = Some(n.doku_request_id.as_str());
+        let changed = apply_change(
+            conn,
+            record,
+            change,
+            true,
+            request_id,
+            n.received_at,
+            &appends,
+        )
+        .await
+        .map_err(batch_failure)?;
+        *written |= changed.written;
+        if changed.withheld {
             let marked = mark_undated_repeat(conn, &n.doku_request_id).await;
-            marked.map_err(item_failure(i))?;
+            marked.map_err(batch_failure)?;
             recorded[k] = Recorded::UndatedRepeat;
         }
-        if let Some(append) = append {
+        if let Some(append) = changed.append {
             appends.push(append);
             owners.push(k);
         }
     }
+    let changed: Vec<&PaymentRecord> = held
+        .values()
+        .filter_map(|(record, written)| written.then_some(record))
+        .collect();
+    if !changed.is_empty() {
+        write_changes(conn, &changed).await.map_err(batch_failure)?;
+    }
 
     if !appends.is_empty() {
         lock_event_log(conn).await.map_err(BatchFailure::Store)?;
-        let mut seqs = Vec::with_capacity(appends.len());
-        for (append, &k) in appends.iter().zip(&owners) {
-            let event = append_event(conn, append).await;
-            let event = event.map_err(item_failure(pending[k]))?;
-            seqs.push(event.seq);
+        let events = append_events(conn, &appends).await;
+        let events = events.map_err(batch_failure)?;
+        let (first, last) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq));
+        for (event, &k) in events.into_iter().zip(&owners) {
             recorded[k] = Recorded::Stored { event: Some(event) };
         }
-        let (first, last) = (seqs.iter().min(), seqs.iter().max());
-        if let (Some(&first), Some(&last)) = (first, last) {
+        if let (Some(first), Some(last)) = (first, last) {
             link_notifications(conn, first, last)
                 .await
                 .map_err(BatchFailure::Store)?;

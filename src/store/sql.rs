@@ -80,13 +80,44 @@ impl From<bool> for Arg<'_> {
 }
 
 /// A statement and its parameters (`$1`, `$2`, … in order), built like a sqlx query:
-/// `Stmt::new(SQL).bind(a).bind(b)`.
+/// `Stmt::new(SQL).bind(a).bind(b)`; or one statement over many rows ([`Stmt::rows`]).
 #[derive(Debug)]
 pub(super) struct Stmt<'a> {
-    /// The SQL text; `$n` placeholders, which both engines read.
+    /// The SQL text; `$n` placeholders, which both engines read. For a statement over many
+    /// rows, its form for one row.
     pub(super) sql: &'static str,
-    /// The parameters, in placeholder order.
+    /// The parameters, in placeholder order; for a statement over many rows, row after row.
     pub(super) args: Vec<Arg<'a>>,
+    /// Set for a statement over many rows.
+    pub(super) rows: Option<Rows>,
+}
+
+/// A statement over many rows: each row binds `width` parameters. A connection runs it
+/// either once for all rows, in its [`all`](Self::all) form (PostgreSQL: `$k` is the array
+/// of every row's `k`th value, read with `unnest`, [`Stmt::columns`]), or as its one-row
+/// form once per row in order ([`Stmt::each_row`]) where a statement costs no round trip
+/// (SQLite). A statement over one row runs as its one-row form on both
+/// ([`Stmt::is_over_rows`]). Either way the rows it changes are summed and the rows it returns concatenated.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rows {
+    /// The statement once for all rows, each parameter an array.
+    pub(super) all: &'static str,
+    /// Parameters per row.
+    pub(super) width: usize,
+}
+
+/// One parameter of a statement over many rows in its array form: every row's value, by
+/// type (the type of the column's first row; a row of another type fails the statement).
+#[derive(Debug)]
+pub(super) enum Column<'a> {
+    /// `BIGINT[]`.
+    Int(Vec<Option<i64>>),
+    /// `TEXT[]`.
+    Text(Vec<Option<&'a str>>),
+    /// `BYTEA[]`.
+    Bytes(Vec<&'a [u8]>),
+    /// `BOOLEAN[]`.
+    Bool(Vec<bool>),
 }
 
 impl<'a> Stmt<'a> {
@@ -94,6 +125,17 @@ impl<'a> Stmt<'a> {
         Self {
             sql,
             args: Vec::new(),
+            rows: None,
+        }
+    }
+
+    /// A statement over many rows: `each` for one row (`$1`…`$width`), `all` for every row
+    /// at once (see [`Rows`]); bind the rows' parameters row after row.
+    pub(super) fn rows(each: &'static str, all: &'static str, width: usize) -> Self {
+        Self {
+            sql: each,
+            args: Vec::new(),
+            rows: Some(Rows { all, width }),
         }
     }
 
@@ -101,6 +143,74 @@ impl<'a> Stmt<'a> {
     pub(super) fn bind(mut self, arg: impl Into<Arg<'a>>) -> Self {
         self.args.push(arg.into());
         self
+    }
+
+    /// Adds the next parameter, in place (for a loop over rows).
+    pub(super) fn push(&mut self, arg: impl Into<Arg<'a>>) {
+        self.args.push(arg.into());
+    }
+
+    /// The parameters of each row, in row order, for its one-row form [`Stmt::sql`]: one row
+    /// (every parameter) when the statement is not over many rows. For a connection that runs
+    /// a statement over many rows row by row.
+    pub(super) fn each_row(&self) -> impl Iterator<Item = &[Arg<'a>]> {
+        let width = match self.rows {
+            Some(Rows { width, .. }) => width.max(1),
+            None => self.args.len().max(1),
+        };
+        let no_parameters = self.rows.is_none() && self.args.is_empty();
+        self.args
+            .chunks(width)
+            .chain(no_parameters.then_some(&[][..]))
+    }
+
+    /// Whether the statement runs once with arrays ([`Stmt::columns`]) on a connection that
+    /// binds them: a statement over more than one row. One row runs as its one-row form.
+    pub(super) fn is_over_rows(&self) -> bool {
+        self.rows.is_some_and(|r| self.args.len() > r.width)
+    }
+
+    /// A statement over many rows as its [`Rows::all`] form and one array per parameter,
+    /// each the rows' values in row order. `Err` for a statement not over many rows, or one
+    /// whose rows bind different types in one column.
+    pub(super) fn columns(self) -> Result<(&'static str, Vec<Column<'a>>), String> {
+        let Some(Rows { all, width }) = self.rows else {
+            return Err(format!("{}: not a statement over many rows", self.sql));
+        };
+        let width = width.max(1);
+        let mut columns: Vec<Column<'a>> = Vec::with_capacity(width);
+        for (i, arg) in self.args.into_iter().enumerate() {
+            if i < width {
+                columns.push(Column::of(arg));
+            } else if !columns[i % width].push(arg) {
+                return Err(format!("{all}: parameter {} mixes types", i % width + 1));
+            }
+        }
+        Ok((all, columns))
+    }
+}
+
+impl<'a> Column<'a> {
+    /// A column holding `arg` alone.
+    fn of(arg: Arg<'a>) -> Self {
+        match arg {
+            Arg::Int(v) => Self::Int(vec![v]),
+            Arg::Text(v) => Self::Text(vec![v]),
+            Arg::Bytes(v) => Self::Bytes(vec![v]),
+            Arg::Bool(v) => Self::Bool(vec![v]),
+        }
+    }
+
+    /// Appends `arg`; `false` if it is of another type.
+    fn push(&mut self, arg: Arg<'a>) -> bool {
+        match (self, arg) {
+            (Self::Int(c), Arg::Int(v)) => c.push(v),
+            (Self::Text(c), Arg::Text(v)) => c.push(v),
+            (Self::Bytes(c), Arg::Bytes(v)) => c.push(v),
+            (Self::Bool(c), Arg::Bool(v)) => c.push(v),
+            _ => return false,
+        }
+        true
     }
 }
 
@@ -155,10 +265,7 @@ pub(super) trait Conn: Send {
         stmt: Stmt<'_>,
     ) -> impl Future<Output = Result<Vec<PaymentRecord>, StoreError>> + Send;
 
-    /// The one `events` row the statement returns (columns: `event_columns!`).
-    fn event(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<Event, StoreError>> + Send;
-
-    /// Every `events` row the statement returns.
+    /// Every `events` row the statement returns (columns: `event_columns!`).
     fn events(
         &mut self,
         stmt: Stmt<'_>,
@@ -183,6 +290,12 @@ pub(super) trait Conn: Send {
         stmt: Stmt<'_>,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
+    /// The text in the first column of every row (`NULL`s skipped).
+    fn texts(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// The integer in the first column of the first row; `None` for no row or `NULL`.
     fn int(
         &mut self,
@@ -203,12 +316,30 @@ macro_rules! sqlx_conn {
     ($conn:ty, $db:ty, $dialect:expr, $error:path) => {
         /// The parameters of `stmt` in the driver's form; a value the driver cannot encode
         /// fails the statement, as a failed `bind` does.
+        ///
+        /// The driver binds arrays: a statement over many rows runs once, in its
+        /// [`Rows::all`]($crate::store::sql::Rows::all) form; hence the SQL returned.
         fn sqlx_arguments(
             stmt: $crate::store::sql::Stmt<'_>,
-        ) -> Result<<$db as sqlx::Database>::Arguments, $crate::store::StoreError> {
+        ) -> Result<(&'static str, <$db as sqlx::Database>::Arguments), $crate::store::StoreError> {
             use sqlx::Arguments as _;
-            use $crate::store::sql::Arg;
+            use $crate::store::sql::{Arg, Column};
             let mut args = <$db as sqlx::Database>::Arguments::default();
+            let encode = |e| $error(sqlx::Error::Encode(e));
+            if stmt.is_over_rows() {
+                let (sql, columns) = stmt.columns().map_err($crate::store::StoreError::Corrupt)?;
+                args.reserve(columns.len(), 0);
+                for column in columns {
+                    match column {
+                        Column::Int(v) => args.add(v),
+                        Column::Text(v) => args.add(v),
+                        Column::Bytes(v) => args.add(v),
+                        Column::Bool(v) => args.add(v),
+                    }
+                    .map_err(encode)?;
+                }
+                return Ok((sql, args));
+            }
             args.reserve(stmt.args.len(), 0);
             for arg in stmt.args {
                 match arg {
@@ -217,9 +348,9 @@ macro_rules! sqlx_conn {
                     Arg::Bytes(v) => args.add(v),
                     Arg::Bool(v) => args.add(v),
                 }
-                .map_err(|e| $error(sqlx::Error::Encode(e)))?;
+                .map_err(encode)?;
             }
-            Ok(args)
+            Ok((stmt.sql, args))
         }
 
         /// Every row `stmt` returns, decoded from its row type `R`.
@@ -231,8 +362,8 @@ macro_rules! sqlx_conn {
             R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             T: TryFrom<R, Error = $crate::store::StoreError>,
         {
-            let sql = stmt.sql;
-            let rows = sqlx::query_as_with::<_, R, _>(sql, sqlx_arguments(stmt)?)
+            let (sql, args) = sqlx_arguments(stmt)?;
+            let rows = sqlx::query_as_with::<_, R, _>(sql, args)
                 .fetch_all(conn)
                 .await
                 .map_err($error)?;
@@ -248,8 +379,8 @@ macro_rules! sqlx_conn {
             R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             T: TryFrom<R, Error = $crate::store::StoreError>,
         {
-            let sql = stmt.sql;
-            sqlx::query_as_with::<_, R, _>(sql, sqlx_arguments(stmt)?)
+            let (sql, args) = sqlx_arguments(stmt)?;
+            sqlx::query_as_with::<_, R, _>(sql, args)
                 .fetch_optional(conn)
                 .await
                 .map_err($error)?
@@ -264,8 +395,8 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<u64, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let done = sqlx::query_with(sql, sqlx_arguments(stmt)?)
+                let (sql, args) = sqlx_arguments(stmt)?;
+                let done = sqlx::query_with(sql, args)
                     .execute(self)
                     .await
                     .map_err($error)?;
@@ -291,15 +422,6 @@ macro_rules! sqlx_conn {
                 sqlx_fetch_all::<$crate::store::rows::PaymentRow, _>(self, stmt).await
             }
 
-            async fn event(
-                &mut self,
-                stmt: $crate::store::sql::Stmt<'_>,
-            ) -> Result<$crate::payment::Event, $crate::store::StoreError> {
-                sqlx_fetch_optional::<$crate::store::rows::EventRow, _>(self, stmt)
-                    .await?
-                    .ok_or_else(|| $error(sqlx::Error::RowNotFound))
-            }
-
             async fn events(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
@@ -319,8 +441,8 @@ macro_rules! sqlx_conn {
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<$crate::store::migrate::AppliedMigration>, $crate::store::StoreError>
             {
-                let sql = stmt.sql;
-                sqlx::query_as_with(sql, sqlx_arguments(stmt)?)
+                let (sql, args) = sqlx_arguments(stmt)?;
+                sqlx::query_as_with(sql, args)
                     .fetch_all(self)
                     .await
                     .map_err($error)
@@ -330,25 +452,35 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<String>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let value: Option<Option<String>> =
-                    sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
-                        .fetch_optional(self)
-                        .await
-                        .map_err($error)?;
+                let (sql, args) = sqlx_arguments(stmt)?;
+                let value: Option<Option<String>> = sqlx::query_scalar_with(sql, args)
+                    .fetch_optional(self)
+                    .await
+                    .map_err($error)?;
                 Ok(value.flatten())
+            }
+
+            async fn texts(
+                &mut self,
+                stmt: $crate::store::sql::Stmt<'_>,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let (sql, args) = sqlx_arguments(stmt)?;
+                let values: Vec<Option<String>> = sqlx::query_scalar_with(sql, args)
+                    .fetch_all(self)
+                    .await
+                    .map_err($error)?;
+                Ok(values.into_iter().flatten().collect())
             }
 
             async fn int(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<i64>, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                let value: Option<Option<i64>> =
-                    sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
-                        .fetch_optional(self)
-                        .await
-                        .map_err($error)?;
+                let (sql, args) = sqlx_arguments(stmt)?;
+                let value: Option<Option<i64>> = sqlx::query_scalar_with(sql, args)
+                    .fetch_optional(self)
+                    .await
+                    .map_err($error)?;
                 Ok(value.flatten())
             }
 
@@ -356,8 +488,8 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let sql = stmt.sql;
-                sqlx::query_scalar_with(sql, sqlx_arguments(stmt)?)
+                let (sql, args) = sqlx_arguments(stmt)?;
+                sqlx::query_scalar_with(sql, args)
                     .fetch_one(self)
                     .await
                     .map_err($error)
@@ -366,3 +498,74 @@ macro_rules! sqlx_conn {
     };
 }
 pub(super) use sqlx_conn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_rows() -> Stmt<'static> {
+        let mut stmt = Stmt::rows("ONE ($1, $2)", "ALL ($1, $2)", 2);
+        for (id, n) in [("a", Some(1)), ("b", None)] {
+            stmt.push(id);
+            stmt.push(n);
+        }
+        stmt
+    }
+
+    #[test]
+    fn a_statement_over_rows_runs_as_each_row_in_order() {
+        let stmt = two_rows();
+        let rows: Vec<Vec<String>> = stmt
+            .each_row()
+            .map(|row| row.iter().map(|a| format!("{a:?}")).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ["Text(Some(\"a\"))", "Int(Some(1))"],
+                ["Text(Some(\"b\"))", "Int(None)"]
+            ]
+        );
+        assert!(stmt.is_over_rows());
+        // One row runs as its one-row form everywhere.
+        let mut one = Stmt::rows("ONE ($1)", "ALL ($1)", 1);
+        one.push("a");
+        assert!(!one.is_over_rows());
+        assert_eq!(one.each_row().count(), 1);
+    }
+
+    #[test]
+    fn a_statement_over_rows_runs_once_as_columns() {
+        let (sql, columns) = two_rows().columns().unwrap();
+        assert_eq!(sql, "ALL ($1, $2)");
+        match columns.as_slice() {
+            [Column::Text(ids), Column::Int(ns)] => {
+                assert_eq!(ids, &[Some("a"), Some("b")]);
+                assert_eq!(ns, &[Some(1), None]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_column_of_mixed_types_or_a_single_statement_has_no_array_form() {
+        let mut mixed = Stmt::rows("ONE ($1)", "ALL ($1)", 1);
+        mixed.push("a");
+        mixed.push(1_i64);
+        assert!(
+            mixed
+                .columns()
+                .unwrap_err()
+                .contains("parameter 1 mixes types")
+        );
+        assert!(Stmt::new("SELECT $1").bind(1_i64).columns().is_err());
+        // A single statement runs as itself, with or without parameters.
+        let single = Stmt::new("SELECT $1").bind(1_i64);
+        assert!(!single.is_over_rows());
+        assert_eq!(single.each_row().map(<[_]>::len).collect::<Vec<_>>(), [1]);
+        let bare = Stmt::new("SELECT 1");
+        assert_eq!(bare.each_row().map(<[_]>::len).collect::<Vec<_>>(), [0]);
+        // A statement over no rows runs no row.
+        assert_eq!(Stmt::rows("ONE ($1)", "ALL ($1)", 1).each_row().count(), 0);
+    }
+}

@@ -255,12 +255,12 @@ impl SqliteConn {
         Ok(Self(conn))
     }
 
-    /// `stmt` prepared (from the connection's cache) with its parameters bound. The SQL
-    /// numbers parameters `$1`, `$2`, … (the text PostgreSQL reads too); SQLite takes `$1` as
-    /// a parameter *named* `$1`, numbered in order of first use, so each is bound by its
-    /// name's number.
-    fn prepared(&self, stmt: &Stmt<'_>) -> rusqlite::Result<CachedStatement<'_>> {
-        let mut prepared = self.0.prepare_cached(stmt.sql)?;
+    /// `sql` prepared (from the connection's cache) with `args` bound. The SQL numbers
+    /// parameters `$1`, `$2`, … (the text PostgreSQL reads too); SQLite takes `$1` as a
+    /// parameter *named* `$1`, numbered in order of first use, so each is bound by its name's
+    /// number.
+    fn prepared(&self, sql: &str, args: &[Arg<'_>]) -> rusqlite::Result<CachedStatement<'_>> {
+        let mut prepared = self.0.prepare_cached(sql)?;
         for i in 1..=prepared.parameter_count() {
             let n = match prepared.parameter_name(i) {
                 Some(name) => name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
@@ -268,24 +268,27 @@ impl SqliteConn {
             };
             let arg = n
                 .and_then(|n| n.checked_sub(1))
-                .and_then(|n| stmt.args.get(n))
-                .ok_or(rusqlite::Error::InvalidParameterCount(i, stmt.args.len()))?;
+                .and_then(|n| args.get(n))
+                .ok_or(rusqlite::Error::InvalidParameterCount(i, args.len()))?;
             prepared.raw_bind_parameter(i, arg)?;
         }
         Ok(prepared)
     }
 
-    /// Every row `stmt` returns, decoded by `decode`.
+    /// Every row `stmt` returns, decoded by `decode`. A statement over many rows runs once
+    /// per row, in order ([`Stmt::each_row`]): in process, a statement costs no round trip.
     fn rows<T>(
         &self,
         stmt: Stmt<'_>,
         mut decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut prepared = self.prepared(&stmt).map_err(db_error)?;
-        let mut rows = prepared.raw_query();
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(db_error)? {
-            out.push(decode(row).map_err(db_error)?);
+        for args in stmt.each_row() {
+            let mut prepared = self.prepared(stmt.sql, args).map_err(db_error)?;
+            let mut rows = prepared.raw_query();
+            while let Some(row) = rows.next().map_err(db_error)? {
+                out.push(decode(row).map_err(db_error)?);
+            }
         }
         Ok(out)
     }
@@ -300,12 +303,17 @@ impl SqliteConn {
         Ok(self.rows(stmt, decode)?.into_iter().next())
     }
 
-    /// Runs `stmt` to its end; the number of rows it changed.
+    /// Runs `stmt` to its end (over many rows: once per row, as [`Self::rows`]); the number
+    /// of rows it changed.
     fn run(&self, stmt: Stmt<'_>) -> Result<u64, StoreError> {
-        let mut prepared = self.prepared(&stmt).map_err(db_error)?;
-        let mut rows = prepared.raw_query();
-        while rows.next().map_err(db_error)?.is_some() {}
-        Ok(self.0.changes())
+        let mut changed = 0;
+        for args in stmt.each_row() {
+            let mut prepared = self.prepared(stmt.sql, args).map_err(db_error)?;
+            let mut rows = prepared.raw_query();
+            while rows.next().map_err(db_error)?.is_some() {}
+            changed += self.0.changes();
+        }
+        Ok(changed)
     }
 
     /// Ends a transaction left open (its commit failed, or it was dropped): SQLite keeps
@@ -419,14 +427,6 @@ impl Conn for SqliteConn {
         std::future::ready(decoded(self.rows(stmt, payment_row)))
     }
 
-    fn event(&mut self, stmt: Stmt<'_>) -> impl Future<Output = Result<Event, StoreError>> + Send {
-        let row = self.first(stmt, event_row).and_then(|row| {
-            let row = row.ok_or_else(|| db_error(rusqlite::Error::QueryReturnedNoRows))?;
-            Event::try_from(row)
-        });
-        std::future::ready(row)
-    }
-
     fn events(
         &mut self,
         stmt: Stmt<'_>,
@@ -452,6 +452,14 @@ impl Conn for SqliteConn {
                 success: row.get(2)?,
             })
         }))
+    }
+
+    fn texts(
+        &mut self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        let values = self.rows(stmt, |row| row.get::<_, Option<String>>(0));
+        std::future::ready(values.map(|v| v.into_iter().flatten().collect()))
     }
 
     fn int(
@@ -1056,6 +1064,13 @@ mod tests {
             store.events_after(0, 10).await,
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_batch_changes_the_payments_it_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        crate::store::conformance::a_batch_changes_the_payments_it_creates(&store).await;
     }
 
     #[tokio::test]
