@@ -902,6 +902,55 @@ mod tests {
         store.close().await;
     }
 
+    /// The array forms of a batch's statements that find existing rows find them by key,
+    /// never by scanning the table: on tables of 5,000 rows without statistics (as while a
+    /// busy store's tables grow faster than autovacuum analyzes them), in PostgreSQL's generic
+    /// plan. (Linking events by a join on a range of seqs scanned every notification in every
+    /// batch.)
+    #[tokio::test]
+    async fn a_batch_finds_its_rows_by_key_not_by_scanning_the_table() {
+        use sqlx::Row as _;
+        let Some(db) = ScratchDb::create().await else {
+            return;
+        };
+        let store = PostgresStore::connect(db.options()).await.unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
+             reusable, fingerprint, updated_at) SELECT 'INV-' || g, 1000, 'INDOMARET', 'PAID', \
+             0, 0, FALSE, '', 0 FROM generate_series(1, 5000) AS g; \
+             INSERT INTO notifications (doku_request_id, received_at, headers, body, verdict) \
+             SELECT 'r' || g, 0, '{}', '\\x00', 'ACCEPTED' FROM generate_series(1, 5000) AS g; \
+             SET plan_cache_mode = force_generic_plan",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let statements = [
+            (shared::LINK_NOTIFICATIONS, "text[], bigint[]"),
+            (shared::LOCK_PAYMENTS, "text[]"),
+            (
+                shared::WRITE_CHANGES,
+                "text[], text[], bigint[], text[], bigint[]",
+            ),
+        ];
+        for (i, (sql, types)) in statements.into_iter().enumerate() {
+            let nulls = vec!["NULL"; types.split(',').count()].join(", ");
+            let explain =
+                format!("PREPARE q{i} ({types}) AS {sql}; EXPLAIN EXECUTE q{i} ({nulls})");
+            let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(explain))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("Index"), "{sql}:\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{sql}:\n{plan}");
+        }
+        drop(conn);
+        store.close().await;
+    }
+
     /// A dated repeat PAID of a reusable code twice in one batch (two Request-Ids, the same
     /// payment): the second sees the first's event, which the batch appends only at its end,
     /// and is not emitted again.

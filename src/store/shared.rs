@@ -514,20 +514,31 @@ async fn append_events<C: Conn>(
     Ok(events)
 }
 
-/// Sets `event_seq` of every notification whose event has a seq in `first..=last`, in one
-/// statement: the events this transaction appended (it held the log's lock from the first to
-/// the last, so no other transaction's event is in between).
-async fn link_notifications<C: Conn>(
-    conn: &mut C,
-    first: u64,
-    last: u64,
-) -> Result<(), StoreError> {
-    let link = Stmt::new(
-        "UPDATE notifications SET event_seq = e.seq FROM events AS e \
-         WHERE e.seq BETWEEN $1 AND $2 AND notifications.doku_request_id = e.doku_request_id",
-    );
-    conn.execute(link.bind(signed(first)).bind(signed(last)))
-        .await?;
+/// [`link_notifications`] for one row: `$1` a Request-Id, `$2` its event's seq.
+const LINK_NOTIFICATION: &str =
+    "UPDATE notifications SET event_seq = $2 WHERE doku_request_id = $1";
+
+/// [`LINK_NOTIFICATION`] for every row at once (arrays; see [`Stmt::rows`]): the rows found
+/// by `= ANY` on their key, which PostgreSQL reads from the index at any table size, each
+/// row's value looked up by its key's place. (A join, on `events` by a range of seqs or on
+/// `unnest`, is planned as a scan of every notification while the table is small or without
+/// statistics: in every batch, of a table that grows with every batch.)
+pub(super) const LINK_NOTIFICATIONS: &str = "UPDATE notifications \
+     SET event_seq = ($2::bigint[])[array_position($1::text[], doku_request_id)] \
+     WHERE doku_request_id = ANY($1::text[])";
+
+/// Sets `event_seq` of the notifications that carried `events`, in one statement.
+async fn link_notifications<C: Conn>(conn: &mut C, events: &[Event]) -> Result<(), StoreError> {
+    let mut link = Stmt::rows(LINK_NOTIFICATION, LINK_NOTIFICATIONS, 2);
+    for event in events {
+        if let Some(id) = event.doku_request_id.as_deref() {
+            link.push(id);
+            link.push(signed(event.seq));
+        }
+    }
+    if !link.args.is_empty() {
+        conn.execute(link).await?;
+    }
     Ok(())
 }
 
@@ -616,11 +627,15 @@ pub(super) async fn apply_change<'a, C: Conn>(
 const WRITE_CHANGE: &str = "UPDATE payments SET status = $2, pay_time = $3, payment_code = $4, \
                             updated_at = $5 WHERE invoice = $1";
 
-/// [`WRITE_CHANGE`] for every row at once (arrays; see [`Stmt::rows`]).
-const WRITE_CHANGES: &str = "UPDATE payments AS p SET status = u.status, pay_time = u.pay_time, \
-     payment_code = u.payment_code, updated_at = u.updated_at \
-     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
-     AS u(invoice, status, pay_time, payment_code, updated_at) WHERE p.invoice = u.invoice";
+/// [`WRITE_CHANGE`] for every row at once (arrays; see [`Stmt::rows`]): the rows found by
+/// `= ANY` on their key, each row's values looked up by its key's place (see
+/// [`LINK_NOTIFICATIONS`] for why not a join).
+pub(super) const WRITE_CHANGES: &str = "UPDATE payments SET \
+     status = ($2::text[])[array_position($1::text[], invoice)], \
+     pay_time = ($3::bigint[])[array_position($1::text[], invoice)], \
+     payment_code = ($4::text[])[array_position($1::text[], invoice)], \
+     updated_at = ($5::bigint[])[array_position($1::text[], invoice)] \
+     WHERE invoice = ANY($1::text[])";
 
 /// Writes what [`apply_change`] changed of the held payments `records` (status, pay time,
 /// code), in one statement.
@@ -672,14 +687,16 @@ pub(super) async fn apply_status<C: Conn>(
 }
 
 /// [`create_from_notifications`] for one row: `$1`…`$8` the payment's values.
-const CREATE_FROM_NOTIFICATION: &str = "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
+const CREATE_FROM_NOTIFICATION: &str = "INSERT INTO payments (invoice, amount, channel, \
+     payment_code, status, create_time, \
      expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $6, $7, FALSE, '', 0, $8) \
      ON CONFLICT (invoice) DO NOTHING RETURNING invoice";
 
 /// [`CREATE_FROM_NOTIFICATION`] for every row at once (arrays; see [`Stmt::rows`]), inserted
 /// in row order.
-const CREATE_FROM_NOTIFICATIONS: &str = "INSERT INTO payments (invoice, amount, channel, payment_code, status, create_time, \
+const CREATE_FROM_NOTIFICATIONS: &str = "INSERT INTO payments (invoice, amount, channel, \
+     payment_code, status, create_time, \
      expire_time, pay_time, reusable, fingerprint, check_count, updated_at) \
      SELECT invoice, amount, channel, payment_code, status, occur_time, occur_time, pay_time, \
      FALSE, '', 0, updated_at \
@@ -757,7 +774,7 @@ fn created_payment(
 /// [`payments_locked`] for every row at once (an array; see [`Stmt::rows`]): locked in
 /// invoice order, bytewise (`COLLATE "C"`, the order of Rust's `str`), whatever the
 /// database's collation.
-const LOCK_PAYMENTS: &str = concat!(
+pub(super) const LOCK_PAYMENTS: &str = concat!(
     "SELECT ",
     payment_columns!(),
     " FROM payments WHERE invoice = ANY($1::text[]) ORDER BY invoice COLLATE \"C\" FOR UPDATE"
@@ -1011,14 +1028,11 @@ async fn record_in_one_transaction<B: Backend>(
         lock_event_log(conn).await.map_err(BatchFailure::Store)?;
         let events = append_events(conn, &appends).await;
         let events = events.map_err(batch_failure)?;
-        let (first, last) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq));
+        link_notifications(conn, &events)
+            .await
+            .map_err(batch_failure)?;
         for (event, &k) in events.into_iter().zip(&owners) {
             recorded[k] = Recorded::Stored { event: Some(event) };
-        }
-        if let (Some(first), Some(last)) = (first, last) {
-            link_notifications(conn, first, last)
-                .await
-                .map_err(BatchFailure::Store)?;
         }
     }
     B::commit(tx).await.map_err(BatchFailure::Store)?;
