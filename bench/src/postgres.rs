@@ -27,6 +27,11 @@ pub(crate) struct Server {
     pub(crate) fsync: String,
     /// `synchronous_commit` (`on`: a commit is acknowledged after its WAL is flushed).
     pub(crate) synchronous_commit: String,
+    /// `ssl` (`on`: the server offers TLS, which the sidecars' default `sslmode=prefer` takes,
+    /// loopback or not).
+    pub(crate) ssl: String,
+    /// The `sslmode` of the sidecars' URL (`prefer` when it names none).
+    pub(crate) sslmode: String,
 }
 
 /// A database created for one run; [`Database::drop`] removes it.
@@ -49,18 +54,28 @@ impl Database {
         let settings = psql(
             admin,
             "SELECT current_setting('server_version'), current_setting('fsync'), \
-             current_setting('synchronous_commit')",
+             current_setting('synchronous_commit'), current_setting('ssl')",
         )
         .await
         .map_err(|e| format!("{e:#}"))?;
         let fields: Vec<&str> = settings.trim().split('|').collect();
-        let [version, fsync, synchronous_commit] = fields[..] else {
+        let [version, fsync, synchronous_commit, ssl] = fields[..] else {
             return Err(format!("unexpected answer from psql: {settings:?}"));
         };
+        let sslmode = url
+            .split_once('?')
+            .and_then(|(_, query)| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("sslmode="))
+            })
+            .unwrap_or("prefer");
         let server = Server {
             version: version.to_owned(),
             fsync: fsync.to_owned(),
             synchronous_commit: synchronous_commit.to_owned(),
+            ssl: ssl.to_owned(),
+            sslmode: sslmode.to_owned(),
         };
         psql(admin, &format!("CREATE DATABASE {name}"))
             .await

@@ -702,14 +702,17 @@ impl Report {
         }) {
             let _ = writeln!(
                 s,
-                "\nP6: the sidecar on PostgreSQL {} (`fsync={}`, `synchronous_commit={}`), \
-                 a new database per run; replicas A and B are two sidecar \
-                 processes on it. GetStatus runs on A alone, next to P1's no-op server of the \
-                 same runs; the ingest POSTs alternate between A and B.",
+                "\nP6: the sidecar on PostgreSQL {} (`fsync={}`, `synchronous_commit={}`, \
+                 `ssl={}`; the sidecars' `sslmode={}`), a new database per run; replicas A \
+                 and B are two sidecar processes on it. GetStatus runs on A alone, next to \
+                 P1's no-op server of the same runs; the ingest POSTs alternate between A and \
+                 B.",
                 // `15.20 (Debian 15.20-0+deb12u1)`: the number is enough here.
                 pg.version.split_whitespace().next().unwrap_or_default(),
                 pg.fsync,
-                pg.synchronous_commit
+                pg.synchronous_commit,
+                pg.ssl,
+                pg.sslmode
             );
         }
         problems_and_rest(

@@ -859,8 +859,9 @@ impl Rig {
 
         say("P2 GeneratePaymentCode (straight to the simulator, through the sidecar)");
         let (p2_direct, p2_cpu_us_sim) = self.generate_direct(r).await?;
-        let (p2_noop, p2_cpu_us_noop) =
-            self.generate_at_rate(self.noop_addr, &self.noop, "N", r).await?;
+        let (p2_noop, p2_cpu_us_noop) = self
+            .generate_at_rate(self.noop_addr, &self.noop, "N", r)
+            .await?;
         if p2_noop.errors > 0 {
             bail!(
                 "{} GeneratePaymentCode calls to the no-op server failed: {}",
@@ -868,8 +869,9 @@ impl Rig {
                 p2_noop.first_error.unwrap_or_default()
             );
         }
-        let (p2_sidecar, p2_cpu_us_sidecar) =
-            self.generate_at_rate(self.grpc, &self.sidecar, "S", r).await?;
+        let (p2_sidecar, p2_cpu_us_sidecar) = self
+            .generate_at_rate(self.grpc, &self.sidecar, "S", r)
+            .await?;
 
         say("P3 notification to stream event, durable ingest; fsync of the store's disk");
         let sidecar = self.notifier(self.notify_url.clone());
