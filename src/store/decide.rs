@@ -174,31 +174,20 @@ mod tests {
     }
 
     fn record(status: PaymentStatus, reusable: bool, code: Option<&str>) -> PaymentRecord {
-        PaymentRecord {
-            payment: Payment {
-                invoice: InvoiceNumber::parse("INV-1").unwrap(),
-                amount: Amount::new(10_000).unwrap(),
-                channel: Channel::Indomaret,
-                payment_code: code.map(|c| PaymentCode::parse(c).unwrap()),
-                status,
-                create_time: t(0),
-                expire_time: t(3600),
-                pay_time: (status == PaymentStatus::Paid).then(|| t(10)),
-                how_to_pay_url: None,
-                how_to_pay_api_url: None,
-                reusable,
-                instructions: Vec::new(),
-            },
-            fingerprint: String::new(),
-            idempotency_key: None,
-            doku_request: None,
-            attempt_lease_until: None,
-            next_check_at: None,
-            check_count: 0,
-            rejection: None,
-            outcome_unknown: false,
-            trace_context: None,
-        }
+        PaymentRecord::without_request(Payment {
+            invoice: InvoiceNumber::parse("INV-1").unwrap(),
+            amount: Amount::new(10_000).unwrap(),
+            channel: Channel::Indomaret,
+            payment_code: code.map(|c| PaymentCode::parse(c).unwrap()),
+            status,
+            create_time: t(0),
+            expire_time: t(3600),
+            pay_time: (status == PaymentStatus::Paid).then(|| t(10)),
+            how_to_pay_url: None,
+            how_to_pay_api_url: None,
+            reusable,
+            instructions: Vec::new(),
+        })
     }
 
     fn change(status: PaymentStatus, code: Option<&str>, at: Option<i64>) -> StatusChange {

@@ -246,6 +246,24 @@ pub struct PaymentRecord {
 }
 
 impl PaymentRecord {
+    /// The record of a payment the sidecar never requested (created from a DOKU notification
+    /// for an invoice it did not know): no request, fingerprint, idempotency key, lease,
+    /// schedule, attempts or trace.
+    pub fn without_request(payment: Payment) -> Self {
+        Self {
+            payment,
+            fingerprint: String::new(),
+            idempotency_key: None,
+            doku_request: None,
+            attempt_lease_until: None,
+            next_check_at: None,
+            check_count: 0,
+            rejection: None,
+            outcome_unknown: false,
+            trace_context: None,
+        }
+    }
+
     /// The rejection, if this record is a draft DOKU definitively rejected and that nothing
     /// has bound since: no code, PENDING, no unknown outcome. Such a draft holds no payment at
     /// DOKU; a different request may replace it.

@@ -744,31 +744,20 @@ fn created_payment(
         "occur_time",
         unix(change.occur_time.unwrap_or(n.received_at)),
     )?;
-    Ok(PaymentRecord {
-        payment: Payment {
-            invoice: invoice.clone(),
-            amount: change.amount,
-            channel: n.channel,
-            payment_code: change.payment_code.clone(),
-            status: change.status,
-            create_time: at,
-            expire_time: at,
-            pay_time: (change.status == PaymentStatus::Paid).then_some(at),
-            how_to_pay_url: None,
-            how_to_pay_api_url: None,
-            reusable: false,
-            instructions: Vec::new(),
-        },
-        fingerprint: String::new(),
-        idempotency_key: None,
-        doku_request: None,
-        attempt_lease_until: None,
-        next_check_at: None,
-        check_count: 0,
-        rejection: None,
-        outcome_unknown: false,
-        trace_context: None,
-    })
+    Ok(PaymentRecord::without_request(Payment {
+        invoice: invoice.clone(),
+        amount: change.amount,
+        channel: n.channel,
+        payment_code: change.payment_code.clone(),
+        status: change.status,
+        create_time: at,
+        expire_time: at,
+        pay_time: (change.status == PaymentStatus::Paid).then_some(at),
+        how_to_pay_url: None,
+        how_to_pay_api_url: None,
+        reusable: false,
+        instructions: Vec::new(),
+    }))
 }
 
 /// [`payments_locked`] for every row at once (an array; see [`Stmt::rows`]): locked in

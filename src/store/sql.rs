@@ -370,6 +370,22 @@ macro_rules! sqlx_conn {
             $crate::store::rows::decode_all(rows)
         }
 
+        /// The first column of every row `stmt` returns (`NULL` as `None`).
+        async fn sqlx_scalars<T>(
+            conn: &mut $conn,
+            stmt: $crate::store::sql::Stmt<'_>,
+        ) -> Result<Vec<Option<T>>, $crate::store::StoreError>
+        where
+            (Option<T>,): for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row>,
+            T: Send + Unpin,
+        {
+            let (sql, args) = sqlx_arguments(stmt)?;
+            sqlx::query_scalar_with(sql, args)
+                .fetch_all(conn)
+                .await
+                .map_err($error)
+        }
+
         /// The first row `stmt` returns, if any, decoded from its row type `R`.
         async fn sqlx_fetch_optional<R, T>(
             conn: &mut $conn,
@@ -452,36 +468,25 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<String>, $crate::store::StoreError> {
-                let (sql, args) = sqlx_arguments(stmt)?;
-                let value: Option<Option<String>> = sqlx::query_scalar_with(sql, args)
-                    .fetch_optional(self)
-                    .await
-                    .map_err($error)?;
-                Ok(value.flatten())
+                Ok(sqlx_scalars(self, stmt).await?.into_iter().next().flatten())
             }
 
             async fn texts(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
-                let (sql, args) = sqlx_arguments(stmt)?;
-                let values: Vec<Option<String>> = sqlx::query_scalar_with(sql, args)
-                    .fetch_all(self)
-                    .await
-                    .map_err($error)?;
-                Ok(values.into_iter().flatten().collect())
+                Ok(sqlx_scalars(self, stmt)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect())
             }
 
             async fn int(
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<Option<i64>, $crate::store::StoreError> {
-                let (sql, args) = sqlx_arguments(stmt)?;
-                let value: Option<Option<i64>> = sqlx::query_scalar_with(sql, args)
-                    .fetch_optional(self)
-                    .await
-                    .map_err($error)?;
-                Ok(value.flatten())
+                Ok(sqlx_scalars(self, stmt).await?.into_iter().next().flatten())
             }
 
             async fn flag(
