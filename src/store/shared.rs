@@ -536,9 +536,7 @@ async fn link_notifications<C: Conn>(conn: &mut C, events: &[Event]) -> Result<(
             link.push(signed(event.seq));
         }
     }
-    if !link.args.is_empty() {
-        conn.execute(link).await?;
-    }
+    conn.execute(link).await?;
     Ok(())
 }
 
@@ -726,9 +724,6 @@ async fn create_from_notifications<'a, C: Conn>(
         insert.push((change.status == PaymentStatus::Paid).then_some(occur));
         insert.push(now);
     }
-    if insert.args.is_empty() {
-        return Ok(Vec::new());
-    }
     conn.texts(insert).await
 }
 
@@ -775,9 +770,6 @@ async fn payments_locked<C: Conn>(
     conn: &mut C,
     invoices: &[&InvoiceNumber],
 ) -> Result<Vec<PaymentRecord>, StoreError> {
-    if invoices.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut select = Stmt::rows(C::DIALECT.lock_payment, LOCK_PAYMENTS, 1);
     for invoice in invoices {
         select.push(invoice.as_str());
@@ -1009,9 +1001,7 @@ async fn record_in_one_transaction<B: Backend>(
         .values()
         .filter_map(|(record, written)| written.then_some(record))
         .collect();
-    if !changed.is_empty() {
-        write_changes(conn, &changed).await.map_err(batch_failure)?;
-    }
+    write_changes(conn, &changed).await.map_err(batch_failure)?;
 
     if !appends.is_empty() {
         lock_event_log(conn).await.map_err(BatchFailure::Store)?;

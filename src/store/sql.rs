@@ -97,7 +97,8 @@ pub(super) struct Stmt<'a> {
 /// of every row's `k`th value, read with `unnest`, [`Stmt::columns`]), or as its one-row
 /// form once per row in order ([`Stmt::each_row`]) where a statement costs no round trip
 /// (SQLite). A statement over one row runs as its one-row form on both
-/// ([`Stmt::is_over_rows`]). Either way the rows it changes are summed and the rows it returns concatenated.
+/// ([`Stmt::is_over_rows`]), one over no rows runs nothing ([`Stmt::has_no_rows`]). Either
+/// way the rows it changes are summed and the rows it returns concatenated.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Rows {
     /// The statement once for all rows, each parameter an array.
@@ -162,6 +163,12 @@ impl<'a> Stmt<'a> {
         self.args
             .chunks(width)
             .chain(no_parameters.then_some(&[][..]))
+    }
+
+    /// Whether the statement is over many rows and has none: every connection runs nothing
+    /// for it (no row changed, none returned).
+    pub(super) fn has_no_rows(&self) -> bool {
+        self.rows.is_some() && self.args.is_empty()
     }
 
     /// Whether the statement runs once with arrays ([`Stmt::columns`]) on a connection that
@@ -362,6 +369,9 @@ macro_rules! sqlx_conn {
             R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             T: TryFrom<R, Error = $crate::store::StoreError>,
         {
+            if stmt.has_no_rows() {
+                return Ok(Vec::new());
+            }
             let (sql, args) = sqlx_arguments(stmt)?;
             let rows = sqlx::query_as_with::<_, R, _>(sql, args)
                 .fetch_all(conn)
@@ -379,6 +389,9 @@ macro_rules! sqlx_conn {
             (Option<T>,): for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row>,
             T: Send + Unpin,
         {
+            if stmt.has_no_rows() {
+                return Ok(Vec::new());
+            }
             let (sql, args) = sqlx_arguments(stmt)?;
             sqlx::query_scalar_with(sql, args)
                 .fetch_all(conn)
@@ -395,6 +408,9 @@ macro_rules! sqlx_conn {
             R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             T: TryFrom<R, Error = $crate::store::StoreError>,
         {
+            if stmt.has_no_rows() {
+                return Ok(None);
+            }
             let (sql, args) = sqlx_arguments(stmt)?;
             sqlx::query_as_with::<_, R, _>(sql, args)
                 .fetch_optional(conn)
@@ -411,6 +427,9 @@ macro_rules! sqlx_conn {
                 &mut self,
                 stmt: $crate::store::sql::Stmt<'_>,
             ) -> Result<u64, $crate::store::StoreError> {
+                if stmt.has_no_rows() {
+                    return Ok(0);
+                }
                 let (sql, args) = sqlx_arguments(stmt)?;
                 let done = sqlx::query_with(sql, args)
                     .execute(self)
@@ -571,6 +590,9 @@ mod tests {
         let bare = Stmt::new("SELECT 1");
         assert_eq!(bare.each_row().map(<[_]>::len).collect::<Vec<_>>(), [0]);
         // A statement over no rows runs no row.
-        assert_eq!(Stmt::rows("ONE ($1)", "ALL ($1)", 1).each_row().count(), 0);
+        let none = Stmt::rows("ONE ($1)", "ALL ($1)", 1);
+        assert!(none.has_no_rows());
+        assert_eq!(none.each_row().count(), 0);
+        assert!(!Stmt::new("SELECT 1").has_no_rows());
     }
 }
