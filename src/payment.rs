@@ -661,6 +661,14 @@ pub struct StatusChange {
     pub doku_request_id: Option<String>,
 }
 
+impl StatusChange {
+    /// When the change happened: DOKU's time, or `learned_at` (when the sidecar learned it)
+    /// when DOKU did not say.
+    pub fn occurred(&self, learned_at: OffsetDateTime) -> OffsetDateTime {
+        self.occur_time.unwrap_or(learned_at)
+    }
+}
+
 /// What a DOKU message (notification, Check Status answer, Generate answer) says identifies
 /// the payment it is about, as DOKU sent it. `None`: the field was absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

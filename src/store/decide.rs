@@ -121,7 +121,7 @@ pub(super) fn plan_change(
             _ => Write::Nothing,
         };
     }
-    let occur_time = change.occur_time.unwrap_or(learned_at);
+    let occur_time = change.occurred(learned_at);
     let occur = unix(occur_time);
     let pay_time = match change.status {
         PaymentStatus::Paid => Some(p.pay_time.map_or(occur, |t| unix(t).max(occur))),

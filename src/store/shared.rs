@@ -703,42 +703,38 @@ const CREATE_FROM_NOTIFICATIONS: &str = "INSERT INTO payments (invoice, amount, 
      status, occur_time, pay_time, updated_at, n) \
      ORDER BY n ON CONFLICT (invoice) DO NOTHING RETURNING invoice";
 
-/// Creates, in one statement and in order, the payments of accepted notifications (never a
-/// PENDING change) for invoices the store may not know, from what DOKU sent; returns the
-/// invoices it created. An invoice that exists is not created, nor one that a concurrent
-/// transaction creates meanwhile (the insert waits for it, then does nothing).
-async fn create_from_notifications<'a, C: Conn>(
+/// Inserts, in one statement and in order, the payments of accepted notifications (never a
+/// PENDING change) for invoices the store may not know, as [`created_payment`] built them;
+/// returns the invoices it created. An invoice that exists is not created, nor one that a
+/// concurrent transaction creates meanwhile (the insert waits for it, then does nothing).
+async fn create_from_notifications<C: Conn>(
     conn: &mut C,
-    creators: impl Iterator<Item = (&'a StatusChange, &'a InboundNotification)>,
+    payments: &[PaymentRecord],
 ) -> Result<Vec<String>, StoreError> {
     let mut insert = Stmt::rows(CREATE_FROM_NOTIFICATION, CREATE_FROM_NOTIFICATIONS, 8);
     let now = unix_now();
-    for (change, n) in creators {
-        let occur = unix(change.occur_time.unwrap_or(n.received_at));
-        insert.push(change.invoice.as_str());
-        insert.push(change.amount.rupiah());
-        insert.push(n.channel.as_str());
-        insert.push(change.payment_code.as_ref().map(PaymentCode::as_str));
-        insert.push(change.status.as_str());
-        insert.push(occur);
-        insert.push((change.status == PaymentStatus::Paid).then_some(occur));
+    for PaymentRecord { payment: p, .. } in payments {
+        insert.push(p.invoice.as_str());
+        insert.push(p.amount.rupiah());
+        insert.push(p.channel.as_str());
+        insert.push(p.payment_code.as_ref().map(PaymentCode::as_str));
+        insert.push(p.status.as_str());
+        // Created and expired at once: `$6` is both.
+        insert.push(unix(p.create_time));
+        insert.push(p.pay_time.map(unix));
         insert.push(now);
     }
     conn.texts(insert).await
 }
 
-/// The payment [`create_from_notifications`] stored for `change` of `n`: what its statement
-/// inserts, read back without a round trip.
+/// The payment that `change` of `n` creates when its invoice is new: what DOKU sent, dated
+/// when the change happened (whole seconds, as stored).
 fn created_payment(
     change: &StatusChange,
     n: &InboundNotification,
 ) -> Result<PaymentRecord, StoreError> {
     let invoice = &change.invoice;
-    let at = from_unix(
-        invoice,
-        "occur_time",
-        unix(change.occur_time.unwrap_or(n.received_at)),
-    )?;
+    let at = from_unix(invoice, "occur_time", unix(change.occurred(n.received_at)))?;
     Ok(PaymentRecord::without_request(Payment {
         invoice: invoice.clone(),
         amount: change.amount,
@@ -931,12 +927,22 @@ async fn record_in_one_transaction<B: Backend>(
             creators.push((k, change));
         }
     }
-    let creators = creators.iter().map(|&(k, change)| (change, &batch[k]));
-    let created = create_from_notifications(conn, creators).await;
+    let creators = creators
+        .iter()
+        .map(|&(k, change)| created_payment(change, &batch[k]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(batch_failure)?;
+    let created = create_from_notifications(conn, &creators).await;
     let created: HashSet<String> = created.map_err(batch_failure)?.into_iter().collect();
+    // The payments this transaction created, as inserted, until their creating change.
+    let mut fresh: BTreeMap<InvoiceNumber, PaymentRecord> = creators
+        .into_iter()
+        .filter(|r| created.contains(r.payment.invoice.as_str()))
+        .map(|r| (r.payment.invoice.clone(), r))
+        .collect();
     let mut others: Vec<&InvoiceNumber> = accepted.iter().map(|(_, c)| &c.invoice).collect();
     others.dedup();
-    others.retain(|invoice| !created.contains(invoice.as_str()));
+    others.retain(|invoice| !fresh.contains_key(*invoice));
     let locked = payments_locked(conn, &others)
         .await
         .map_err(batch_failure)?;
@@ -956,16 +962,15 @@ async fn record_in_one_transaction<B: Backend>(
                 continue;
             }
             // The invoice's first change that is not PENDING: it created the payment.
-            if !created.contains(change.invoice.as_str()) {
+            let Some(record) = fresh.remove(&change.invoice) else {
                 return Err(BatchFailure::Store(StoreError::Unavailable(format!(
                     "invoice {} conflicted with a row that then vanished; retry",
                     change.invoice
                 ))));
-            }
-            let record = created_payment(change, n).map_err(batch_failure)?;
+            };
             appends.push(Append {
                 change,
-                occur: change.occur_time.unwrap_or(n.received_at),
+                occur: change.occurred(n.received_at),
                 code: change.payment_code.clone(),
                 channel: n.channel,
                 doku_request_id: Some(&n.doku_request_id),
