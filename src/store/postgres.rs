@@ -555,9 +555,23 @@ mod tests {
         testing::postgres::{ScratchDb, admin_options},
     };
 
-    async fn fixture() -> Option<TestStore> {
+    /// A store on a new scratch database (kept while the returned guard lives); `None`
+    /// without a PostgreSQL server to test against.
+    async fn scratch_store() -> Option<(ScratchDb, PostgresStore)> {
         let db = ScratchDb::create().await?;
         let store = PostgresStore::connect(db.options()).await.unwrap();
+        Some((db, store))
+    }
+
+    /// Two replicas on one new scratch database: [`scratch_store`] and a second store on it.
+    async fn two_replicas() -> Option<(ScratchDb, PostgresStore, PostgresStore)> {
+        let (db, a) = scratch_store().await?;
+        let b = PostgresStore::connect(db.options()).await.unwrap();
+        Some((db, a, b))
+    }
+
+    async fn fixture() -> Option<TestStore> {
+        let (db, store) = scratch_store().await?;
         Some(TestStore {
             store: Arc::new(store),
             _guard: Box::new(db),
@@ -647,11 +661,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_by_one_replica_wakes_the_other() {
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, a, b)) = two_replicas().await else {
             return;
         };
-        let a = PostgresStore::connect(db.options()).await.unwrap();
-        let b = PostgresStore::connect(db.options()).await.unwrap();
         let mut hints = a.commit_hints().unwrap();
         // Once it listens, the task no longer polls: these hints come from NOTIFY.
         listening(&b).await;
@@ -668,11 +680,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hints_keep_coming_while_the_listener_reconnects() {
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, a, b)) = two_replicas().await else {
             return;
         };
-        let a = PostgresStore::connect(db.options()).await.unwrap();
-        let b = PostgresStore::connect(db.options()).await.unwrap();
         let mut hints = a.commit_hints().unwrap();
         listening(&b).await;
         let first = append(&b, 1).await;
@@ -710,11 +720,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_replica_holds_the_sweeper_and_a_dead_holder_lets_another_take_it() {
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, a, b)) = two_replicas().await else {
             return;
         };
-        let a = PostgresStore::connect(db.options()).await.unwrap();
-        let b = PostgresStore::connect(db.options()).await.unwrap();
         let (mut ea, mut eb) = (a.sweeper_election(), b.sweeper_election());
         assert!(ea.campaign().await.unwrap());
         assert!(!eb.campaign().await.unwrap());
@@ -817,11 +825,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_of_two_replicas_in_opposite_orders_neither_deadlock_nor_repeat() {
         use crate::store::conformance::{accepted, draft, notified};
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, a, b)) = two_replicas().await else {
             return;
         };
-        let a = PostgresStore::connect(db.options()).await.unwrap();
-        let b = PostgresStore::connect(db.options()).await.unwrap();
         for i in 0..4 {
             a.create_payment(&draft(&format!("INV-D{i}"), None, false))
                 .await
@@ -894,10 +900,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_changes_the_payments_it_creates() {
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, store)) = scratch_store().await else {
             return;
         };
-        let store = PostgresStore::connect(db.options()).await.unwrap();
         crate::store::conformance::a_batch_changes_the_payments_it_creates(&store).await;
         store.close().await;
     }
@@ -910,10 +915,9 @@ mod tests {
     #[tokio::test]
     async fn a_batch_finds_its_rows_by_key_not_by_scanning_the_table() {
         use sqlx::Row as _;
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, store)) = scratch_store().await else {
             return;
         };
-        let store = PostgresStore::connect(db.options()).await.unwrap();
         let mut conn = store.pool.acquire().await.unwrap();
         sqlx::raw_sql(
             "INSERT INTO payments (invoice, amount, channel, status, create_time, expire_time, \
@@ -957,10 +961,9 @@ mod tests {
     #[tokio::test]
     async fn a_repeat_paid_twice_in_one_batch_is_emitted_once() {
         use crate::store::conformance::{accepted, draft, notified};
-        let Some(db) = ScratchDb::create().await else {
+        let Some((_db, store)) = scratch_store().await else {
             return;
         };
-        let store = PostgresStore::connect(db.options()).await.unwrap();
         store
             .create_payment(&draft("INV-RR", None, true))
             .await
